@@ -55,7 +55,7 @@ def postgres_admin_url() -> str:
         engine = sa.create_engine(POSTGRES_URL)
         with engine.connect():
             pass
-    except Exception as error:  # noqa: BLE001 - any connection failure means the service is absent
+    except sa.exc.OperationalError as error:
         service_missing(
             f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(error).__name__}) — start it "
             "(pg_ctlcluster ... start) or set RAG_TEST_POSTGRES_URL"
