@@ -35,6 +35,7 @@ class SourcesResource(ConfigurableResource):
     jsonl_shard_size: int = 1000
     max_file_mb: float = 50.0
     redact_pii: bool = False
+    batch_threshold: int = 20
 
     def discover(self) -> list[SourceUnit]:
         return discover_sources(Path(self.documents_dir), self.default_tenant, self.jsonl_shard_size)
@@ -94,6 +95,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             jsonl_shard_size=settings.jsonl_shard_size,
             max_file_mb=settings.max_file_mb,
             redact_pii=settings.redact_pii,
+            batch_threshold=settings.sensor_batch_threshold,
         ),
         "embedder": EmbedderResource(
             model_dir=str(settings.resolved_model_dir),

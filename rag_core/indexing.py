@@ -84,12 +84,20 @@ def sync_partitions(
         stats.unchanged += len(wanted & existing[key])
     stats.deleted = store.delete_chunks(collection, to_delete)
     stats.inserted = store.upsert(collection, to_insert)
+    if stats.inserted or stats.deleted:
+        store.bump_index_version(collection)
     return stats
 
 
 def remove_sources(store: MilvusStore, keys: Sequence[str]) -> int:
     """Delete every row of these source partitions from every collection of this alias (all builds)."""
-    return sum(store.delete_sources(collection, list(keys)) for collection in store.list_collections())
+    removed = 0
+    for collection in store.list_collections():
+        deleted = store.delete_sources(collection, list(keys))
+        if deleted:
+            store.bump_index_version(collection)
+        removed += deleted
+    return removed
 
 
 @dataclass

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     jsonl_shard_size: int = Field(1000, ge=1, description="Records per .jsonl partition shard.")
     max_file_mb: float = Field(50.0, gt=0)
     redact_pii: bool = False
+    sensor_batch_threshold: int = Field(
+        20, ge=1, description="More changed files than this in one sensor tick → one batched run."
+    )
 
     # Chunking (measured in the embedder's own tokens).
     chunk_max_tokens: int = Field(
@@ -54,12 +57,32 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(64, ge=1)
     embedding_device: str = "cpu"
 
-    # Other services (used by later stages; read here so there is one source of truth).
+    # Databases and services.
     catalog_url: str = Field("", description="SQLAlchemy URL of the document catalog.")
+    serving_db_url: str = Field("", description="SQLAlchemy URL of the query log, feedback and API keys.")
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "RAG_REDIS_URL"))
     mlflow_tracking_uri: str = Field(
         "", validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RAG_MLFLOW_TRACKING_URI")
     )
+
+    # Retrieval and generation (serving).
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(1.0, ge=0)
+    bm25_weight: float = Field(1.0, ge=0)
+    max_top_k: int = Field(50, ge=1, le=1000)
+    max_query_chars: int = Field(2000, ge=10)
+    llm_model: str = Field("extractive/best-sentences", description="Any litellm model string.")
+    llm_api_base: str = ""
+    llm_api_key: str = ""
+    llm_timeout_s: float = Field(30.0, gt=0)
+    llm_max_tokens: int = Field(400, ge=1)
+
+    # Serving: security, limits, cache.
+    auth_disabled: bool = Field(False, description="Embedded demo only: every request is the default tenant.")
+    rate_limit_per_minute: int = Field(120, ge=0, description="Per API key; 0 disables the limit.")
+    cache_ttl_s: int = Field(3600, ge=1)
+    upload_max_mb: float = Field(20.0, gt=0)
+    alias_poll_s: float = Field(2.0, gt=0, description="How often the server re-reads the alias.")
 
     @field_validator("collection_alias")
     @classmethod
@@ -87,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir.resolve() / 'catalog.sqlite'}"
+
+    @property
+    def resolved_serving_db_url(self) -> str:
+        return self.serving_db_url or f"sqlite:///{self.data_dir.resolve() / 'serving.sqlite'}"
 
     @property
     def resolved_dagster_home(self) -> Path:

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -242,6 +243,15 @@ class MilvusStore:
 
     def collection_properties(self, name: str) -> dict[str, str]:
         return dict(self.client.describe_collection(name).get("properties", {}))
+
+    def index_version(self, name: str) -> str:
+        """Changes whenever the collection's rows change; caches key on it so a reindex invalidates them."""
+        return self.collection_properties(name).get("rag.index_version", "0")
+
+    def bump_index_version(self, name: str) -> str:
+        version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        self.client.alter_collection_properties(name, {"rag.index_version": version})
+        return version
 
     def has_collection(self, name: str) -> bool:
         return self.client.has_collection(name)

@@ -17,6 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from rag_core.settings import Settings  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The served index (materialized by the assets, behind a real HTTP server) shared by integration and e2e.
+pytest_plugins = ["tests.served"]
 POSTGRES_URL = os.environ.get("RAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

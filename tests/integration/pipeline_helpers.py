@@ -39,9 +39,13 @@ def apply_sensor_result(settings: Settings, instance: DagsterInstance, result: S
             outcome = definitions.resolve_job_def("remove_documents_job").execute_in_process(
                 run_config=run_request.run_config, instance=instance
             )
-        else:
+        elif run_request.partition_key is not None:
             outcome = definitions.resolve_job_def("index_documents_job").execute_in_process(
                 partition_key=run_request.partition_key, instance=instance
+            )
+        else:  # a batched run over a partition range, described by its tags
+            outcome = definitions.resolve_job_def("index_documents_job").execute_in_process(
+                tags=run_request.tags, instance=instance
             )
         assert outcome.success
         run_ids.append(outcome.run_id)

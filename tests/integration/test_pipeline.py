@@ -142,3 +142,41 @@ def test_pii_is_redacted_before_chunks_are_embedded_or_stored(settings, instance
     assert "[REDACTED_PHONE]" in hit.fields["text"] and "[REDACTED_NATIONAL_ID]" in hit.fields["text"]
     metadata = instance.get_latest_materialization_event(AssetKey("raw_documents")).asset_materialization.metadata
     assert metadata["pii_redactions"].value == {"email": 1, "phone": 1, "national_id": 1}
+
+
+def test_a_bulk_drop_is_one_batched_run(settings, instance):
+    index(settings, instance=instance)
+    bulk = settings.documents_dir / "bulk"
+    bulk.mkdir()
+    for number in range(6):
+        (bulk / f"note-{number}.md").write_text(f"# Note {number}\n\nBulk note number {number} about topic {number}.")
+    settings = settings.model_copy(update={"sensor_batch_threshold": 3})
+    result = sensor_tick(settings, instance)
+    [run_request] = result.run_requests
+    assert run_request.partition_key is None and run_request.run_key.startswith("batch:")
+    assert run_request.tags["dagster/asset_partition_range_start"] == source_key("bulk/note-0.md")
+    assert run_request.tags["dagster/asset_partition_range_end"] == source_key("bulk/note-5.md")
+    apply_sensor_result(settings, instance, result)
+    rows = served_rows(settings)
+    assert all(source_key(f"bulk/note-{number}.md") in rows for number in range(6))
+    assert isinstance(sensor_tick(settings, instance), SkipReason)
+
+
+def test_code_location_loads_from_workspace_yaml(settings, tmp_path):
+    """What `dagster dev -w workspace.yaml` loads: the definitions validate through Dagster's own CLI."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[2]
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path), "RAG_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run(
+        [Path(sys.executable).parent / "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=repo,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Validation successful" in result.stdout + result.stderr

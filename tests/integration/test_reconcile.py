@@ -27,11 +27,26 @@ def test_reconcile_repairs_every_kind_of_drift(settings):
         with build_resources(settings)["milvus"].store() as store:
             collection = store.alias_target()
             store.delete_sources(collection, [damaged])  # rows lost behind Dagster's back
-            store.upsert(collection, [{
-                "chunk_id": "orphan#0:1", "doc_id": "orphan", "source_key": "orphan-file", "tenant": "default",
-                "source": "orphan.md", "title": "", "text": "orphan", "search_text": "orphan", "position": 0,
-                "start_char": 0, "end_char": 6, "dense": [0.1] * 384, "metadata": {},
-            }])
+            store.upsert(
+                collection,
+                [
+                    {
+                        "chunk_id": "orphan#0:1",
+                        "doc_id": "orphan",
+                        "source_key": "orphan-file",
+                        "tenant": "default",
+                        "source": "orphan.md",
+                        "title": "",
+                        "text": "orphan",
+                        "search_text": "orphan",
+                        "position": 0,
+                        "start_char": 0,
+                        "end_char": 6,
+                        "dense": [0.1] * 384,
+                        "metadata": {},
+                    }
+                ],
+            )
         instance.add_dynamic_partitions("documents", ["ghost-partition-00000000"])
         (settings.documents_dir / "unseen.md").write_text("# Unseen\n\nA file nobody told Dagster about.")
 

@@ -1,0 +1,100 @@
+"""Indexing benchmark on the vendored SciFact corpus (5,183 abstracts).
+
+1. baseline: a plain `SentenceTransformer.encode` of exactly the texts the pipeline embeds (its chunk
+   texts, title + passage), in one call, timed in this process;
+2. full build: `rag index` over an empty data dir (fresh Dagster instance, Milvus Lite file, empty
+   embedding cache) — parse, chunk, embed, upsert, catalog, all in one Dagster run;
+3. incremental: 1% of the documents edited, `rag index` again.
+
+Prints a table with seconds and the ratios (baseline / full build: 1.0 means no overhead at all;
+incremental / full build). Run: .venv/bin/python evals/bench_indexing.py [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CORPUS = Path(__file__).parent / "datasets" / "scifact" / "corpus.jsonl.gz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N abstracts (0 = all)")
+    parser.add_argument("--changed", type=float, default=0.01, help="fraction of documents edited")
+    args = parser.parse_args()
+
+    from dagster import instance_for_test
+    from sentence_transformers import SentenceTransformer
+
+    from rag_assets.cli import index
+    from rag_core.chunking import ChunkingConfig, chunk_documents
+    from rag_core.documents import discover_sources, parse_source
+    from rag_core.embedding import Embedder
+    from rag_core.settings import Settings
+
+    records = [json.loads(line) for line in gzip.open(CORPUS)]
+    if args.limit:
+        records = records[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="bench-indexing-"))
+    documents = work / "documents"
+    documents.mkdir()
+    corpus_file = documents / "scifact.jsonl"
+    corpus_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    settings = Settings(data_dir=work / "data", documents_dir=documents, dagster_home=work / "dagster")
+
+    # The texts the pipeline will embed, computed with the pipeline's own parser and chunker (untimed).
+    embedder = Embedder(settings.resolved_model_dir)
+    config = ChunkingConfig(settings.chunk_max_tokens, settings.chunk_overlap_tokens, embedder.max_seq_length - 2)
+    units = discover_sources(documents, settings.default_tenant, settings.jsonl_shard_size)
+    parsed = [document for unit in units for document in parse_source(unit).documents]
+    texts = [chunk.search_text for chunk in chunk_documents(parsed, embedder.tokenizer, config)]
+    print(f"{len(records)} documents → {len(units)} partitions, {len(texts)} chunks", flush=True)
+
+    model = SentenceTransformer(str(settings.resolved_model_dir), device="cpu", local_files_only=True)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True, show_progress_bar=True)
+    baseline = time.perf_counter() - started
+    del model
+
+    settings.resolved_dagster_home.mkdir(parents=True)
+    with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
+        full = index(settings, instance=instance)
+        rng = random.Random(13)
+        edited = rng.sample(range(len(records)), max(1, round(len(records) * args.changed)))
+        for position in edited:
+            records[position]["text"] += " This abstract was revised."
+        corpus_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        incremental = index(settings, instance=instance)
+
+    rows = [
+        ("plain SentenceTransformer.encode (same chunk texts)", baseline, "1.00", ""),
+        (
+            "full build (rag index, empty data dir)",
+            full["seconds"],
+            f"{baseline / full['seconds']:.2f}",
+            f"{full['vectors']} vectors, {full['embedded']} embedded",
+        ),
+        (
+            f"incremental build ({len(edited)} documents edited)",
+            incremental["seconds"],
+            f"{incremental['seconds'] / full['seconds']:.3f} of full",
+            f"{incremental['embedded']} embedded, {incremental['vectors']} vectors",
+        ),
+    ]
+    print("\n| step | seconds | ratio | notes |\n|---|---|---|---|")
+    for name, seconds, ratio, notes in rows:
+        print(f"| {name} | {seconds:.1f} | {ratio} | {notes} |")
+    print("\nratio for the full build = encode seconds / build seconds (1.0 = no pipeline overhead)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Retrieval over the served collection: dense, BM25, and hybrid (both fused with weighted RRF).
+
+Steps read like small components: `dense_search` and `bm25_search` return ranked hits, `fuse_rrf`
+combines ranked lists. Fusion runs here rather than in Milvus' hybrid_search so the same code works on
+every Milvus engine (Milvus Lite 2.5's hybrid_search fails with a BM25 function) and lists can be weighted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rag_core.store import Hit, MilvusStore
+
+Mode = Literal["dense", "bm25", "hybrid"]
+# Scalar fields a caller may filter on, and how many values an `in` filter may hold.
+FILTERABLE = ("doc_id", "source", "source_key", "title")
+MAX_FILTER_VALUES = 100
+
+
+class InvalidFilter(ValueError):
+    """A metadata filter the API rejects with 422; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    candidates: int = 50  # per list, before fusion
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    source: str
+    score: float
+    start_char: int
+    end_char: int
+    tenant: str
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_hit(cls, hit: Hit, score: float, ranks: dict[str, int]) -> RetrievedChunk:
+        fields = hit.fields
+        return cls(
+            chunk_id=hit.chunk_id,
+            doc_id=fields["doc_id"],
+            title=fields.get("title", ""),
+            text=fields.get("text", ""),
+            source=fields.get("source", ""),
+            score=score,
+            start_char=int(fields.get("start_char", 0)),
+            end_char=int(fields.get("end_char", 0)),
+            tenant=fields.get("tenant", ""),
+            ranks=ranks,
+        )
+
+
+def filter_expression(filters: Mapping[str, object] | None, tenant: str | None) -> str:
+    """A Milvus boolean expression from {field: value | [values]}; the tenant clause is always added."""
+    clauses = [f"tenant == {json.dumps(tenant)}"] if tenant is not None else []
+    for name, value in (filters or {}).items():
+        if name not in FILTERABLE:
+            raise InvalidFilter(f"cannot filter on {name!r}; allowed fields: {', '.join(FILTERABLE)}")
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > MAX_FILTER_VALUES:
+            raise InvalidFilter(f"filter {name!r} needs 1 to {MAX_FILTER_VALUES} values")
+        if not all(isinstance(item, str) and item for item in values):
+            raise InvalidFilter(f"filter {name!r} values must be non-empty strings")
+        clauses.append(f"{name} in {json.dumps(values)}")
+    return " and ".join(clauses)
+
+
+def fuse_rrf(
+    ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float], k: int
+) -> list[tuple[Hit, float, dict]]:
+    """Weighted reciprocal rank fusion: score = Σ weight / (k + rank)."""
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for name, results in ranked.items():
+        for rank, hit in enumerate(results, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weights.get(name, 1.0) / (k + rank)
+            hits.setdefault(hit.chunk_id, hit)
+            ranks.setdefault(hit.chunk_id, {})[name] = rank
+    order = sorted(scores, key=lambda chunk: (-scores[chunk], chunk))
+    return [(hits[chunk], scores[chunk], ranks[chunk]) for chunk in order]
+
+
+class Retriever:
+    def __init__(self, store: MilvusStore, collection: str, fusion: FusionConfig | None = None) -> None:
+        self.store = store
+        self.collection = collection
+        self.fusion = fusion or FusionConfig()
+
+    def retrieve(
+        self,
+        query: str,
+        query_vector: Sequence[float] | None,
+        top_k: int,
+        mode: Mode = "hybrid",
+        expression: str = "",
+        fusion: FusionConfig | None = None,
+    ) -> list[RetrievedChunk]:
+        fusion = fusion or self.fusion
+        if mode == "dense":
+            hits = self.store.search_dense(self.collection, query_vector, top_k, expression)
+            return [RetrievedChunk.from_hit(hit, hit.score, {"dense": rank}) for rank, hit in enumerate(hits, 1)]
+        if mode == "bm25":
+            hits = self.store.search_bm25(self.collection, query, top_k, expression)
+            return [RetrievedChunk.from_hit(hit, abs(hit.score), {"bm25": rank}) for rank, hit in enumerate(hits, 1)]
+        depth = max(top_k, fusion.candidates)
+        ranked = {
+            "dense": self.store.search_dense(self.collection, query_vector, depth, expression),
+            "bm25": self.store.search_bm25(self.collection, query, depth, expression),
+        }
+        fused = fuse_rrf(ranked, {"dense": fusion.dense_weight, "bm25": fusion.bm25_weight}, fusion.rrf_k)
+        return [RetrievedChunk.from_hit(hit, score, ranks) for hit, score, ranks in fused[:top_k]]

@@ -1,0 +1,46 @@
+"""`rag-serve` — run the API, and manage API keys (stored hashed; the key is printed once)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rag_core.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rag-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API with uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    create = commands.add_parser("create-key", help="create an API key for a tenant")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="")
+    revoke = commands.add_parser("revoke-key", help="revoke an API key by its id (the part after rag_)")
+    revoke.add_argument("key_id")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if args.command == "serve":
+        import uvicorn
+
+        uvicorn.run("rag_serving.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+        return 0
+    from rag_core.querylog import ServingDatabase
+
+    database = ServingDatabase(settings.resolved_serving_db_url)
+    if args.command == "create-key":
+        print(database.create_key(args.tenant, args.name))
+        print(f"(tenant {args.tenant}; store the key now — only its hash is kept)", file=sys.stderr)
+        return 0
+    if database.revoke_key(args.key_id):
+        print(f"revoked {args.key_id}")
+        return 0
+    print(f"no key {args.key_id}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

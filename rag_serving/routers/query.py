@@ -1,0 +1,172 @@
+"""POST /v1/retrieve and POST /v1/query (optionally streamed as server-sent events)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.responses import StreamingResponse
+
+from rag_core.generation import Answer, generate, stream
+from rag_core.retrieval import InvalidFilter, RetrievedChunk
+from rag_serving.deps import Caller, caller, get_state, index_snapshot
+from rag_serving.schemas import ChunkOut, Citation, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse
+from rag_serving.service import Timings, llm_config, retrieve
+from rag_serving.state import IndexSnapshot, ServingState
+
+router = APIRouter(prefix="/v1", tags=["query"])
+
+
+def _validate(request: RetrieveRequest, state: ServingState) -> None:
+    settings = state.settings
+    if len(request.query) > settings.max_query_chars:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"query is {len(request.query)} characters; the limit is {settings.max_query_chars}",
+        )
+    if request.top_k > settings.max_top_k:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be between 1 and {settings.max_top_k}")
+
+
+def _retrieve(request: RetrieveRequest, who: Caller, state: ServingState, snapshot: IndexSnapshot, timings: Timings):
+    _validate(request, state)
+    try:
+        return retrieve(state, request, who.tenant, snapshot, timings)
+    except InvalidFilter as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from error
+
+
+def _chunks_out(chunks: list[RetrievedChunk]) -> list[ChunkOut]:
+    return [
+        ChunkOut(
+            chunk_id=c.chunk_id,
+            doc_id=c.doc_id,
+            title=c.title,
+            text=c.text,
+            source=c.source,
+            score=round(c.score, 6),
+            start_char=c.start_char,
+            end_char=c.end_char,
+        )
+        for c in chunks
+    ]
+
+
+def _citations(answer: Answer, chunks: list[RetrievedChunk]) -> list[Citation]:
+    return [
+        Citation(
+            number=n,
+            chunk_id=chunks[n - 1].chunk_id,
+            doc_id=chunks[n - 1].doc_id,
+            title=chunks[n - 1].title,
+            source=chunks[n - 1].source,
+        )
+        for n in answer.citations
+    ]
+
+
+def _log(state: ServingState, who: Caller, request: RetrieveRequest, chunks, timings, snapshot, **extra) -> str:
+    return state.db.log_query(
+        tenant=who.tenant,
+        key_id=who.key_id,
+        question=request.query,
+        mode=request.mode,
+        top_k=request.top_k,
+        chunk_ids=[c.chunk_id for c in chunks],
+        timings_ms=dict(timings),
+        index_version=snapshot.index_version,
+        **extra,
+    )
+
+
+@router.post("/retrieve", response_model=RetrieveResponse)
+def retrieve_chunks(
+    request: RetrieveRequest,
+    who: Caller = Depends(caller),
+    state: ServingState = Depends(get_state),
+    snapshot: IndexSnapshot = Depends(index_snapshot),
+) -> RetrieveResponse:
+    """Dense, BM25 or hybrid (weighted RRF) retrieval over the published index, within the caller's tenant."""
+    timings = Timings()
+    chunks, cached = _retrieve(request, who, state, snapshot, timings)
+    query_id = _log(state, who, request, chunks, timings, snapshot, model="", degraded=False, cached=cached)
+    return RetrieveResponse(
+        query_id=query_id,
+        chunks=_chunks_out(chunks),
+        mode=request.mode,
+        index_version=snapshot.index_version,
+        cached=cached,
+        timings_ms=dict(timings),
+    )
+
+
+@router.post("/query", response_model=QueryResponse)
+def answer_query(
+    request: QueryRequest,
+    who: Caller = Depends(caller),
+    state: ServingState = Depends(get_state),
+    snapshot: IndexSnapshot = Depends(index_snapshot),
+):
+    """Retrieve, then answer through litellm with numbered citations `[n]` that map to `sources`.
+    With `stream: true` the answer arrives as server-sent events: `sources`, `delta`…, `done`."""
+    timings = Timings()
+    chunks, cached = _retrieve(request, who, state, snapshot, timings)
+    config = llm_config(state)
+    if request.stream:
+        return StreamingResponse(
+            _event_stream(request, who, state, snapshot, chunks, timings, cached),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    with timings.stage("generate", state):
+        answer = generate(request.query, chunks, config)
+    if answer.degraded:
+        state.metrics.degraded.inc()
+    query_id = _log(
+        state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
+    )
+    return QueryResponse(
+        query_id=query_id,
+        answer=answer.text,
+        citations=_citations(answer, chunks),
+        sources=_chunks_out(chunks),
+        model=answer.model,
+        degraded=answer.degraded,
+        reason=answer.reason,
+        index_version=snapshot.index_version,
+        timings_ms=dict(timings),
+    )
+
+
+def _sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _event_stream(request, who, state, snapshot, chunks, timings, cached) -> Iterator[str]:
+    yield _sse("sources", [chunk.model_dump() for chunk in _chunks_out(chunks)])
+    answer = None
+    with timings.stage("generate", state):
+        for delta, final in stream(request.query, chunks, llm_config(state)):
+            if delta:
+                yield _sse("delta", {"text": delta})
+            if final is not None:
+                answer = final
+    if answer.degraded:
+        state.metrics.degraded.inc()
+    query_id = _log(
+        state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
+    )
+    yield _sse(
+        "done",
+        {
+            "query_id": query_id,
+            "answer": answer.text,
+            "citations": [c.model_dump() for c in _citations(answer, chunks)],
+            "degraded": answer.degraded,
+            "reason": answer.reason,
+            "model": answer.model,
+            "index_version": snapshot.index_version,
+            "timings_ms": dict(timings),
+        },
+    )

@@ -1,0 +1,88 @@
+"""The query path: cached query embedding → retrieval on one index snapshot → (optional) answer.
+Every stage is timed into the Prometheus histograms and the query log."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+
+from rag_core.cache import cache_key
+from rag_core.generation import LLMConfig
+from rag_core.retrieval import FusionConfig, RetrievedChunk, Retriever, filter_expression
+from rag_serving.schemas import RetrieveRequest
+from rag_serving.state import IndexSnapshot, ServingState
+
+
+class Timings(dict):
+    @contextmanager
+    def stage(self, name: str, state: ServingState):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self[name] = round(self.get(name, 0.0) + seconds * 1000, 3)
+            state.metrics.stage.labels(name).observe(seconds)
+
+
+def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
+    settings = state.settings
+    return FusionConfig(
+        rrf_k=request.rrf_k or settings.rrf_k,
+        dense_weight=settings.dense_weight if request.dense_weight is None else request.dense_weight,
+        bm25_weight=settings.bm25_weight if request.bm25_weight is None else request.bm25_weight,
+    )
+
+
+def query_vector(state: ServingState, query: str, timings: Timings) -> list[float]:
+    key = cache_key("qvec", state.embedder.version, query)
+    cached = state.cache.get(key)
+    state.metrics.cache.labels("embedding", "hit" if cached is not None else "miss").inc()
+    if cached is not None:
+        return cached
+    with timings.stage("embed", state):
+        vector = state.embedder.encode([query])[0].tolist()
+    state.cache.set(key, vector, state.settings.cache_ttl_s)
+    return vector
+
+
+def retrieve(
+    state: ServingState, request: RetrieveRequest, tenant: str, snapshot: IndexSnapshot, timings: Timings
+) -> tuple[list[RetrievedChunk], bool]:
+    """(chunks, served from cache). The tenant clause is always part of the Milvus filter."""
+    expression = filter_expression(request.filters, tenant)
+    fusion = fusion_for(request, state)
+    key = cache_key(
+        "retrieve",
+        snapshot.index_version,
+        snapshot.collection,
+        request.query,
+        request.mode,
+        request.top_k,
+        request.filters,
+        tenant,
+        asdict(fusion),
+    )
+    cached = state.cache.get(key)
+    state.metrics.cache.labels("results", "hit" if cached is not None else "miss").inc()
+    if cached is not None:
+        return [RetrievedChunk(**item) for item in cached], True
+    vector = query_vector(state, request.query, timings) if request.mode != "bm25" else None
+    with timings.stage("search", state):
+        chunks = Retriever(state.store, snapshot.collection, fusion).retrieve(
+            request.query, vector, request.top_k, request.mode, expression, fusion
+        )
+    state.cache.set(key, [asdict(chunk) for chunk in chunks], state.settings.cache_ttl_s)
+    return chunks, False
+
+
+def llm_config(state: ServingState) -> LLMConfig:
+    settings = state.settings
+    return LLMConfig(
+        model=settings.llm_model,
+        api_base=settings.llm_api_base,
+        api_key=settings.llm_api_key,
+        timeout_s=settings.llm_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+    )

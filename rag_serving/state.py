@@ -1,0 +1,116 @@
+"""What a serving process holds: the embedder, a Milvus connection, the view of the published index,
+the serving database, the cache and the rate limiter. Built once per app in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from rag_core.cache import Cache, make_cache
+from rag_core.catalog import Catalog
+from rag_core.embedding import Embedder
+from rag_core.querylog import ServingDatabase
+from rag_core.ratelimit import RateLimiter
+from rag_core.settings import Settings
+from rag_core.store import MilvusStore, MilvusUnavailable, milvus_client
+from rag_serving.metrics import Metrics
+
+log = logging.getLogger("rag_serving")
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """One resolution of the alias. A request uses one snapshot throughout: never mixed results."""
+
+    collection: str
+    index_version: str
+    embedding_version: str
+    rows: int
+
+
+class IndexNotReady(RuntimeError):
+    """The alias is missing, Milvus is down, or the collection was built with another model."""
+
+
+class IndexView:
+    """Follows the alias: re-reads it at most every `poll_s`, so an alias move is served without restart."""
+
+    def __init__(self, store: MilvusStore, embedder_version: str, poll_s: float, metrics: Metrics) -> None:
+        self.store = store
+        self.embedder_version = embedder_version
+        self.poll_s = poll_s
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._snapshot: IndexSnapshot | None = None
+        self._error = "not resolved yet"
+        self._checked = 0.0
+
+    def refresh(self) -> None:
+        try:
+            collection = self.store.alias_target()
+            if collection is None:
+                raise IndexNotReady(f"alias {self.store.alias!r} does not exist — build the index first (`rag index`)")
+            properties = self.store.collection_properties(collection)
+            built_with = properties.get("rag.embedding_version", "")
+            if built_with != self.embedder_version:
+                raise IndexNotReady(
+                    f"{collection} was built with {built_with or 'an unknown model'} but this server embeds "
+                    f"with {self.embedder_version} — set RAG_EMBEDDING_MODEL to the index's model"
+                )
+            snapshot = IndexSnapshot(
+                collection, properties.get("rag.index_version", "0"), built_with, self.store.count(collection)
+            )
+        except IndexNotReady as error:
+            snapshot, self._error = None, str(error)
+        except Exception as error:  # Milvus unreachable or failing
+            snapshot, self._error = None, f"Milvus is not answering ({type(error).__name__}: {error})"
+        with self._lock:
+            if snapshot and snapshot != self._snapshot:
+                self.metrics.index.clear()
+                self.metrics.index.labels(snapshot.collection, snapshot.index_version).set(1)
+                self.metrics.index_rows.set(snapshot.rows)
+                if self._snapshot and snapshot.collection != self._snapshot.collection:
+                    log.info("alias %s moved to %s", self.store.alias, snapshot.collection)
+            self._snapshot = snapshot
+            self._checked = time.monotonic()
+
+    def current(self) -> IndexSnapshot:
+        if time.monotonic() - self._checked > self.poll_s:
+            self.refresh()
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise IndexNotReady(self._error)
+        return snapshot
+
+    @property
+    def error(self) -> str:
+        return self._error
+
+
+class ServingState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.embedder = Embedder(settings.resolved_model_dir, settings.embedding_device, settings.embedding_batch_size)
+        self.embedder.model  # load now: the first request should not pay for it  # noqa: B018
+        self.db = ServingDatabase(settings.resolved_serving_db_url)
+        self.catalog = Catalog(settings.resolved_catalog_url)
+        self.cache: Cache = make_cache(settings.redis_url)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
+        self._stack = contextlib.ExitStack()
+        try:
+            client = self._stack.enter_context(
+                milvus_client(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_lock_timeout_s)
+            )
+        except MilvusUnavailable:
+            self._stack.close()
+            raise
+        self.store = MilvusStore(client, settings.collection_alias)
+        self.index = IndexView(self.store, self.embedder.version, settings.alias_poll_s, self.metrics)
+        self.index.refresh()
+
+    def close(self) -> None:
+        self._stack.close()
