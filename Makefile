@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo install test test-fast lint dagster lock clean
+.PHONY: demo install test test-fast lint dagster serve lock clean
 
 demo: install  ## first run: index the bundled sample corpus with embedded defaults
 	$(BIN)/rag index
@@ -28,6 +28,9 @@ lint: install
 dagster: install  ## the Dagster UI on http://127.0.0.1:3000 (sensor and schedules start with it)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.rag_data/dagster} $(BIN)/python -c "from rag_assets.cli import prepare_dagster_home; from rag_core.settings import get_settings; prepare_dagster_home(get_settings())"
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.rag_data/dagster} $(BIN)/dagster dev -w workspace.yaml
+
+serve: install  ## the query API and web page on http://127.0.0.1:8000
+	$(BIN)/rag-serve serve --host 127.0.0.1 --port 8000
 
 lock:  ## re-pin the whole tree after editing requirements.in (CUDA-only wheels dropped)
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock.tmp

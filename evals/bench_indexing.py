@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="only the first N abstracts (0 = all)")
     parser.add_argument("--changed", type=float, default=0.01, help="fraction of documents edited")
+    parser.add_argument("--keep", type=Path, help="build in this folder and keep it (evals/bench_serving.py reuses it)")
     args = parser.parse_args()
 
     from dagster import instance_for_test
@@ -46,9 +47,11 @@ def main() -> None:
         records = [json.loads(line) for line in corpus]
     if args.limit:
         records = records[: args.limit]
-    work = Path(tempfile.mkdtemp(prefix="bench-indexing-"))
+    work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-indexing-"))
+    if args.keep and work.exists():
+        raise SystemExit(f"{work} exists — remove it or choose another --keep folder")
     documents = work / "documents"
-    documents.mkdir()
+    documents.mkdir(parents=True)
     corpus_file = documents / "scifact.jsonl"
     corpus_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     settings = Settings(data_dir=work / "data", documents_dir=documents, dagster_home=work / "dagster")

@@ -91,17 +91,35 @@ def clean_citations(text: str, source_count: int) -> tuple[str, list[int]]:
 # --------------------------------------------------------------------------- the extractive answerer
 
 
+def _stem(word: str) -> str:
+    """A light suffix stripper so `keyed`, `keys` and `key` meet; enough for sentence matching."""
+    for suffix in ("ingly", "edly", "ing", "ies", "ied", "ed", "es", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + ("y" if suffix in ("ies", "ied") else "")
+    return word
+
+
 def _terms(text: str) -> list[str]:
-    return [word for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
+    return [_stem(word) for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
+
+
+def _is_statement(sentence: str) -> bool:
+    """A sentence worth quoting: not a heading (short and without final punctuation)."""
+    words = len(sentence.split())
+    return words >= 4 and (sentence[-1] in ".!?;:)" or words >= 10)
+
+
+def _sentences(text: str) -> list[str]:
+    return [sentence.strip() for line in text.splitlines() for sentence in SENTENCE.split(line) if sentence.strip()]
 
 
 def extractive_answer(question: str, sources: Sequence[tuple[int, str, str]], max_sentences: int = 3) -> str:
     """The sentences that share the most (IDF-weighted) terms with the question, each cited."""
     candidates = [
-        (number, sentence.strip())
+        (number, sentence)
         for number, _title, text in sources
-        for sentence in SENTENCE.split(text)
-        if len(sentence.split()) >= 4
+        for sentence in _sentences(text)
+        if _is_statement(sentence)
     ]
     if not candidates:
         return "The retrieved sources do not contain an answer to this question."
@@ -111,7 +129,8 @@ def extractive_answer(question: str, sources: Sequence[tuple[int, str, str]], ma
     def score(item: tuple[int, str]) -> float:
         terms = set(_terms(item[1]))
         overlap = sum(math.log(1 + len(candidates) / document_frequency[t]) for t in terms & question_terms)
-        return overlap / math.sqrt(len(terms) + 1)
+        # the retriever's order breaks near-ties: an earlier source is more likely the relevant one
+        return overlap / math.sqrt(len(terms) + 1) * (1 + 0.05 / item[0]) if overlap else 0.0
 
     ranked = sorted(enumerate(candidates), key=lambda pair: (-score(pair[1]), pair[0]))
     chosen = [index for index, item in ranked[:max_sentences] if score(item) > 0]
@@ -164,12 +183,25 @@ def register_offline_providers() -> None:
             for chunk in self.streaming(model, messages, *args, **kwargs):
                 yield chunk
 
-    providers = {item["provider"] for item in litellm.custom_provider_map}
-    if "extractive" not in providers:
-        litellm.custom_provider_map = [
-            *litellm.custom_provider_map,
-            {"provider": "extractive", "custom_handler": ExtractiveLLM()},
-        ]
+    class LocalGGUFLLM(ExtractiveLLM):
+        """Gemma 3 270M from the bundled GGUF; the converted model is cached under RAG_DATA_DIR."""
+
+        def _answer(self, messages: list) -> str:
+            from rag_core.local_llm import generate_local
+            from rag_core.settings import get_settings
+
+            return generate_local(get_settings().data_dir.resolve(), messages)
+
+    registered = {item["provider"] for item in litellm.custom_provider_map}
+    handlers = {"extractive": ExtractiveLLM, "local-gguf": LocalGGUFLLM}
+    litellm.custom_provider_map = [
+        *litellm.custom_provider_map,
+        *(
+            {"provider": name, "custom_handler": handler()}
+            for name, handler in handlers.items()
+            if name not in registered
+        ),
+    ]
 
 
 @dataclass(frozen=True)

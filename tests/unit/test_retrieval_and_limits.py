@@ -1,0 +1,76 @@
+import time
+
+import pytest
+
+from rag_core.cache import LRUCache, RedisCache, cache_key
+from rag_core.ratelimit import RateLimiter
+from rag_core.retrieval import InvalidFilter, filter_expression, fuse_rrf
+from rag_core.store import Hit
+
+
+def test_filter_expression_always_scopes_the_tenant():
+    assert filter_expression({}, "acme") == 'tenant == "acme"'
+    assert filter_expression({"doc_id": ["a", "b"], "source": "x.md"}, "t") == (
+        'tenant == "t" and doc_id in ["a", "b"] and source in ["x.md"]'
+    )
+    quoted = filter_expression({"title": 'He said "hi" \\ bye'}, "t")
+    assert quoted.endswith('title in ["He said \\"hi\\" \\\\ bye"]')  # JSON escaping: no expression injection
+
+
+@pytest.mark.parametrize(
+    "filters, message",
+    [
+        ({"tenant": "x"}, "cannot filter"),
+        ({"doc_id": []}, "1 to 100"),
+        ({"doc_id": [1]}, "strings"),
+        ({"doc_id": ["x"] * 101}, "1 to 100"),
+    ],
+)
+def test_bad_filters_are_refused(filters, message):
+    with pytest.raises(InvalidFilter, match=message):
+        filter_expression(filters, "t")
+
+
+def _hits(*ids: str) -> list[Hit]:
+    return [Hit(chunk_id, 0.0, {"doc_id": chunk_id}) for chunk_id in ids]
+
+
+def test_weighted_rrf():
+    fused = fuse_rrf({"dense": _hits("a", "b", "c"), "bm25": _hits("c", "a", "d")}, {"dense": 1, "bm25": 1}, k=60)
+    assert [hit.chunk_id for hit, _, _ in fused] == ["a", "c", "b", "d"]
+    assert fused[0][2] == {"dense": 1, "bm25": 2}
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    dense_only = fuse_rrf({"dense": _hits("a", "b"), "bm25": _hits("b", "z")}, {"dense": 1, "bm25": 0}, k=60)
+    assert [hit.chunk_id for hit, _, _ in dense_only][:2] == ["a", "b"]
+
+
+def test_lru_cache_expires_and_evicts():
+    cache = LRUCache(max_items=2)
+    cache.set("a", 1, ttl_s=1)
+    cache.set("b", 2, ttl_s=60)
+    cache.set("c", 3, ttl_s=60)
+    assert cache.get("a") is None and cache.get("b") == 2
+    short = LRUCache()
+    short.set("x", [1.5], ttl_s=0)
+    time.sleep(0.01)
+    assert short.get("x") is None
+
+
+def test_cache_keys_change_with_the_index_version():
+    assert cache_key("retrieve", "v1", "q", 5) != cache_key("retrieve", "v2", "q", 5)
+    assert cache_key("retrieve", "v1", "q", 5) == cache_key("retrieve", "v1", "q", 5)
+
+
+def test_unreachable_redis_is_a_miss_not_an_error():
+    cache = RedisCache("redis://127.0.0.1:1/0")
+    cache.set("k", {"a": 1}, 10)
+    assert cache.get("k") is None and cache.healthy() is False
+
+
+def test_in_process_rate_limit():
+    limiter = RateLimiter(per_minute=3)
+    decisions = [limiter.hit("key") for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert 1 <= decisions[-1].retry_after_s <= 61
+    assert limiter.hit("other").allowed
+    assert RateLimiter(per_minute=0).hit("key").allowed
