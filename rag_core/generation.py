@@ -214,25 +214,31 @@ class LLMConfig:
     temperature: float = 0.0
 
 
-def generate(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig) -> Answer:
-    """One answer through litellm. Any failure degrades to the sources with the reason — never raises."""
+def _complete(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig, stream: bool):
+    """The one litellm call every answer goes through."""
     import litellm
 
     register_offline_providers()
+    return litellm.completion(
+        model=config.model,
+        messages=build_messages(question, sources),
+        api_base=config.api_base or None,
+        api_key=config.api_key or None,
+        timeout=config.timeout_s,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        stream=stream,
+        num_retries=0,
+    )
+
+
+def generate(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig) -> Answer:
+    """One answer through litellm. Any failure degrades to the sources with the reason — never raises."""
     started = time.perf_counter()
     if not sources:
         return Answer("No indexed passage matches this question.", [], config.model, True, "no sources retrieved")
     try:
-        response = litellm.completion(
-            model=config.model,
-            messages=build_messages(question, sources),
-            api_base=config.api_base or None,
-            api_key=config.api_key or None,
-            timeout=config.timeout_s,
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            num_retries=0,
-        )
+        response = _complete(question, sources, config, stream=False)
         raw = response.choices[0].message.content or ""
     except Exception as error:  # litellm maps every provider failure to its own exception types
         return _degraded(sources, config.model, f"{type(error).__name__}: {error}", started)
@@ -268,26 +274,13 @@ def _degraded(sources: Sequence[RetrievedChunk], model: str, reason: str, starte
 
 def stream(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig) -> Iterator[tuple[str, Answer | None]]:
     """Yields (text delta, None) while streaming and ('', final Answer) last; degrades like `generate`."""
-    import litellm
-
-    register_offline_providers()
     started = time.perf_counter()
     if not sources:
         yield "", Answer("No indexed passage matches this question.", [], config.model, True, "no sources retrieved")
         return
     pieces: list[str] = []
     try:
-        response = litellm.completion(
-            model=config.model,
-            messages=build_messages(question, sources),
-            api_base=config.api_base or None,
-            api_key=config.api_key or None,
-            timeout=config.timeout_s,
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            stream=True,
-            num_retries=0,
-        )
+        response = _complete(question, sources, config, stream=True)
         for chunk in response:
             delta = chunk.choices[0].delta.content or ""
             if delta:

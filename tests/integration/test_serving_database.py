@@ -8,49 +8,28 @@ import pytest
 from rag_core.querylog import ServingDatabase
 
 
+def _log(database: ServingDatabase, tenant: str, question: str, **overrides) -> str:
+    values = dict(
+        key_id=None,
+        mode="dense",
+        top_k=3,
+        chunk_ids=[],
+        timings_ms={},
+        model="m",
+        index_version="v1",
+        degraded=False,
+        cached=False,
+    )
+    return database.log_query(tenant=tenant, question=question, **{**values, **overrides})
+
+
 def _exercise(database: ServingDatabase) -> None:
     key = database.create_key("acme", "ci")
     assert key.startswith("rag_") and database.authenticate(key).tenant == "acme"
     assert database.authenticate(key + "x") is None and database.authenticate("garbage") is None
-    first = database.log_query(
-        tenant="acme",
-        key_id=None,
-        question="q1",
-        mode="hybrid",
-        top_k=3,
-        chunk_ids=["a#0:1"],
-        timings_ms={"search": 1.5},
-        model="m",
-        index_version="v1",
-        degraded=False,
-        cached=False,
-    )
-    second = database.log_query(
-        tenant="acme",
-        key_id=None,
-        question="q2",
-        mode="dense",
-        top_k=3,
-        chunk_ids=[],
-        timings_ms={},
-        model="m",
-        index_version="v1",
-        degraded=False,
-        cached=False,
-    )
-    database.log_query(
-        tenant="other",
-        key_id=None,
-        question="q3",
-        mode="dense",
-        top_k=3,
-        chunk_ids=[],
-        timings_ms={},
-        model="m",
-        index_version="v1",
-        degraded=False,
-        cached=True,
-    )
+    first = _log(database, "acme", "q1", chunk_ids=["a#0:1"], timings_ms={"search": 1.5})
+    second = _log(database, "acme", "q2")
+    _log(database, "other", "q3", cached=True)
     assert database.query_exists(first, "acme") and not database.query_exists(first, "other")
     database.add_feedback(first, 1, False, "bad")
     database.add_feedback(second, 4, True, "")

@@ -1,11 +1,14 @@
 """Failure paths of the serving API on a real HTTP port: an LLM that fails, a Redis that dies and comes
 back, per-key rate limits, and the alias moving to a new index build while the server runs."""
 
+import logging
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from rag_assets.cli import index
+from rag_core.querylog import ServingDatabase
 from rag_serving.app import create_app
 from tests.serving_server import RedisProcess, ServerThread
 
@@ -13,11 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def fragile(served, tmp_path):
-    """A second app on the same index: its own redis-server, an unreachable LLM, 6 requests a minute."""
+def fragile(served, tmp_path, postgres_database):
+    """A second app on the same index: its query log, feedback and keys in PostgreSQL, its own
+    redis-server, an unreachable LLM, and 6 requests a minute."""
     redis = RedisProcess(tmp_path).start()
+    database = ServingDatabase(postgres_database)
+    keys = {tenant: database.create_key(tenant) for tenant in ("default", "acme", "globex")}
+    database.engine.dispose()
     settings = served.settings.model_copy(
         update={
+            "serving_db_url": postgres_database,
             "redis_url": redis.url,
             "rate_limit_per_minute": 6,
             "llm_model": "openai/gpt-4o-mini",
@@ -28,20 +36,30 @@ def fragile(served, tmp_path):
     )
     server = ServerThread(create_app(settings)).start()
     try:
-        yield server, redis, served.keys
+        yield server, redis, keys
     finally:
         server.stop()
         redis.stop()
 
 
-def test_llm_failure_degrades_to_sources_never_500(fragile):
+def test_llm_failure_degrades_to_sources_never_500(fragile, postgres_database):
     server, _redis, keys = fragile
     with server.client(keys["default"]) as client:
         response = client.post("/v1/query", json={"query": "What does the sensor do?", "top_k": 3})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["degraded"] is True and "Connection error" in body["reason"]
-    assert len(body["sources"]) == 3 and [c["number"] for c in body["citations"]] == [1, 2, 3]
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["degraded"] is True and "Connection error" in body["reason"]
+        assert len(body["sources"]) == 3 and [c["number"] for c in body["citations"]] == [1, 2, 3]
+        feedback = client.post("/v1/feedback", json={"query_id": body["query_id"], "rating": 1, "is_relevant": False})
+        assert feedback.status_code == 201
+    engine = sa.create_engine(postgres_database)  # the query log and feedback are in PostgreSQL
+    with engine.connect() as connection:
+        logged = connection.execute(
+            sa.text("SELECT degraded, model FROM rag_queries WHERE query_id = :id"), {"id": body["query_id"]}
+        ).one()
+        rated = connection.execute(sa.text("SELECT count(*) FROM rag_feedback")).scalar()
+    engine.dispose()
+    assert tuple(logged) == (True, "openai/gpt-4o-mini") and rated == 1
 
 
 def test_redis_dying_mid_flight_keeps_requests_working(fragile):
@@ -89,3 +107,21 @@ def test_the_server_follows_the_alias_to_a_new_build_without_restart(served):
         while client.get("/ready").json()["collection"] != before["collection"] and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.get("/ready").json()["collection"] == before["collection"]
+
+
+def test_auth_can_be_disabled_for_the_demo_and_says_so(served, caplog):
+    settings = served.settings.model_copy(update={"auth_disabled": True, "redis_url": ""})
+    with caplog.at_level(logging.WARNING, logger="rag_serving"):
+        server = ServerThread(create_app(settings)).start()
+    try:
+        assert "AUTHENTICATION IS DISABLED" in caplog.text
+        with server.client() as anonymous:
+            response = anonymous.post("/v1/retrieve", json={"query": "sensor", "top_k": 50})
+            assert response.status_code == 200
+            assert not any(c["source"].startswith("tenant=") for c in response.json()["chunks"])
+            assert (
+                anonymous.get("/ready").json()["auth"] == "disabled"
+                and anonymous.get("/ready").json()["cache"] == "memory"
+            )
+    finally:
+        server.stop()
