@@ -118,7 +118,7 @@ def main() -> None:
         "REDIS_URL": "",
     }
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "rag-serve"), "serve", "--port", str(port)],
+        [sys.executable, "-m", "rag_serving.cli", "serve", "--port", str(port)],
         env=environment,
         stderr=subprocess.DEVNULL,
     )

@@ -84,5 +84,6 @@ class DocumentStatus(BaseModel):
     tenant: str
     chunks: int
     reason: str = ""
-    index_version: str = ""
+    index_version: str = Field("", description="The served index version, when its build is the published one.")
     collection: str = ""
+    embedding_version: str = ""

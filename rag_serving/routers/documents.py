@@ -12,7 +12,7 @@ from rag_core.documents import SUPPORTED_SUFFIXES, TENANT_DIR_PREFIX, decode_tex
 from rag_core.ids import source_key
 from rag_serving.deps import Caller, caller, get_state
 from rag_serving.schemas import DocumentStatus
-from rag_serving.state import ServingState
+from rag_serving.state import IndexNotReady, ServingState
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -90,9 +90,19 @@ def _locate(doc_id: str, who: Caller, state: ServingState) -> tuple[Path | None,
         tenant=entry.tenant,
         chunks=entry.chunks,
         reason="; ".join(entry.quarantined),
-        index_version=entry.embedding_version,
+        index_version=_served_version(state, entry.collection),
         collection=entry.collection,
+        embedding_version=entry.embedding_version,
     )
+
+
+def _served_version(state: ServingState, collection: str) -> str:
+    """The index version serving this document: empty when its build is not the published one."""
+    try:
+        snapshot = state.index.current()
+    except IndexNotReady:
+        return ""
+    return snapshot.index_version if snapshot.collection == collection else ""
 
 
 def _is_newer(path: Path, indexed_at) -> bool:

@@ -191,6 +191,8 @@ def test_upload_index_status_and_delete_through_the_sensor(served):
         apply_sensor_result(settings, instance, sensor_tick(settings, instance))  # what the daemon does
         status = client.get(f"/v1/documents/{doc_id}").json()
         assert status["status"] == "indexed" and status["chunks"] == 1 and status["tenant"] == "acme"
+        assert status["index_version"] == client.get("/ready").json()["index_version"]
+        assert status["embedding_version"].startswith("all-MiniLM-L6-v2@")
         hits = client.post("/v1/retrieve", json={"query": "otters sleeping", "top_k": 1}).json()["chunks"]
         assert hits[0]["source"] == "tenant=acme/otter-facts.md"
         with served.client("globex") as other:
