@@ -114,6 +114,67 @@ def status(settings: Settings) -> dict[str, object]:
     }
 
 
+def _materialize(settings: Settings, job_name: str, run_config: dict | None = None, instance=None):
+    """Runs a job of the code location in this process, recorded in the Dagster instance (and the UI)."""
+    from rag_assets.definitions import build_definitions
+
+    instance = instance or _instance(settings)
+    return (
+        build_definitions(settings)
+        .resolve_job_def(job_name)
+        .execute_in_process(run_config=run_config or {}, instance=instance, raise_on_error=False)
+    )
+
+
+def _report(result, asset_name: str) -> dict[str, object]:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.to_user_string() == asset_name:
+            return {key: value.value for key, value in materialization.metadata.items()}
+    return {}
+
+
+def promote(
+    settings: Settings, model: str = "", chunk_max_tokens: int = 0, chunk_overlap_tokens: int = -1, instance=None
+) -> dict[str, object]:
+    """Build a candidate (when a model or chunking is given), evaluate it next to the served build, and
+    move the alias only if it passes the gate."""
+    instance = instance or _instance(settings)
+    if model or chunk_max_tokens or chunk_overlap_tokens >= 0:
+        config = {"model": model, "chunk_max_tokens": chunk_max_tokens, "chunk_overlap_tokens": chunk_overlap_tokens}
+        built = _materialize(settings, "candidate_job", {"ops": {"candidate_index": {"config": config}}}, instance)
+        if not built.success:
+            return {"promoted": False, "gate": "the candidate build failed (see its run in the Dagster UI)"}
+    result = _materialize(settings, "promote_job", instance=instance)
+    report = _report(result, "retrieval_eval_report")
+    promoted = _report(result, "promoted_index")
+    return {
+        "promoted": bool(promoted.get("alias_moved")),
+        "evaluated": report.get("evaluated_collection"),
+        "ndcg_at_10": report.get("ndcg_at_10"),
+        "baseline_ndcg_at_10": report.get("baseline_ndcg_at_10"),
+        "gate": report.get("gate_reason", "the evaluation failed (see its run in the Dagster UI)"),
+        "served": promoted.get("served_collection") or report.get("served_collection"),
+        "run_id": result.run_id,
+    }
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    from rag_assets.resources import build_resources
+    from rag_core.promotion import rollback as rollback_alias
+
+    with build_resources(settings)["milvus"].store() as store:
+        return rollback_alias(store)
+
+
+def builds(settings: Settings) -> list[dict[str, str]]:
+    from rag_assets.resources import build_resources
+    from rag_core.promotion import builds as list_builds
+
+    with build_resources(settings)["milvus"].store() as store:
+        return list_builds(store)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rag", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--documents-dir", type=Path, help="overrides RAG_DOCUMENTS_DIR")
     commands.add_parser("status", help="what is indexed, quarantined and served")
     commands.add_parser("reconcile", help="repair drift between the folder, Dagster and Milvus now")
+    commands.add_parser("eval", help="evaluate the served index now (retrieval metrics, gate check, ragas)")
+    promote_cmd = commands.add_parser(
+        "promote", help="evaluate a candidate build next to the served one; move the alias only if it passes"
+    )
+    promote_cmd.add_argument("--model", default="", help="build a candidate with this model (models:/…, a dir)")
+    promote_cmd.add_argument("--chunk-max-tokens", type=int, default=0, help="build a candidate with this chunk size")
+    promote_cmd.add_argument("--chunk-overlap-tokens", type=int, default=-1)
+    finetune_cmd = commands.add_parser("finetune", help="fine-tune, register in MLflow, build, evaluate, promote")
+    finetune_cmd.add_argument("--epochs", type=int, default=0)
+    finetune_cmd.add_argument("--max-train-queries", type=int, default=0)
+    commands.add_parser("rollback", help="serve the previously promoted build again")
+    commands.add_parser("builds", help="list the index builds and which one is served")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -147,6 +220,34 @@ def main(argv: list[str] | None = None) -> int:
         instance = _instance(settings)
         result = build_definitions(settings).resolve_job_def("reconcile_job").execute_in_process(instance=instance)
         return 0 if result.success else 1
+    elif args.command == "eval":
+        result = _materialize(settings, "evaluation_job")
+        report = _report(result, "retrieval_eval_report")
+        print(report.get("report", "the evaluation failed — see the run in the Dagster UI"))
+        print(f"quality gate: {report.get('gate_reason')}")
+        return 0 if result.success else 1
+    elif args.command == "promote":
+        outcome = promote(settings, args.model, args.chunk_max_tokens, args.chunk_overlap_tokens)
+        for key, value in outcome.items():
+            print(f"{key:>20}: {value}")
+        return 0 if outcome["promoted"] else 1
+    elif args.command == "finetune":
+        config = {"epochs": args.epochs, "max_train_queries": args.max_train_queries}
+        result = _materialize(
+            settings, "finetune_and_promote_job", {"ops": {"finetuned_embedding_model": {"config": config}}}
+        )
+        model = _report(result, "finetuned_embedding_model")
+        report = _report(result, "retrieval_eval_report")
+        print(f"model: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
+        print(f"quality gate: {report.get('gate_reason')}")
+        print(f"promoted: {bool(_report(result, 'promoted_index').get('alias_moved'))}")
+        return 0 if result.success else 1
+    elif args.command == "rollback":
+        moved_from, moved_to = rollback(settings)
+        print(f"alias {settings.collection_alias}: {moved_from} → {moved_to}")
+    elif args.command == "builds":
+        for row in builds(settings):
+            print("  ".join(f"{key}={value}" for key, value in row.items()))
     return 0
 
 

@@ -7,19 +7,21 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
 
 from rag_core.catalog import Catalog
 from rag_core.chunking import ChunkingConfig
 from rag_core.documents import SourceUnit, discover_sources
 from rag_core.embedding import Embedder, EmbeddingCache
+from rag_core.evaluation import EvalDataset
+from rag_core.generation import LLMConfig
+from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+from rag_core.promotion import BuildSpec, served_spec
+from rag_core.retrieval import FusionConfig
 from rag_core.settings import Settings
 from rag_core.store import MilvusStore, milvus_client
-
-
-@lru_cache(maxsize=4)
-def _embedder(model_dir: str, device: str, batch_size: int) -> Embedder:
-    return Embedder(Path(model_dir), device=device, batch_size=batch_size)
+from rag_core.tracking import Tracker, artifact_root, tracking_uri
 
 
 @lru_cache(maxsize=4)
@@ -47,25 +49,6 @@ class SourcesResource(ConfigurableResource):
         return units, [key for key in partition_keys if key not in units]
 
 
-class EmbedderResource(ConfigurableResource):
-    model_dir: str
-    device: str = "cpu"
-    batch_size: int = 64
-    cache_path: str
-    chunk_max_tokens: int = 256
-    chunk_overlap_tokens: int = 32
-
-    def get(self) -> Embedder:
-        return _embedder(self.model_dir, self.device, self.batch_size)
-
-    def cache(self) -> EmbeddingCache:
-        return EmbeddingCache(Path(self.cache_path))
-
-    def chunking(self) -> ChunkingConfig:
-        """Chunks (with their title) fit the model's sequence length less its two special tokens."""
-        return ChunkingConfig(self.chunk_max_tokens, self.chunk_overlap_tokens, self.get().max_seq_length - 2)
-
-
 class MilvusResource(ConfigurableResource):
     uri: str
     token: str = ""
@@ -78,6 +61,58 @@ class MilvusResource(ConfigurableResource):
             yield MilvusStore(client, self.alias)
 
 
+class EmbedderResource(ConfigurableResource):
+    """The embedding model and chunking a build uses. Empty `model` / `follow_served_chunking` mean "what
+    the served collection was built with", so after a fine-tuned model is promoted, incremental indexing
+    keeps writing the served build with it; an explicit model or chunking is a candidate build."""
+
+    milvus: MilvusResource
+    model: str = ""
+    follow_served_chunking: bool = True
+    chunk_max_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+    device: str = "cpu"
+    batch_size: int = 64
+    cache_path: str
+    models_dir: str
+    mlflow_tracking_uri: str
+    mlflow_artifacts: str = ""
+
+    _spec: BuildSpec | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._spec = None  # each run resolves the served build afresh
+
+    def resolver(self) -> ModelResolver:
+        artifacts = Path(self.mlflow_artifacts) if self.mlflow_artifacts else None
+        return ModelResolver(Path(self.models_dir), Tracker(self.mlflow_tracking_uri, artifacts))
+
+    def spec(self) -> BuildSpec:
+        if self._spec is None:
+            served = None
+            if not self.model or self.follow_served_chunking:
+                with self.milvus.store() as store:
+                    served = served_spec(store, BUNDLED_MODEL)
+            model = self.model or (served.model if served else BUNDLED_MODEL)
+            if self.follow_served_chunking and served:
+                sizes = (served.chunk_max_tokens, served.chunk_overlap_tokens)
+            else:
+                sizes = (self.chunk_max_tokens, self.chunk_overlap_tokens)
+            self._spec = BuildSpec(model, *sizes)
+        return self._spec
+
+    def get(self) -> Embedder:
+        return load_embedder(self.spec().model, self.resolver(), self.device, self.batch_size)
+
+    def cache(self) -> EmbeddingCache:
+        return EmbeddingCache(Path(self.cache_path))
+
+    def chunking(self) -> ChunkingConfig:
+        """Chunks (with their title) fit the model's sequence length less its two special tokens."""
+        spec = self.spec()
+        return ChunkingConfig(spec.chunk_max_tokens, spec.chunk_overlap_tokens, self.get().max_seq_length - 2)
+
+
 class CatalogResource(ConfigurableResource):
     url: str
 
@@ -85,9 +120,61 @@ class CatalogResource(ConfigurableResource):
         return _catalog(self.url)
 
 
+class TrackingResource(ConfigurableResource):
+    """MLflow: the embedded SQLite store under the data dir, or MLFLOW_TRACKING_URI."""
+
+    tracking_uri: str
+    artifacts_dir: str = ""
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, Path(self.artifacts_dir) if self.artifacts_dir else None)
+
+
+class EvaluationResource(ConfigurableResource):
+    """The labelled dataset, the modes, the gate, and the answer/judge models of the evaluation assets."""
+
+    dataset_dir: str
+    split: str = "test"
+    train_split: str = "train"
+    modes: list[str] = ["bm25", "dense", "hybrid"]
+    gate_mode: str = "hybrid"
+    gate_margin: float = 0.01
+    max_queries: int = 0
+    tenant: str = "default"
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    rag_queries: int = 20
+    llm_model: str = "extractive/best-sentences"
+    llm_api_base: str = ""
+    llm_api_key: str = ""
+    llm_timeout_s: float = 30.0
+    llm_max_tokens: int = 400
+    judge_model: str = ""
+    judge_api_base: str = ""
+    judge_api_key: str = ""
+    reports_dir: str
+    serving_db_url: str
+
+    def dataset(self, split: str | None = None) -> EvalDataset:
+        return EvalDataset.load(Path(self.dataset_dir), split or self.split)
+
+    def fusion(self) -> FusionConfig:
+        return FusionConfig(rrf_k=self.rrf_k, dense_weight=self.dense_weight, bm25_weight=self.bm25_weight)
+
+    def llm(self) -> LLMConfig:
+        return LLMConfig(self.llm_model, self.llm_api_base, self.llm_api_key, self.llm_timeout_s, self.llm_max_tokens)
+
+
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     from rag_assets.io_manager import PartitionedPickleIOManager
 
+    milvus = MilvusResource(
+        uri=settings.resolved_milvus_uri,
+        token=settings.milvus_token,
+        alias=settings.collection_alias,
+        lock_timeout_s=settings.milvus_lock_timeout_s,
+    )
     return {
         "sources": SourcesResource(
             documents_dir=str(settings.documents_dir.resolve()),
@@ -98,19 +185,46 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             batch_threshold=settings.sensor_batch_threshold,
         ),
         "embedder": EmbedderResource(
-            model_dir=str(settings.resolved_model_dir),
+            milvus=milvus,
+            model=settings.embedding_model,
+            follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens"} & settings.model_fields_set,
+            chunk_max_tokens=settings.chunk_max_tokens,
+            chunk_overlap_tokens=settings.chunk_overlap_tokens,
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
             cache_path=str(settings.embedding_cache_path),
-            chunk_max_tokens=settings.chunk_max_tokens,
-            chunk_overlap_tokens=settings.chunk_overlap_tokens,
+            models_dir=str(settings.data_dir.resolve() / "models"),
+            mlflow_tracking_uri=tracking_uri(settings),
+            mlflow_artifacts=str(artifact_root(settings) or ""),
         ),
-        "milvus": MilvusResource(
-            uri=settings.resolved_milvus_uri,
-            token=settings.milvus_token,
-            alias=settings.collection_alias,
-            lock_timeout_s=settings.milvus_lock_timeout_s,
-        ),
+        "milvus": milvus,
         "catalog": CatalogResource(url=settings.resolved_catalog_url),
+        "tracking": TrackingResource(
+            tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or "")
+        ),
+        "evaluation": EvaluationResource(
+            dataset_dir=str(settings.eval_dataset_dir.resolve()),
+            split=settings.eval_split,
+            train_split=settings.train_split,
+            modes=settings.eval_modes,
+            gate_mode=settings.eval_gate_mode,
+            gate_margin=settings.eval_gate_margin,
+            max_queries=settings.eval_max_queries,
+            tenant=settings.default_tenant,
+            rrf_k=settings.rrf_k,
+            dense_weight=settings.dense_weight,
+            bm25_weight=settings.bm25_weight,
+            rag_queries=settings.rag_eval_queries,
+            llm_model=settings.llm_model,
+            llm_api_base=settings.llm_api_base,
+            llm_api_key=settings.llm_api_key,
+            llm_timeout_s=settings.llm_timeout_s,
+            llm_max_tokens=settings.llm_max_tokens,
+            judge_model=settings.judge_model,
+            judge_api_base=settings.judge_api_base,
+            judge_api_key=settings.judge_api_key,
+            reports_dir=str(settings.data_dir.resolve() / "reports"),
+            serving_db_url=settings.resolved_serving_db_url,
+        ),
         "staging_io_manager": PartitionedPickleIOManager(base_dir=str(settings.staging_dir)),
     }

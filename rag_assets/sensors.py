@@ -9,6 +9,7 @@ its partition is dropped and a run deletes its vectors.
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetKey,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
@@ -24,6 +25,7 @@ from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG
 from rag_assets.maintenance import remove_documents_job
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, SourcesResource
+from rag_assets.schedules import evaluation_job
 from rag_core.ids import content_hash
 
 index_documents_job = define_asset_job(
@@ -91,3 +93,16 @@ def documents_sensor(
         return SkipReason(f"{len(units)} source partitions, all indexed and unchanged")
     context.log.info(f"{len(new_partitions)} new, {len(changed)} to (re)index, {len(deleted)} deleted")
     return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests)
+
+
+@sensor(job=evaluation_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def eval_after_reindex_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    """Every index change (a milvus_collection materialization) gets an evaluation run of the served
+    index; its gate check flags a regression against the nDCG recorded when the build was promoted."""
+    event = context.instance.get_latest_materialization_event(AssetKey("milvus_collection"))
+    if event is None or event.storage_id is None:
+        return SkipReason("the index has not been materialized yet")
+    if context.cursor and int(context.cursor) >= event.storage_id:
+        return SkipReason(f"no index change since event {context.cursor}")
+    context.update_cursor(str(event.storage_id))
+    return RunRequest(run_key=f"eval-after:{event.storage_id}")

@@ -102,3 +102,23 @@ class Catalog:
     def remove(self, keys: Sequence[str]) -> None:
         with self.engine.begin() as connection:
             connection.execute(source_partitions.delete().where(source_partitions.c.partition_key.in_(list(keys))))
+
+    def retarget(self, collection: str, embedding_version: str, rows_by_source: dict[str, int]) -> int:
+        """After a one-pass build is promoted: indexed entries now live in `collection` with its counts."""
+        with self.engine.begin() as connection:
+            updated = 0
+            for key, entry in self.entries().items():
+                if entry.status != INDEXED:
+                    continue
+                connection.execute(
+                    source_partitions.update()
+                    .where(source_partitions.c.partition_key == key)
+                    .values(
+                        collection=collection,
+                        embedding_version=embedding_version,
+                        chunks=rows_by_source.get(key, 0),
+                        updated_at=datetime.now(UTC),
+                    )
+                )
+                updated += 1
+        return updated

@@ -47,7 +47,7 @@ def model_name(model_dir: Path) -> str:
 
 
 class Embedder:
-    def __init__(self, model_dir: Path, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu", batch_size: int = 64, name: str = "") -> None:
         if not model_dir.is_dir():
             raise FileNotFoundError(
                 f"embedding model directory {model_dir} does not exist — set RAG_EMBEDDING_MODEL to a "
@@ -56,7 +56,9 @@ class Embedder:
         self.model_dir = model_dir
         self.device = device
         self.batch_size = batch_size
-        self.version = f"{model_name(model_dir)}@{model_fingerprint(model_dir)}"
+        self.version = f"{name or model_name(model_dir)}@{model_fingerprint(model_dir)}"
+        # How another process finds this model again (see rag_core.models); a directory unless a loader says.
+        self.reference = str(model_dir)
 
     @cached_property
     def model(self):

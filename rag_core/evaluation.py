@@ -13,6 +13,12 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rag_core.embedding import Embedder
+    from rag_core.retrieval import FusionConfig
+    from rag_core.store import MilvusStore
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
 
@@ -83,3 +89,157 @@ def ir_metrics(
         metric: {query: float(value) for query, value in ranx_run.scores[metric].items()} for metric in metrics
     }
     return {metric: round(float(value), 4) for metric, value in means.items()}, per_query
+
+
+def restrict_to_documents(dataset: EvalDataset, doc_ids: set[str]) -> EvalDataset:
+    """The dataset judged against the documents the index holds: a query whose relevant documents are
+    all missing cannot be answered by this index and is dropped (counted in the report)."""
+    qrels = {
+        query: kept
+        for query, judged in dataset.qrels.items()
+        if (kept := {doc: score for doc, score in judged.items() if doc in doc_ids})
+    }
+    queries = {query: dataset.queries[query] for query in qrels}
+    answers = {query: answer for query, answer in dataset.answers.items() if query in qrels}
+    return EvalDataset(dataset.name, queries, qrels, answers)
+
+
+@dataclass
+class ModeResult:
+    means: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+
+@dataclass
+class RetrievalEvaluation:
+    dataset: str
+    collection: str
+    queries: int
+    dropped_queries: int
+    modes: dict[str, ModeResult]
+    seconds: float
+
+    def table(self) -> str:
+        metrics = list(next(iter(self.modes.values())).means) if self.modes else []
+        lines = ["| mode | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        for mode, result in self.modes.items():
+            lines.append(f"| {mode} | " + " | ".join(f"{result.means[m]:.4f}" for m in metrics) + " |")
+        return "\n".join(lines)
+
+
+def evaluate_retrieval(
+    dataset: EvalDataset,
+    encode: Callable[[list[str]], list[list[float]]],
+    search: Callable[[str, list[float] | None, str], list[tuple[str, float]]],
+    modes: list[str],
+    collection: str = "",
+    dropped_queries: int = 0,
+) -> RetrievalEvaluation:
+    """Runs every query in every mode. `search(text, vector, mode)` returns ranked (doc id, score) per chunk."""
+    import time
+
+    started = time.perf_counter()
+    texts = list(dataset.queries.values())
+    vectors = dict(zip(texts, encode(texts), strict=True)) if texts else {}
+    results = {}
+    for mode in modes:
+        run = document_run(dataset, lambda text, mode=mode: search(text, vectors.get(text), mode))
+        means, per_query = ir_metrics(dataset.qrels, run)
+        results[mode] = ModeResult(means, per_query)
+    return RetrievalEvaluation(
+        dataset.name, collection, len(dataset.queries), dropped_queries, results, time.perf_counter() - started
+    )
+
+
+def write_report(evaluations: dict[str, RetrievalEvaluation], folder: Path, title: str) -> Path:
+    """A markdown report with two plots: nDCG@10 per mode for each build, and its per-query distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figure, (bars, boxes) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(evaluations), 1)
+    labels: list[str] = []
+    for index, (role, evaluation) in enumerate(evaluations.items()):
+        modes = list(evaluation.modes)
+        labels = modes
+        values = [evaluation.modes[mode].means["ndcg@10"] for mode in modes]
+        bars.bar([i + index * width for i in range(len(modes))], values, width, label=role)
+    bars.set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(labels))], labels)
+    bars.set_ylabel("nDCG@10")
+    bars.set_ylim(0, 1)
+    bars.legend()
+    bars.set_title("nDCG@10 per mode")
+    series, names = [], []
+    for role, evaluation in evaluations.items():
+        for mode, result in evaluation.modes.items():
+            series.append(list(result.per_query["ndcg@10"].values()))
+            names.append(f"{role}\n{mode}")
+    boxes.boxplot(series, tick_labels=names)
+    boxes.set_title("per-query nDCG@10")
+    figure.tight_layout()
+    plot = folder / "ndcg_by_mode.png"
+    figure.savefig(plot, dpi=90)
+    plt.close(figure)
+    sections = [f"# {title}", ""]
+    for role, evaluation in evaluations.items():
+        sections += [
+            f"## {role}: `{evaluation.collection}`",
+            f"{evaluation.dataset}: {evaluation.queries} queries judged against indexed documents "
+            f"({evaluation.dropped_queries} dropped: none of their relevant documents is indexed); "
+            f"{evaluation.seconds:.1f} s",
+            "",
+            evaluation.table(),
+            "",
+        ]
+    sections.append(f"![nDCG@10 per mode]({plot.name})")
+    report = folder / "retrieval_report.md"
+    report.write_text("\n".join(sections) + "\n")
+    return report
+
+
+def evaluate_collection(
+    store: MilvusStore,
+    collection: str,
+    embedder: Embedder,
+    dataset: EvalDataset,
+    modes: list[str],
+    fusion: FusionConfig,
+    tenant: str,
+    max_queries: int = 0,
+    depth: int = 100,
+) -> RetrievalEvaluation:
+    """The dataset's queries against one collection of the live index, in each mode."""
+    from rag_core.retrieval import Retriever, filter_expression
+
+    judged = restrict_to_documents(dataset, store.doc_ids(collection))
+    if max_queries and len(judged.queries) > max_queries:
+        keep = sorted(judged.queries)[:max_queries]
+        judged = EvalDataset(
+            judged.name,
+            {q: judged.queries[q] for q in keep},
+            {q: judged.qrels[q] for q in keep},
+            {q: a for q, a in judged.answers.items() if q in keep},
+        )
+    if not judged.queries:
+        raise ValueError(
+            f"none of the {len(dataset.queries)} queries of {dataset.name} has a relevant document in {collection} — "
+            "point RAG_EVAL_DATASET_DIR at a labelled set for the documents you index"
+        )
+    retriever = Retriever(store, collection, fusion)
+    expression = filter_expression({}, tenant)
+
+    def search(text: str, vector: list[float] | None, mode: str) -> list[tuple[str, float]]:
+        chunks = retriever.retrieve(text, vector, depth, mode, expression)  # type: ignore[arg-type]
+        return [(chunk.doc_id, chunk.score) for chunk in chunks]
+
+    return evaluate_retrieval(
+        judged,
+        lambda texts: [vector.tolist() for vector in embedder.encode(texts)],
+        search,
+        modes,
+        collection,
+        len(dataset.queries) - len(judged.queries),
+    )

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rag_core.chunking import Chunk
+from rag_core.chunking import Chunk, ChunkingConfig, chunk_documents
 from rag_core.documents import ParsedSource, Quarantined, SourceUnit, parse_source
+from rag_core.embedding import Embedder, EmbeddingCache, embed_with_cache
 from rag_core.pii import redact
-from rag_core.store import MilvusStore
+from rag_core.store import IndexBuild, MilvusStore
 
 
 def parse_units(units: Iterable[SourceUnit], max_file_mb: float, redact_pii: bool) -> list[ParsedSource]:
@@ -134,4 +135,45 @@ def plan_reconcile(
             key for key in source_keys & set(expected_rows) if milvus_rows.get(key, 0) != expected_rows[key]
         ),
         forget=sorted(set(catalog_chunks) - source_keys),
+    )
+
+
+@dataclass
+class BuildStats:
+    documents: int
+    quarantined: int
+    chunks: int
+    computed: int
+    cached: int
+    rows: int
+
+
+def build_from_sources(
+    store: MilvusStore,
+    build: IndexBuild,
+    units: Sequence[SourceUnit],
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    chunking: ChunkingConfig,
+    max_file_mb: float,
+    redact_pii: bool,
+    collection: str | None = None,
+) -> tuple[str, BuildStats]:
+    """A whole collection from the source folder in one pass (a candidate build or an experiment): the
+    same parse → chunk → cached embed → rows as the partitioned assets, in one batched encode."""
+    collection = store.ensure_collection(build, name=collection)
+    parsed = parse_units(units, max_file_mb, redact_pii)
+    documents = [document for source in parsed for document in source.documents]
+    chunks = chunk_documents(documents, embedder.tokenizer, chunking)
+    vectors, stats = embed_with_cache(
+        embedder, cache, [chunk.search_text for chunk in chunks], [chunk.content_hash for chunk in chunks]
+    )
+    rows: dict[str, list[dict]] = {source.unit.partition_key: [] for source in parsed if source.documents}
+    extra = {d.doc_id: {"parser": d.parser, "doc_hash": d.content_hash} for d in documents}
+    for row in milvus_rows(chunks, vectors, extra):
+        rows[row["source_key"]].append(row)
+    sync_partitions(store, collection, rows)
+    quarantined = sum(len(source.quarantined) for source in parsed)
+    return collection, BuildStats(
+        len(documents), quarantined, len(chunks), stats.computed, stats.cached, store.count(collection)
     )

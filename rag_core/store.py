@@ -157,13 +157,19 @@ class IndexBuild:
     embedding_version: str
     dimension: int
     chunking: str
+    model_reference: str = ""  # how any process loads the model again (rag_core.models)
+    chunk_max_tokens: int = 0
+    chunk_overlap_tokens: int = 0
 
     def properties(self) -> dict[str, str]:
         return {
             "rag.embedding_model": self.embedding_model,
             "rag.embedding_version": self.embedding_version,
+            "rag.embedding_model_uri": self.model_reference,
             "rag.dimension": str(self.dimension),
             "rag.chunking": self.chunking,
+            "rag.chunk_max_tokens": str(self.chunk_max_tokens),
+            "rag.chunk_overlap_tokens": str(self.chunk_overlap_tokens),
             "rag.schema_version": SCHEMA_VERSION,
         }
 
@@ -199,8 +205,8 @@ class MilvusStore:
         return f"{self.alias}__{build.collection_name}"
 
     # ---- schema
-    def ensure_collection(self, build: IndexBuild) -> str:
-        name = self.collection_for(build)
+    def ensure_collection(self, build: IndexBuild, name: str | None = None) -> str:
+        name = name or self.collection_for(build)
         if self.client.has_collection(name):
             stored = self.collection_properties(name)
             if stored.get("rag.embedding_version") != build.embedding_version:
@@ -237,7 +243,8 @@ class MilvusStore:
             "dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
         )
         index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self.client.create_collection(name, schema=schema, index_params=index_params, properties=build.properties())
+        properties = {**build.properties(), "rag.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.client.create_collection(name, schema=schema, index_params=index_params, properties=properties)
         log.info("created collection %s", name)
         return name
 
@@ -253,8 +260,17 @@ class MilvusStore:
         self.client.alter_collection_properties(name, {"rag.index_version": version})
         return version
 
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        self.client.alter_collection_properties(name, {key: str(value) for key, value in properties.items()})
+
     def has_collection(self, name: str) -> bool:
         return self.client.has_collection(name)
+
+    def drop_collection(self, name: str) -> None:
+        if self.alias_target() == name:
+            raise RuntimeError(f"{name} is served by the alias {self.alias}; move the alias before dropping it")
+        self._loaded.discard(name)
+        self.client.drop_collection(name)
 
     # ---- alias
     def alias_target(self) -> str | None:
@@ -277,6 +293,24 @@ class MilvusStore:
             for row in self._query_all(collection, in_filter("source_key", batch), ["chunk_id", "source_key"]):
                 found[row["source_key"]].add(row["chunk_id"])
         return found
+
+    def texts_by_chunk_id(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """The embedded text (title + passage) of these chunks."""
+        found: dict[str, str] = {}
+        for start in range(0, len(chunk_ids), 100):
+            batch = list(chunk_ids[start : start + 100])
+            for row in self._query_all(collection, in_filter("chunk_id", batch), ["chunk_id", "search_text"]):
+                found[row["chunk_id"]] = row["search_text"]
+        return found
+
+    def sample_texts(self, collection: str, limit: int) -> dict[str, str]:
+        """Up to `limit` chunks' embedded text, spread over the collection (every n-th chunk id)."""
+        ids = sorted(row["chunk_id"] for row in self._query_all(collection, "", ["chunk_id"]))
+        step = max(1, len(ids) // max(limit, 1))
+        return self.texts_by_chunk_id(collection, ids[::step][:limit])
+
+    def doc_ids(self, collection: str) -> set[str]:
+        return {row["doc_id"] for row in self._query_all(collection, "", ["doc_id"])}
 
     def rows_by_source(self, collection: str) -> Counter[str]:
         return Counter(row["source_key"] for row in self._query_all(collection, "", ["source_key"]))

@@ -35,14 +35,16 @@ def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
     )
 
 
-def query_vector(state: ServingState, query: str, timings: Timings) -> list[float]:
-    key = cache_key("qvec", state.embedder.version, query)
+def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timings: Timings) -> list[float]:
+    """Embedded with the model the served build was made with (it follows the alias)."""
+    embedder = snapshot.embedder
+    key = cache_key("qvec", embedder.version, query)
     cached = state.cache.get(key)
     state.metrics.cache.labels("embedding", "hit" if cached is not None else "miss").inc()
     if cached is not None:
         return cached
     with timings.stage("embed", state):
-        vector = state.embedder.encode([query])[0].tolist()
+        vector = embedder.encode([query])[0].tolist()
     state.cache.set(key, vector, state.settings.cache_ttl_s)
     return vector
 
@@ -68,7 +70,7 @@ def retrieve(
     state.metrics.cache.labels("results", "hit" if cached is not None else "miss").inc()
     if cached is not None:
         return [RetrievedChunk(**item) for item in cached], True
-    vector = query_vector(state, request.query, timings) if request.mode != "bm25" else None
+    vector = query_vector(state, snapshot, request.query, timings) if request.mode != "bm25" else None
     with timings.stage("search", state):
         chunks = Retriever(state.store, snapshot.collection, fusion).retrieve(
             request.query, vector, request.top_k, request.mode, expression, fusion

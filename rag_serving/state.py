@@ -7,11 +7,14 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from rag_core.cache import Cache, make_cache
 from rag_core.catalog import Catalog
 from rag_core.embedding import Embedder
+from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+from rag_core.promotion import spec_of
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import RateLimiter
 from rag_core.settings import Settings
@@ -23,12 +26,14 @@ log = logging.getLogger("rag_serving")
 
 @dataclass(frozen=True)
 class IndexSnapshot:
-    """One resolution of the alias. A request uses one snapshot throughout: never mixed results."""
+    """One resolution of the alias. A request uses one snapshot throughout: never mixed results, and
+    queries are embedded with the very model the served build was made with."""
 
     collection: str
     index_version: str
     embedding_version: str
     rows: int
+    embedder: Embedder = field(compare=False, repr=False)
 
 
 class IndexNotReady(RuntimeError):
@@ -38,9 +43,11 @@ class IndexNotReady(RuntimeError):
 class IndexView:
     """Follows the alias: re-reads it at most every `poll_s`, so an alias move is served without restart."""
 
-    def __init__(self, store: MilvusStore, embedder_version: str, poll_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, store: MilvusStore, embedder_for: Callable[[dict[str, str]], Embedder], poll_s: float, metrics: Metrics
+    ) -> None:
         self.store = store
-        self.embedder_version = embedder_version
+        self.embedder_for = embedder_for
         self.poll_s = poll_s
         self.metrics = metrics
         self._lock = threading.Lock()
@@ -55,15 +62,17 @@ class IndexView:
                 raise IndexNotReady(f"alias {self.store.alias!r} does not exist — build the index first (`rag index`)")
             properties = self.store.collection_properties(collection)
             built_with = properties.get("rag.embedding_version", "")
-            if built_with != self.embedder_version:
+            embedder = self.embedder_for(properties)
+            if built_with != embedder.version:
                 raise IndexNotReady(
                     f"{collection} was built with {built_with or 'an unknown model'} but this server embeds "
-                    f"with {self.embedder_version} — set RAG_EMBEDDING_MODEL to the index's model"
+                    f"with {embedder.version} — unset RAG_EMBEDDING_MODEL to follow the index's model, or set "
+                    "it to that model"
                 )
             snapshot = IndexSnapshot(
-                collection, properties.get("rag.index_version", "0"), built_with, self.store.count(collection)
+                collection, properties.get("rag.index_version", "0"), built_with, self.store.count(collection), embedder
             )
-        except IndexNotReady as error:
+        except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
         except Exception as error:  # Milvus unreachable or failing
             snapshot, self._error = None, f"Milvus is not answering ({type(error).__name__}: {error})"
@@ -94,8 +103,9 @@ class ServingState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.embedder = Embedder(settings.resolved_model_dir, settings.embedding_device, settings.embedding_batch_size)
-        self.embedder.model  # load now: the first request should not pay for it  # noqa: B018
+        self.resolver = ModelResolver.from_settings(settings)
+        # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
+        self.pinned_model = settings.embedding_model
         self.db = ServingDatabase(settings.resolved_serving_db_url)
         self.catalog = Catalog(settings.resolved_catalog_url)
         self.cache: Cache = make_cache(settings.redis_url)
@@ -109,8 +119,16 @@ class ServingState:
             self._stack.close()
             raise
         self.store = MilvusStore(client, settings.collection_alias)
-        self.index = IndexView(self.store, self.embedder.version, settings.alias_poll_s, self.metrics)
+        self.index = IndexView(self.store, self.embedder_for, settings.alias_poll_s, self.metrics)
         self.index.refresh()
+
+    def embedder_for(self, properties: dict[str, str]) -> Embedder:
+        reference = self.pinned_model or spec_of(properties, BUNDLED_MODEL).model
+        embedder = load_embedder(
+            reference, self.resolver, self.settings.embedding_device, self.settings.embedding_batch_size
+        )
+        embedder.model  # load now: the first request should not pay for it  # noqa: B018
+        return embedder
 
     def close(self) -> None:
         self._stack.close()

@@ -18,7 +18,7 @@ from rag_core.chunking import Chunk, chunk_documents
 from rag_core.documents import ParsedSource
 from rag_core.embedding import embed_with_cache
 from rag_core.indexing import SyncStats, milvus_rows, missing_source, parse_units, sync_partitions
-from rag_core.store import IndexBuild
+from rag_core.promotion import CANDIDATE, STATUS, index_build, promote
 
 INDEX_WRITER_TAG = {"rag/index-writer": "milvus"}
 PARTITIONED = dict(
@@ -156,7 +156,7 @@ def milvus_collection(
     Function over the text, a tenant partition key, published under the serving alias."""
     started = time.perf_counter()
     model = embedder.get()
-    build = IndexBuild(model.version.split("@")[0], model.version, model.dimension, embedder.chunking().describe())
+    build = index_build(model, embedder.chunking())
     indexable = {key: source for key, source in raw_documents.items() if source.documents}
     kept = sorted(set(raw_documents) - set(indexable))
     for key in kept:
@@ -177,14 +177,17 @@ def milvus_collection(
             }
             rows[key] = milvus_rows(document_chunks[key], chunk_embeddings[key], extra)
         stats.add(sync_partitions(store, collection, rows))
-        alias_before = store.alias_target()
-        complete = set(context.partition_keys) >= set(context.instance.get_dynamic_partitions("documents"))
-        if alias_before is None or (alias_before != collection and complete):
-            store.point_alias(collection)
-        elif alias_before != collection:
+        if stats.inserted or stats.deleted:  # a one-pass build's recorded size no longer holds
+            store.set_properties(collection, {"rag.expected_rows": ""})
+        served = store.alias_target()
+        if served is None:  # the first build has nothing to be compared with: publish it
+            promote(store, collection, ndcg=None)
+        elif served != collection:
+            store.set_properties(collection, {STATUS: CANDIDATE})
             context.log.warning(
-                f"alias {store.alias} still serves {alias_before}; {collection} (model {model.version}) is "
-                "published when a run covers every document partition (`rag index`)"
+                f"alias {store.alias} keeps serving {served}; {collection} (model {model.version}, "
+                f"{build.chunking}) is a candidate build — `rag promote` evaluates it and moves the alias "
+                "only if it passes the quality gate"
             )
         total_rows = store.count(collection)
         alias_after = store.alias_target()

@@ -8,6 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from rag_assets.cli import index
+from rag_assets.resources import build_resources
+from rag_core.promotion import builds as list_builds
+from rag_core.promotion import promote, rollback
 from rag_core.querylog import ServingDatabase
 from rag_serving.app import create_app
 from tests.serving_server import RedisProcess, ServerThread
@@ -94,17 +97,23 @@ def test_the_server_follows_the_alias_to_a_new_build_without_restart(served):
     with served.client() as client:
         before = client.get("/ready").json()
         rebuilt = served.settings.model_copy(update={"chunk_max_tokens": 96, "chunk_overlap_tokens": 16})
-        index(rebuilt, instance=served.instance)  # a full run publishes the new build: the alias moves
+        index(rebuilt, instance=served.instance)  # a new chunking is a candidate build: nothing moves yet
+        time.sleep(served.settings.alias_poll_s + 0.5)
+        assert client.get("/ready").json()["collection"] == before["collection"]
+        with build_resources(served.settings)["milvus"].store() as store:
+            (candidate,) = [row["collection"] for row in list_builds(store) if row["status"] == "candidate"]
+            promote(store, candidate, ndcg=None)  # what promoted_index does once the gate passed
         deadline = time.monotonic() + 10
         while client.get("/ready").json()["collection"] == before["collection"] and time.monotonic() < deadline:
             time.sleep(0.2)
         after = client.get("/ready").json()
-        assert after["collection"] != before["collection"] and "tokens96" in after["collection"]
+        assert after["collection"] == candidate and "tokens96" in after["collection"]
         assert after["rows"] > before["rows"]  # smaller chunks, more of them
         hits = client.post("/v1/retrieve", json={"query": "reconcile schedule drift", "top_k": 5}).json()
         assert hits["index_version"] == after["index_version"]
-        # move back so the other tests keep their expectations
-        index(served.settings, instance=served.instance)
+        # roll back so the other tests keep their expectations
+        with build_resources(served.settings)["milvus"].store() as store:
+            assert rollback(store) == (candidate, before["collection"])
         deadline = time.monotonic() + 10
         while client.get("/ready").json()["collection"] != before["collection"] and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -1,0 +1,94 @@
+"""The experiment grid: models × chunk sizes × retrieval modes, one MLflow run each, so MLflow's compare
+view lines them up. Each (model, chunking) is built once into a scratch collection outside the alias'
+builds, evaluated in every mode, then dropped; nothing served is touched."""
+
+
+import itertools
+import time
+
+from dagster import Config, OpExecutionContext, job, op
+from pydantic import Field
+
+from rag_assets.assets.evaluation import metric_name
+from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusResource, SourcesResource, TrackingResource
+from rag_core.chunking import ChunkingConfig
+from rag_core.evaluation import evaluate_collection
+from rag_core.indexing import build_from_sources
+from rag_core.models import BUNDLED_MODEL, load_embedder
+from rag_core.promotion import index_build
+
+
+class GridConfig(Config):
+    models: list[str] = Field([BUNDLED_MODEL], description="Model references (bundled:…, models:/…, directories).")
+    modes: list[str] = Field(["bm25", "dense", "hybrid"])
+    chunk_sizes: list[list[int]] = Field([[256, 32]], description="[max tokens, overlap tokens] pairs.")
+    max_queries: int = Field(0, ge=0, description="0 = every judged query.")
+    keep_collections: bool = False
+
+
+@op(tags={"rag/experiment": "grid"})
+def experiment_grid(
+    context: OpExecutionContext,
+    config: GridConfig,
+    sources: SourcesResource,
+    embedder: EmbedderResource,
+    milvus: MilvusResource,
+    evaluation: EvaluationResource,
+    tracking: TrackingResource,
+) -> list[dict]:
+    bad = [pair for pair in config.chunk_sizes if len(pair) != 2 or pair[1] >= pair[0] or pair[1] < 0]
+    if bad:
+        raise ValueError(f"chunk_sizes must be [max, overlap] pairs with 0 ≤ overlap < max; got {bad}")
+    tracker = tracking.tracker()
+    dataset = evaluation.dataset()
+    units = sources.discover()
+    results = []
+    combos = list(itertools.product(config.models, config.chunk_sizes))
+    for number, (model_ref, (max_tokens, overlap)) in enumerate(combos, 1):
+        started = time.perf_counter()
+        model = load_embedder(model_ref, embedder.resolver(), embedder.device, embedder.batch_size)
+        chunking = ChunkingConfig(max_tokens, overlap, model.max_seq_length - 2)
+        build = index_build(model, chunking)
+        with milvus.store() as store:
+            scratch = f"{store.alias}_grid_{build.collection_name}"[:250]
+            collection, stats = build_from_sources(
+                store, build, units, model, embedder.cache(), chunking, sources.max_file_mb, sources.redact_pii, scratch
+            )
+            evaluated = evaluate_collection(
+                store, collection, model, dataset, config.modes, evaluation.fusion(), evaluation.tenant,
+                config.max_queries,
+            )
+            if not config.keep_collections:
+                store.drop_collection(collection)
+        build_seconds = time.perf_counter() - started
+        for mode, scores in evaluated.modes.items():
+            with tracker.run("retrieval-grid", f"{model.version}:{chunking.describe()}:{mode}") as run:
+                mlflow = tracker.mlflow()
+                mlflow.log_params(
+                    {
+                        "model": model.version,
+                        "model_uri": model.reference,
+                        "chunking": chunking.describe(),
+                        "chunk_max_tokens": max_tokens,
+                        "chunk_overlap_tokens": overlap,
+                        "mode": mode,
+                        "fusion": f"rrf k={evaluation.rrf_k} dense={evaluation.dense_weight} "
+                        f"bm25={evaluation.bm25_weight}",
+                        "dataset": evaluated.dataset,
+                        "queries": evaluated.queries,
+                        "chunks": stats.chunks,
+                    }
+                )
+                mlflow.log_metrics({metric_name(m): v for m, v in scores.means.items()})
+                mlflow.log_metric("build_seconds", build_seconds)
+            results.append(
+                {"model": model.version, "chunking": chunking.describe(), "mode": mode, "run_id": run.info.run_id,
+                 **scores.means}
+            )
+        context.log.info(f"[{number}/{len(combos)}] {model.version} {chunking.describe()}: {evaluated.table()}")
+    return results
+
+
+@job(description="models × chunk sizes × modes, one MLflow run each (experiment `retrieval-grid`).")
+def experiment_grid_job() -> None:
+    experiment_grid()

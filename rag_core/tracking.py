@@ -1,0 +1,100 @@
+"""MLflow tracking: experiments, runs and the model registry, on the embedded store or a tracking server.
+
+Embedded default: a SQLite tracking store and a local artifact root under the data dir, so `mlflow ui
+--backend-store-uri sqlite:///.rag_data/mlflow.db` shows everything. Production: `MLFLOW_TRACKING_URI`
+points at a tracking server, which owns its artifact store. `mlflow` is imported lazily: it is heavy and
+the serving hot path never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from rag_core.settings import Settings
+
+REGISTERED_EMBEDDER = "rag-embedder"
+_configure_lock = threading.Lock()
+for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+def tracking_uri(settings: Settings) -> str:
+    return settings.mlflow_tracking_uri or f"sqlite:///{settings.data_dir.resolve() / 'mlflow.db'}"
+
+
+def artifact_root(settings: Settings) -> Path | None:
+    """Where embedded experiments keep artifacts; a tracking server chooses its own."""
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return settings.data_dir.resolve() / "mlartifacts"
+
+
+class Tracker:
+    """One tracking store. Each call sets the URI on a client of its own, so processes that evaluate
+    and train at the same time never cross stores."""
+
+    def __init__(self, uri: str, artifacts: Path | None) -> None:
+        self.uri = uri
+        self.artifacts = artifacts
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Tracker:
+        return cls(tracking_uri(settings), artifact_root(settings))
+
+    def mlflow(self):
+        import mlflow
+
+        with _configure_lock:
+            mlflow.set_tracking_uri(self.uri)
+        return mlflow
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        self.mlflow()
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        client = self.client()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (self.artifacts / name).as_uri() if self.artifacts else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    @contextlib.contextmanager
+    def run(self, experiment: str, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+        mlflow = self.mlflow()
+        experiment_id = self.experiment_id(experiment)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
+            yield run
+
+    def register_model(self, run_id: str, artifact_path: str, name: str = REGISTERED_EMBEDDER) -> str:
+        """Registers `runs:/<run>/<artifact_path>` as a new version of `name`; returns its models:/ URI."""
+        client = self.client()
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            with contextlib.suppress(Exception):  # registered concurrently
+                client.create_registered_model(name, description="Fine-tuned embedding models of the RAG index.")
+        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        version = client.create_model_version(name, source=source, run_id=run_id)
+        return f"models:/{name}/{version.version}"
+
+    def download(self, model_uri: str, destination: Path) -> Path:
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(self.mlflow().artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
+
+    def runs(self, experiment: str) -> list[Any]:
+        client = self.client()
+        found = client.get_experiment_by_name(experiment)
+        return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"]) if found else []
