@@ -99,10 +99,11 @@ def documents_sensor(
 def eval_after_reindex_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
     """Every index change (a milvus_collection materialization) gets an evaluation run of the served
     index; its gate check flags a regression against the nDCG recorded when the build was promoted."""
-    event = context.instance.get_latest_materialization_event(AssetKey("milvus_collection"))
-    if event is None or event.storage_id is None:
+    records = context.instance.fetch_materializations(AssetKey("milvus_collection"), limit=1).records
+    if not records:
         return SkipReason("the index has not been materialized yet")
-    if context.cursor and int(context.cursor) >= event.storage_id:
+    latest = records[0].storage_id
+    if context.cursor and int(context.cursor) >= latest:
         return SkipReason(f"no index change since event {context.cursor}")
-    context.update_cursor(str(event.storage_id))
-    return RunRequest(run_key=f"eval-after:{event.storage_id}")
+    context.update_cursor(str(latest))
+    return RunRequest(run_key=f"eval-after:{latest}")

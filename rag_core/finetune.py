@@ -341,7 +341,7 @@ def finetune(
             num_train_epochs=config.epochs,
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
-            warmup_ratio=config.warmup_ratio,
+            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the steps in Transformers 5
             weight_decay=config.weight_decay,
             seed=config.seed,
             data_seed=config.seed,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import json
+from pathlib import Path
+
 from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
@@ -13,15 +18,19 @@ from dagster import (
 
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
-from rag_core.settings import Settings
+from rag_core.evaluation import EvalDataset, restrict_to_documents
+from rag_core.settings import Settings, vendored_eval_dataset
 from rag_core.store import Hit
+from tests.conftest import FIXTURES
 
 
 def sensor_tick(settings: Settings, instance: DagsterInstance) -> SensorResult | SkipReason:
     definitions = build_definitions(settings)
     sensor = definitions.resolve_sensor_def("documents_sensor")
-    context = build_sensor_context(instance=instance, resources=build_resources(settings), definitions=definitions)
-    return sensor(context)
+    with build_sensor_context(
+        instance=instance, resources=build_resources(settings), definitions=definitions
+    ) as context:
+        return sensor(context)
 
 
 def apply_sensor_result(settings: Settings, instance: DagsterInstance, result: SensorResult) -> list[str]:
@@ -65,3 +74,22 @@ def served_rows(settings: Settings) -> dict[str, set[str]]:
         collection = store.alias_target()
         keys = list(store.rows_by_source(collection))
         return store.chunk_ids_by_source(collection, keys)
+
+
+def write_fixture_dataset(folder: Path) -> Path:
+    """SciFact's queries and qrels for the fixture corpus' abstracts, in BEIR layout (train and test)."""
+    records = [json.loads(line) for line in (FIXTURES / "corpus" / "abstracts.jsonl").read_text().splitlines()]
+    ids = {record["_id"] for record in records}
+    (folder / "qrels").mkdir(parents=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    queries = {}
+    for split in ("train", "test"):
+        dataset = restrict_to_documents(EvalDataset.load(vendored_eval_dataset(), split), ids)
+        queries.update(dataset.queries)
+        with (folder / "qrels" / f"{split}.tsv").open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t")
+            writer.writerow(["query-id", "corpus-id", "score"])
+            writer.writerows([q, d, s] for q, judged in dataset.qrels.items() for d, s in judged.items())
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    return folder

@@ -8,9 +8,6 @@ and move the alias; the damaged model with new chunking must be refused; rollbac
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import shutil
 from pathlib import Path
 
@@ -20,31 +17,12 @@ from dagster import AssetKey, DagsterInstance, instance_for_test
 from rag_assets.cli import builds, index, promote, rollback
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
-from rag_core.evaluation import EvalDataset, restrict_to_documents
-from rag_core.settings import Settings, bundled_model_dir, vendored_eval_dataset
+from rag_core.settings import Settings, bundled_model_dir
 from rag_core.tracking import REGISTERED_EMBEDDER, Tracker
 from tests.conftest import FIXTURES
+from tests.integration.pipeline_helpers import write_fixture_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def write_fixture_dataset(folder: Path) -> Path:
-    """SciFact's queries and qrels for the fixture corpus' abstracts, in BEIR layout (train and test)."""
-    records = [json.loads(line) for line in (FIXTURES / "corpus" / "abstracts.jsonl").read_text().splitlines()]
-    ids = {record["_id"] for record in records}
-    (folder / "qrels").mkdir(parents=True)
-    with gzip.open(folder / "corpus.jsonl.gz", "wt") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in records)
-    queries = {}
-    for split in ("train", "test"):
-        dataset = restrict_to_documents(EvalDataset.load(vendored_eval_dataset(), split), ids)
-        queries.update(dataset.queries)
-        with (folder / "qrels" / f"{split}.tsv").open("w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t")
-            writer.writerow(["query-id", "corpus-id", "score"])
-            writer.writerows([q, d, s] for q, judged in dataset.qrels.items() for d, s in judged.items())
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    return folder
 
 
 def damaged_model(folder: Path) -> Path:
