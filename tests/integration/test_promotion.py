@@ -17,8 +17,10 @@ from dagster import AssetKey, DagsterInstance, instance_for_test
 from rag_assets.cli import builds, index, promote, rollback
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
+from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings, bundled_model_dir
 from rag_core.tracking import REGISTERED_EMBEDDER, Tracker
+from rag_serving.state import ServingState
 from tests.conftest import FIXTURES
 from tests.integration.pipeline_helpers import write_fixture_dataset
 
@@ -100,6 +102,18 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         assert 0.0 <= rag_report["id_based_context_recall"] <= 1.0
         assert [run.data.params["collection"] for run in tracker.runs("rag")] == [first]
 
+        # A user marked an answer relevant: its question and chunk become a training pair.
+        with build_resources(settings)["milvus"].store() as store:
+            (chunk_id,) = store.sample_texts(first, 1)
+        feedback = ServingDatabase(settings.resolved_serving_db_url)
+        query_id = feedback.log_query(
+            tenant="default", key_id="", question="Which passage did the user like?", mode="hybrid", top_k=5,
+            chunk_ids=[chunk_id], timings_ms={}, index_version="0", model="extractive/best-sentences",
+        )
+        feedback.add_feedback(query_id, 5, True, "exactly this")
+        serving = ServingState(settings)  # a running server: it must follow the promotion without a restart
+        assert serving.index.current().embedding_version.startswith("damaged-minilm@")
+
         # Fine-tune (real training steps) → registered model → candidate build → gate → promotion.
         finetuned = definitions.resolve_job_def("finetune_and_promote_job").execute_in_process(
             instance=instance,
@@ -116,6 +130,7 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         assert model["model_uri"] == f"models:/{REGISTERED_EMBEDDER}/1"
         (training_run,) = tracker.runs("embeddings")
         assert training_run.data.params["examples.qrels"] == str(model["examples"]["qrels"])
+        assert model["examples"]["feedback"] == 1
         history = tracker.client().get_metric_history(training_run.info.run_id, "train_loss")
         assert history, "per-epoch metrics are logged"
         versions = tracker.client().search_model_versions(f"name = '{REGISTERED_EMBEDDER}'")
@@ -124,6 +139,10 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         assert promoted != first and "rag_embedder_1" in promoted
         gate = _metadata(instance, "retrieval_eval_report")
         assert gate["candidate_dense_ndcg_at_10"] > gate["served_dense_ndcg_at_10"]
+        serving.index.refresh()
+        snapshot = serving.index.current()
+        assert snapshot.collection == promoted and snapshot.embedder.version.startswith("rag-embedder-1@")
+        serving.close()
 
         # Incremental indexing now writes the promoted build, with the fine-tuned model.
         (workspace["root"] / "documents" / "new-note.md").write_text("# Zebra migration\n\nZebras cross rivers.")
