@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo install test test-fast lint dagster serve milvus lock clean
+.PHONY: demo install test test-fast lint dagster serve milvus up down lock clean
 
 demo: install  ## first run: index the bundled sample corpus with embedded defaults
 	$(BIN)/rag index
@@ -34,6 +34,12 @@ serve: install  ## the query API and web page on http://127.0.0.1:8000
 
 milvus: install  ## share the embedded index between processes: then export MILVUS_URI=http://127.0.0.1:19530
 	$(BIN)/milvus-lite server --data-dir $${RAG_DATA_DIR:-.rag_data}/milvus.db --host 127.0.0.1 --port 19530
+
+up: install  ## the production profile as real processes: PostgreSQL storage, daemon, MLflow server, Milvus endpoint, API
+	$(BIN)/python scripts/stack.py up $(STACK_ARGS)
+
+down:  ## stop what `make up` started
+	$(BIN)/python scripts/stack.py down $(STACK_ARGS)
 
 lock:  ## re-pin the whole tree after editing requirements.in (CUDA-only wheels dropped)
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock.tmp

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     finetune_cmd.add_argument("--max-train-queries", type=int, default=0)
     commands.add_parser("rollback", help="serve the previously promoted build again")
     commands.add_parser("builds", help="list the index builds and which one is served")
+    metrics_cmd = commands.add_parser("metrics", help="serve index freshness/size and run-failure metrics")
+    metrics_cmd.add_argument("--port", type=int, default=9108)
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -245,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "rollback":
         moved_from, moved_to = rollback(settings)
         print(f"alias {settings.collection_alias}: {moved_from} → {moved_to}")
+    elif args.command == "metrics":
+        from rag_assets.operations import serve_metrics
+
+        instance = _instance(settings)
+        uri, alias = settings.resolved_milvus_uri, settings.collection_alias
+        serve_metrics(instance, uri, settings.milvus_token, alias, args.port)
     elif args.command == "builds":
         for row in builds(settings):
             print("  ".join(f"{key}={value}" for key, value in row.items()))

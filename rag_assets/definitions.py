@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, json_console_logger
 
 from rag_assets.assets.evaluation import EVALUATION_ASSETS
 from rag_assets.assets.indexing import INDEX_ASSETS
 from rag_assets.assets.models import MODEL_ASSETS
 from rag_assets.experiments import experiment_grid_job
 from rag_assets.maintenance import index_reconciliation, remove_documents_job
+from rag_assets.operations import AlertsResource, run_failure_alert
 from rag_assets.resources import build_resources
 from rag_assets.schedules import (
     candidate_job,
@@ -36,9 +37,11 @@ def build_definitions(settings: Settings) -> Definitions:
             finetune_and_promote_job,
             experiment_grid_job,
         ],
-        sensors=[documents_sensor, eval_after_reindex_sensor],
+        sensors=[documents_sensor, eval_after_reindex_sensor, run_failure_alert],
         schedules=[nightly_reconcile, weekly_full_eval],
-        resources=build_resources(settings),
+        resources={**build_resources(settings), "alerts": AlertsResource(webhook_url=settings.alert_webhook_url)},
+        # Production: one JSON object per line, each carrying the run id (RAG_LOG_FORMAT=json).
+        loggers={"console": json_console_logger} if settings.log_format == "json" else None,
     )
 
 

@@ -89,6 +89,9 @@ def experiment_grid(
     return results
 
 
-@job(description="models × chunk sizes × modes, one MLflow run each (experiment `retrieval-grid`).")
+@job(
+    tags={"rag/experiment": "grid"},
+    description="models × chunk sizes × modes, one MLflow run each (experiment `retrieval-grid`).",
+)
 def experiment_grid_job() -> None:
     experiment_grid()

@@ -36,7 +36,7 @@ finetune_and_promote_job = define_asset_job(
         "finetuned_embedding_model", "candidate_index", "retrieval_eval_report", "promoted_index"
     ),
     config={"ops": {"retrieval_eval_report": {"config": {"target": "candidate"}}}},
-    tags=INDEX_WRITER_TAG,
+    tags={**INDEX_WRITER_TAG, "rag/experiment": "finetune"},
     description="Fine-tune, build the candidate collection, evaluate it, promote it only past the gate.",
 )
 

@@ -63,6 +63,7 @@ def documents_sensor(
         positions = sorted(order.index(key) for key in changed)
         run_requests = [
             RunRequest(
+                job_name=index_documents_job.name,
                 run_key=f"batch:{content_hash(','.join(changed.values()))}",
                 tags={
                     ASSET_PARTITION_RANGE_START_TAG: order[positions[0]],
@@ -71,7 +72,10 @@ def documents_sensor(
             )
         ]
     else:
-        run_requests = [RunRequest(partition_key=key, run_key=run_key) for key, run_key in changed.items()]
+        run_requests = [
+            RunRequest(job_name=index_documents_job.name, partition_key=key, run_key=run_key)
+            for key, run_key in changed.items()
+        ]
 
     deleted = sorted((partitions | set(entries)) - set(units))
     if deleted:

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     judge_api_base: str = ""
     judge_api_key: str = ""
 
+    # Operations.
+    log_format: str = Field("text", pattern="^(text|json)$", description="`json`: one JSON object per log line.")
+    alert_webhook_url: str = Field("", description="Failed Dagster runs are also POSTed here (Slack-style JSON).")
+
     # Serving: security, limits, cache.
     auth_disabled: bool = Field(False, description="Embedded demo only: every request is the default tenant.")
     rate_limit_per_minute: int = Field(120, ge=0, description="Per API key; 0 disables the limit.")

@@ -133,13 +133,19 @@ def milvus_client(uri: str, token: str = "", lock_timeout_s: float = 120.0) -> I
             client.close()
             _release_lite(uri)
         return
-    try:
-        client = MilvusClient(uri=uri, token=token or None, timeout=10)
-    except MilvusException as error:
-        raise MilvusUnavailable(
-            f"Milvus at {uri} is not reachable ({error}) — start it, fix MILVUS_URI, "
-            "or unset MILVUS_URI to use the embedded Milvus Lite file"
-        ) from error
+    deadline = time.monotonic() + lock_timeout_s
+    while True:  # a busy or restarting server gets the same patience as a locked Lite file
+        try:
+            client = MilvusClient(uri=uri, token=token or None, timeout=10)
+            break
+        except MilvusException as error:
+            if time.monotonic() > deadline:
+                raise MilvusUnavailable(
+                    f"Milvus at {uri} is not reachable ({error}) — start it, fix MILVUS_URI, "
+                    "or unset MILVUS_URI to use the embedded Milvus Lite file"
+                ) from error
+            log.warning("Milvus at %s is not answering yet (%s); retrying", uri, error)
+            time.sleep(2)
     try:
         yield client
     finally:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
+from rag_core import logs
 from rag_core.settings import Settings, get_settings
 from rag_serving.routers import documents, feedback, health, query
 from rag_serving.state import ServingState
@@ -22,6 +23,8 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if settings.log_format == "json":
+        logs.configure_logging("json")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -48,13 +51,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        token = logs.request_id.set(request_id)  # every log line of this request carries it
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics = request.app.state.rag.metrics
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        try:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            seconds = time.perf_counter() - started
+            metrics = request.app.state.rag.metrics
+            metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+            metrics.latency.labels(path).observe(seconds)
+            log.info(
+                "%s %s → %s in %.1f ms", request.method, path, response.status_code, seconds * 1000,
+                extra={"route": path, "method": request.method, "status": response.status_code,
+                       "ms": round(seconds * 1000, 1)},
+            )
+        finally:
+            logs.request_id.reset(token)
         response.headers["X-Request-ID"] = request_id
         return response
 
