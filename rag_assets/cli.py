@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("builds", help="list the index builds and which one is served")
     metrics_cmd = commands.add_parser("metrics", help="serve index freshness/size and run-failure metrics")
     metrics_cmd.add_argument("--port", type=int, default=9108)
+    metrics_cmd.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, so Prometheus reaches it")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
         instance = _instance(settings)
         uri, alias = settings.resolved_milvus_uri, settings.collection_alias
-        serve_metrics(instance, uri, settings.milvus_token, alias, args.port)
+        serve_metrics(instance, uri, settings.milvus_token, alias, args.host, args.port)
     elif args.command == "builds":
         for row in builds(settings):
             print("  ".join(f"{key}={value}" for key, value in row.items()))

@@ -93,12 +93,14 @@ class IndexMetricsCollector:
         yield from (rows, ndcg, up)
 
 
-def serve_metrics(instance: DagsterInstance, milvus_uri: str, milvus_token: str, alias: str, port: int) -> None:
+def serve_metrics(
+    instance: DagsterInstance, milvus_uri: str, milvus_token: str, alias: str, host: str, port: int
+) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     registry.register(IndexMetricsCollector(instance, milvus_uri, milvus_token, alias))
-    start_http_server(port, addr="127.0.0.1", registry=registry)
-    log.info("index metrics on http://127.0.0.1:%s/metrics", port)
+    start_http_server(port, addr=host, registry=registry)
+    log.info("index metrics on http://%s:%s/metrics", host, port)
     while True:
         time.sleep(3600)

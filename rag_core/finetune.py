@@ -203,7 +203,7 @@ def mine_hard_negatives(
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 2
+    epochs: int = 3  # dev nDCG@10 on held-out train queries: 0.705 base → 0.729, 0.729, 0.734
     batch_size: int = 32
     learning_rate: float = 3e-5
     warmup_ratio: float = 0.1

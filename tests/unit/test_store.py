@@ -126,7 +126,10 @@ def test_a_locked_lite_file_times_out_with_the_fix(uri):
 
 
 def test_unreachable_server_names_the_fix():
-    with pytest.raises(MilvusUnavailable, match="unset MILVUS_URI"), milvus_client("http://127.0.0.1:1", lock_timeout_s=1):
+    with (
+        pytest.raises(MilvusUnavailable, match="unset MILVUS_URI"),
+        milvus_client("http://127.0.0.1:1", lock_timeout_s=1),
+    ):
         pass
 
 
