@@ -72,8 +72,7 @@ def experiment_grid(
                         "chunk_max_tokens": max_tokens,
                         "chunk_overlap_tokens": overlap,
                         "mode": mode,
-                        "fusion": f"rrf k={evaluation.rrf_k} dense={evaluation.dense_weight} "
-                        f"bm25={evaluation.bm25_weight}",
+                        "fusion": str(evaluation.fusion()),
                         "dataset": evaluated.dataset,
                         "queries": evaluated.queries,
                         "chunks": stats.chunks,

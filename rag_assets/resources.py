@@ -141,9 +141,11 @@ class EvaluationResource(ConfigurableResource):
     gate_margin: float = 0.01
     max_queries: int = 0
     tenant: str = "default"
+    fusion_method: str = "convex"
     rrf_k: int = 60
-    dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    dense_weight: float = 0.55
+    bm25_weight: float = 0.45
+    fusion_candidates: int = 100
     rag_queries: int = 20
     llm_model: str = "extractive/best-sentences"
     llm_api_base: str = ""
@@ -160,7 +162,13 @@ class EvaluationResource(ConfigurableResource):
         return EvalDataset.load(Path(self.dataset_dir), split or self.split)
 
     def fusion(self) -> FusionConfig:
-        return FusionConfig(rrf_k=self.rrf_k, dense_weight=self.dense_weight, bm25_weight=self.bm25_weight)
+        return FusionConfig(
+            rrf_k=self.rrf_k,
+            dense_weight=self.dense_weight,
+            bm25_weight=self.bm25_weight,
+            candidates=self.fusion_candidates,
+            method=self.fusion_method,  # type: ignore[arg-type]
+        )
 
     def llm(self) -> LLMConfig:
         return LLMConfig(self.llm_model, self.llm_api_base, self.llm_api_key, self.llm_timeout_s, self.llm_max_tokens)
@@ -211,9 +219,11 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             gate_margin=settings.eval_gate_margin,
             max_queries=settings.eval_max_queries,
             tenant=settings.default_tenant,
+            fusion_method=settings.fusion_method,
             rrf_k=settings.rrf_k,
             dense_weight=settings.dense_weight,
             bm25_weight=settings.bm25_weight,
+            fusion_candidates=settings.fusion_candidates,
             rag_queries=settings.rag_eval_queries,
             llm_model=settings.llm_model,
             llm_api_base=settings.llm_api_base,

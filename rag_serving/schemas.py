@@ -14,6 +14,7 @@ class RetrieveRequest(BaseModel):
     filters: dict[str, str | list[str]] = Field(
         default_factory=dict, description="Exact-match filters on doc_id, source, source_key or title."
     )
+    fusion: Literal["rrf", "convex"] | None = Field(None, description="Hybrid fusion (default from settings).")
     rrf_k: int | None = Field(None, ge=1, le=1000, description="RRF constant for hybrid (default from settings).")
     dense_weight: float | None = Field(None, ge=0, le=10)
     bm25_weight: float | None = Field(None, ge=0, le=10)

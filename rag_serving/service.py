@@ -32,6 +32,8 @@ def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
         rrf_k=request.rrf_k or settings.rrf_k,
         dense_weight=settings.dense_weight if request.dense_weight is None else request.dense_weight,
         bm25_weight=settings.bm25_weight if request.bm25_weight is None else request.bm25_weight,
+        candidates=settings.fusion_candidates,
+        method=request.fusion or settings.fusion_method,  # type: ignore[arg-type]
     )
 
 

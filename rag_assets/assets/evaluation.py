@@ -113,8 +113,7 @@ def log_retrieval_runs(
                         "model_uri": built.get("rag.embedding_model_uri", ""),
                         "chunking": built.get("rag.chunking", ""),
                         "mode": mode,
-                        "fusion": f"rrf k={evaluation.rrf_k} dense={evaluation.dense_weight} "
-                        f"bm25={evaluation.bm25_weight}",
+                        "fusion": str(evaluation.fusion()),
                         "dataset": result.dataset,
                         "queries": result.queries,
                     }

@@ -47,7 +47,7 @@ class FinetuneRunConfig(Config):
     batch_size: int = Field(0, ge=0, description="0 = the tuned default.")
     max_train_queries: int = Field(0, ge=0, description="0 = every train query (CI uses a slice).")
     dev_fraction: float = Field(0.1, ge=0, lt=0.5, description="Train queries held out for per-epoch metrics.")
-    dev_corpus_size: int = Field(2000, ge=10, description="Documents the dev queries are ranked against.")
+    dev_corpus_size: int = Field(500, ge=10, description="Documents the dev queries are ranked against.")
     use_feedback: bool = True
     synthetic_questions: int = Field(0, ge=0, description="Chunks to write questions for (needs a generative LLM).")
     hard_negatives: bool = True

@@ -4,7 +4,7 @@ import pytest
 
 from rag_core.cache import LRUCache, RedisCache, cache_key
 from rag_core.ratelimit import RateLimiter
-from rag_core.retrieval import InvalidFilter, filter_expression, fuse_rrf
+from rag_core.retrieval import FusionConfig, InvalidFilter, filter_expression, fuse, fuse_rrf
 from rag_core.store import Hit
 
 
@@ -76,3 +76,15 @@ def test_in_process_rate_limit():
     assert 1 <= decisions[-1].retry_after_s <= 61
     assert limiter.hit("other").allowed
     assert RateLimiter(per_minute=0).hit("key").allowed
+
+
+def test_convex_fusion_weights_normalised_scores():
+    dense = [Hit("a", 0.9, {}), Hit("b", 0.5, {}), Hit("c", 0.1, {})]
+    bm25 = [Hit("c", -12.0, {}), Hit("d", -6.0, {}), Hit("a", -0.0, {})]  # signed on some engines
+    fused = fuse(
+        {"dense": dense, "bm25": bm25}, FusionConfig(dense_weight=0.55, bm25_weight=0.45, method="convex")
+    )
+    scores = {hit.chunk_id: round(score, 4) for hit, score, _ in fused}
+    assert scores == {"a": 0.55, "b": 0.275, "c": 0.45, "d": 0.225}
+    assert [hit.chunk_id for hit, _, _ in fused] == ["a", "c", "b", "d"]
+    assert fused[0][2] == {"dense": 1, "bm25": 3}
