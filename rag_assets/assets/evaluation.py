@@ -38,6 +38,7 @@ from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, write_
 from rag_core.models import BUNDLED_MODEL, load_embedder
 from rag_core.promotion import (
     CANDIDATE,
+    EVAL_NDCG,
     STATUS,
     gate,
     promote,
@@ -204,6 +205,8 @@ def retrieval_eval_report(
         decision = gate(score, baseline, evaluation.gate_margin)
         if not decision.passed and target != served:
             reject(store, target, decision.reason)
+        if target == served and baseline is None:  # the first measurement becomes the baseline to hold
+            store.set_properties(served, {EVAL_NDCG: f"{score:.6f}"})
         rows_ok, rows_metadata = _row_check(store, target, catalog)
         properties = {name: store.collection_properties(name) for name in {target, served}}
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

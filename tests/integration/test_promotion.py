@@ -95,6 +95,8 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         assert report["evaluated_collection"] == first and report["gate_passed"] is True
         assert 0.0 <= report["served_dense_ndcg_at_10"] <= 1.0 and report["queries"] > 0
         assert Path(report["report_path"]).read_text().startswith("# Retrieval evaluation")
+        recorded = {row["collection"]: row["ndcg_at_10"] for row in builds(settings)}
+        assert float(recorded[first]) == pytest.approx(report["ndcg_at_10"])  # the baseline later evals hold
         checks = {c.check_name: c.passed for c in evaluation.get_asset_check_evaluations()}
         assert checks == {"ndcg_within_margin_of_promoted": True, "index_rows_match_chunks": True}
         assert {run.data.params["mode"] for run in tracker.runs("retrieval")} == {"bm25", "dense", "hybrid"}
