@@ -73,7 +73,7 @@ def main() -> None:
 
     from rag_core.embedding import Embedder
     from rag_core.querylog import ServingDatabase
-    from rag_core.retrieval import Retriever, filter_expression
+    from rag_core.retrieval import FusionConfig, Retriever, filter_expression
     from rag_core.settings import Settings
     from rag_core.store import MilvusStore, milvus_client
 
@@ -92,13 +92,14 @@ def main() -> None:
         raise SystemExit(f"only {len(queries)} distinct queries; lower --requests to {len(queries) // 4}")
     floor_queries, *level_queries = (queries[i * args.requests : (i + 1) * args.requests] for i in range(4))
 
-    # The floor: encode + the two Milvus searches RRF fuses, in this process, no HTTP, no cache.
+    # The floor: encode + the two Milvus searches the server fuses, with the server's fusion settings (the
+    # same candidates per list), in this process, no HTTP, no cache.
     embedder = Embedder(settings.resolved_model_dir)
     embedder.encode(["warm up"])
     floor = []
     with milvus_client(settings.resolved_milvus_uri) as client:
         store = MilvusStore(client, settings.collection_alias)
-        retriever = Retriever(store, store.alias_target())
+        retriever = Retriever(store, store.alias_target(), FusionConfig.from_settings(settings))
         expression = filter_expression({}, settings.default_tenant)
         for query in floor_queries[:5]:
             retriever.retrieve(query, embedder.encode([query])[0], 10, "hybrid", expression)

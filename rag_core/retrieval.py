@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rag_core.settings import Settings
 from rag_core.store import Hit, MilvusStore
 
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -34,6 +35,16 @@ class FusionConfig:
     bm25_weight: float = 1.0
     candidates: int = 50  # per list, before fusion
     method: FusionMethod = "rrf"  # "convex": Σ weight · min-max-normalised score (rrf_k unused)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FusionConfig:
+        return cls(
+            rrf_k=settings.rrf_k,
+            dense_weight=settings.dense_weight,
+            bm25_weight=settings.bm25_weight,
+            candidates=settings.fusion_candidates,
+            method=settings.fusion_method,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from rag_core.cache import cache_key
 from rag_core.generation import LLMConfig
@@ -27,13 +27,13 @@ class Timings(dict):
 
 
 def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
-    settings = state.settings
-    return FusionConfig(
-        rrf_k=request.rrf_k or settings.rrf_k,
-        dense_weight=settings.dense_weight if request.dense_weight is None else request.dense_weight,
-        bm25_weight=settings.bm25_weight if request.bm25_weight is None else request.bm25_weight,
-        candidates=settings.fusion_candidates,
-        method=request.fusion or settings.fusion_method,  # type: ignore[arg-type]
+    defaults = FusionConfig.from_settings(state.settings)
+    return replace(
+        defaults,
+        rrf_k=request.rrf_k or defaults.rrf_k,
+        dense_weight=defaults.dense_weight if request.dense_weight is None else request.dense_weight,
+        bm25_weight=defaults.bm25_weight if request.bm25_weight is None else request.bm25_weight,
+        method=request.fusion or defaults.method,
     )
 
 
