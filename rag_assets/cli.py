@@ -76,12 +76,7 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         tags={ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]},
     )
-    metadata = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        metadata[materialization.asset_key.to_user_string()] = {
-            key: value.value for key, value in materialization.metadata.items()
-        }
+    metadata = _materializations(result)
     return {
         "partitions": len(ordered),
         "removed_partitions": len(gone),
@@ -126,12 +121,19 @@ def _materialize(settings: Settings, job_name: str, run_config: dict | None = No
     )
 
 
-def _report(result, asset_name: str) -> dict[str, object]:
+def _materializations(result) -> dict[str, dict[str, object]]:
+    """{asset: metadata} of what a run materialized (the last event per asset)."""
+    metadata = {}
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
-        if materialization.asset_key.to_user_string() == asset_name:
-            return {key: value.value for key, value in materialization.metadata.items()}
-    return {}
+        metadata[materialization.asset_key.to_user_string()] = {
+            key: value.value for key, value in materialization.metadata.items()
+        }
+    return metadata
+
+
+def _report(result, asset_name: str) -> dict[str, object]:
+    return _materializations(result).get(asset_name, {})
 
 
 def promote(

@@ -14,7 +14,7 @@ from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusRes
 from rag_core.chunking import ChunkingConfig
 from rag_core.evaluation import evaluate_collection
 from rag_core.indexing import build_from_sources
-from rag_core.models import BUNDLED_MODEL, load_embedder
+from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import index_build
 
 
@@ -46,7 +46,7 @@ def experiment_grid(
     combos = list(itertools.product(config.models, config.chunk_sizes))
     for number, (model_ref, (max_tokens, overlap)) in enumerate(combos, 1):
         started = time.perf_counter()
-        model = load_embedder(model_ref, embedder.resolver(), embedder.device, embedder.batch_size)
+        model = embedder.load(model_ref)
         chunking = ChunkingConfig(max_tokens, overlap, model.max_seq_length - 2)
         build = index_build(model, chunking)
         with milvus.store() as store:

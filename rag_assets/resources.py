@@ -61,6 +61,16 @@ class MilvusResource(ConfigurableResource):
             yield MilvusStore(client, self.alias)
 
 
+class TrackingResource(ConfigurableResource):
+    """MLflow: the embedded SQLite store under the data dir, or MLFLOW_TRACKING_URI."""
+
+    tracking_uri: str
+    artifacts_dir: str = ""
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, Path(self.artifacts_dir) if self.artifacts_dir else None)
+
+
 class EmbedderResource(ConfigurableResource):
     """The embedding model and chunking a build uses. Empty `model` / `follow_served_chunking` mean "what
     the served collection was built with", so after a fine-tuned model is promoted, incremental indexing
@@ -75,8 +85,7 @@ class EmbedderResource(ConfigurableResource):
     batch_size: int = 64
     cache_path: str
     models_dir: str
-    mlflow_tracking_uri: str
-    mlflow_artifacts: str = ""
+    tracking: TrackingResource
 
     _spec: BuildSpec | None = PrivateAttr(default=None)
 
@@ -84,8 +93,11 @@ class EmbedderResource(ConfigurableResource):
         self._spec = None  # each run resolves the served build afresh
 
     def resolver(self) -> ModelResolver:
-        artifacts = Path(self.mlflow_artifacts) if self.mlflow_artifacts else None
-        return ModelResolver(Path(self.models_dir), Tracker(self.mlflow_tracking_uri, artifacts))
+        return ModelResolver(Path(self.models_dir), self.tracking.tracker())
+
+    def load(self, reference: str) -> Embedder:
+        """Any model by reference (a candidate, the one a collection was built with), on this device."""
+        return load_embedder(reference, self.resolver(), self.device, self.batch_size)
 
     def spec(self) -> BuildSpec:
         if self._spec is None:
@@ -102,7 +114,7 @@ class EmbedderResource(ConfigurableResource):
         return self._spec
 
     def get(self) -> Embedder:
-        return load_embedder(self.spec().model, self.resolver(), self.device, self.batch_size)
+        return self.load(self.spec().model)
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(Path(self.cache_path))
@@ -118,16 +130,6 @@ class CatalogResource(ConfigurableResource):
 
     def get(self) -> Catalog:
         return _catalog(self.url)
-
-
-class TrackingResource(ConfigurableResource):
-    """MLflow: the embedded SQLite store under the data dir, or MLFLOW_TRACKING_URI."""
-
-    tracking_uri: str
-    artifacts_dir: str = ""
-
-    def tracker(self) -> Tracker:
-        return Tracker(self.tracking_uri, Path(self.artifacts_dir) if self.artifacts_dir else None)
 
 
 class EvaluationResource(ConfigurableResource):
@@ -162,13 +164,7 @@ class EvaluationResource(ConfigurableResource):
         return EvalDataset.load(Path(self.dataset_dir), split or self.split)
 
     def fusion(self) -> FusionConfig:
-        return FusionConfig(
-            rrf_k=self.rrf_k,
-            dense_weight=self.dense_weight,
-            bm25_weight=self.bm25_weight,
-            candidates=self.fusion_candidates,
-            method=self.fusion_method,  # type: ignore[arg-type]
-        )
+        return FusionConfig.from_settings(self)
 
     def llm(self) -> LLMConfig:
         return LLMConfig(self.llm_model, self.llm_api_base, self.llm_api_key, self.llm_timeout_s, self.llm_max_tokens)
@@ -177,6 +173,7 @@ class EvaluationResource(ConfigurableResource):
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     from rag_assets.io_manager import PartitionedPickleIOManager
 
+    tracking = TrackingResource(tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or ""))
     milvus = MilvusResource(
         uri=settings.resolved_milvus_uri,
         token=settings.milvus_token,
@@ -202,14 +199,11 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             batch_size=settings.embedding_batch_size,
             cache_path=str(settings.embedding_cache_path),
             models_dir=str(settings.data_dir.resolve() / "models"),
-            mlflow_tracking_uri=tracking_uri(settings),
-            mlflow_artifacts=str(artifact_root(settings) or ""),
+            tracking=tracking,
         ),
         "milvus": milvus,
         "catalog": CatalogResource(url=settings.resolved_catalog_url),
-        "tracking": TrackingResource(
-            tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or "")
-        ),
+        "tracking": tracking,
         "evaluation": EvaluationResource(
             dataset_dir=str(settings.eval_dataset_dir.resolve()),
             split=settings.eval_split,

@@ -98,7 +98,6 @@ def _load(model_dir: str, name: str, reference: str, device: str, batch_size: in
 
 def load_embedder(reference: str, resolver: ModelResolver, device: str = "cpu", batch_size: int = 64) -> Embedder:
     """The embedder for a model reference; one instance per model per process."""
-    reference = resolver.pin(reference or BUNDLED_MODEL) if is_registry_reference(reference) else reference
-    reference = reference or BUNDLED_MODEL
+    reference = resolver.pin(reference or BUNDLED_MODEL)  # an index records the version, never a moving alias
     model_dir = resolver.model_dir(reference)
     return _load(str(model_dir), resolver.display_name(reference), reference, device, batch_size)

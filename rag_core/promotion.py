@@ -144,4 +144,5 @@ def builds(store: MilvusStore) -> list[dict[str, str]]:
                 "promoted_at": properties.get("rag.promoted_at", ""),
             }
         )
-    return sorted(rows, key=lambda row: (row["served"] != "True", row["promoted_at"]), reverse=False)
+    rows.sort(key=lambda row: row["promoted_at"], reverse=True)
+    return sorted(rows, key=lambda row: row["served"] != "True")  # stable: the newest promotion stays first

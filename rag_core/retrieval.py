@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from rag_core.settings import Settings
 from rag_core.store import Hit, MilvusStore
 
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -22,6 +21,14 @@ FusionMethod = Literal["rrf", "convex"]
 # Scalar fields a caller may filter on, and how many values an `in` filter may hold.
 FILTERABLE = ("doc_id", "source", "source_key", "title")
 MAX_FILTER_VALUES = 100
+
+
+class FusionSettings(Protocol):
+    fusion_method: str
+    rrf_k: int
+    dense_weight: float
+    bm25_weight: float
+    fusion_candidates: int
 
 
 class InvalidFilter(ValueError):
@@ -37,7 +44,8 @@ class FusionConfig:
     method: FusionMethod = "rrf"  # "convex": Σ weight · min-max-normalised score (rrf_k unused)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FusionConfig:
+    def from_settings(cls, settings: FusionSettings) -> FusionConfig:
+        """From the settings object, or anything with the same fusion fields (a Dagster resource)."""
         return cls(
             rrf_k=settings.rrf_k,
             dense_weight=settings.dense_weight,

@@ -62,7 +62,10 @@ class IndexView:
                 raise IndexNotReady(f"alias {self.store.alias!r} does not exist — build the index first (`rag index`)")
             properties = self.store.collection_properties(collection)
             built_with = properties.get("rag.embedding_version", "")
-            embedder = self.embedder_for(properties)
+            current = self._snapshot
+            # Resolve the model only when the served build changed model: polling stays two property reads.
+            unchanged = current is not None and current.embedding_version == built_with
+            embedder = current.embedder if unchanged else self.embedder_for(properties)
             if built_with != embedder.version:
                 raise IndexNotReady(
                     f"{collection} was built with {built_with or 'an unknown model'} but this server embeds "

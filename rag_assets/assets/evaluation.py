@@ -35,7 +35,7 @@ from rag_assets.resources import (
 )
 from rag_core.catalog import INDEXED
 from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, write_report
-from rag_core.models import BUNDLED_MODEL, load_embedder
+from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import (
     CANDIDATE,
     EVAL_NDCG,
@@ -75,7 +75,7 @@ def _evaluate(
     store: MilvusStore, collection: str, embedder: EmbedderResource, evaluation: EvaluationResource, max_queries: int
 ) -> RetrievalEvaluation:
     spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
-    model = load_embedder(spec.model, embedder.resolver(), embedder.device, embedder.batch_size)
+    model = embedder.load(spec.model)
     return evaluate_collection(
         store,
         collection,
@@ -323,7 +323,7 @@ def rag_eval_report(
         if served is None:
             raise Failure(f"alias {milvus.alias} serves nothing yet — build the index first (`rag index`)")
         spec = spec_of(store.collection_properties(served), BUNDLED_MODEL)
-        model = load_embedder(spec.model, embedder.resolver(), embedder.device, embedder.batch_size)
+        model = embedder.load(spec.model)
         dataset = restrict_to_documents(evaluation.dataset(), store.doc_ids(served))
         query_ids = sorted(dataset.queries)[: evaluation.rag_queries]
         if not query_ids:

@@ -10,6 +10,7 @@ then builds a new collection (blue) next to the served one (green); `retrieval_e
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
@@ -36,7 +37,7 @@ from rag_core.finetune import (
 )
 from rag_core.generation import synthetic_questions
 from rag_core.indexing import build_from_sources
-from rag_core.models import BUNDLED_MODEL, load_embedder
+from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import CANDIDATE, STATUS, index_build, served_spec
 from rag_core.querylog import ServingDatabase
 
@@ -124,14 +125,11 @@ def finetuned_embedding_model(
         examples = mine_hard_negatives(
             examples, corpus, embedder_dir=base_dir, method=config.mining, cache=embedder.cache()
         )
-    defaults = FinetuneConfig.small() if config.preset == "small" else FinetuneConfig()
-    train_config = FinetuneConfig(
-        **{
-            **defaults.__dict__,
-            **({"epochs": config.epochs} if config.epochs else {}),
-            **({"batch_size": config.batch_size} if config.batch_size else {}),
-        }
-    )
+    train_config = FinetuneConfig.small() if config.preset == "small" else FinetuneConfig()
+    if config.epochs:
+        train_config = replace(train_config, epochs=config.epochs)
+    if config.batch_size:
+        train_config = replace(train_config, batch_size=config.batch_size)
     output_dir = Path(embedder.models_dir) / f"finetuned-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     tracker = tracking.tracker()
     with tracker.run("embeddings", output_dir.name, {"base_model": config.base_model}) as run:
@@ -202,7 +200,7 @@ def candidate_index(
     )
     if overlap >= max_tokens:
         raise Failure(f"chunk overlap {overlap} must be smaller than the chunk size {max_tokens}")
-    model = load_embedder(model_ref, embedder.resolver(), embedder.device, embedder.batch_size)
+    model = embedder.load(model_ref)
     chunking = ChunkingConfig(max_tokens, overlap, model.max_seq_length - 2)
     build = index_build(model, chunking)
     with milvus.store() as store:

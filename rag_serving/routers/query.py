@@ -87,7 +87,7 @@ def retrieve_chunks(
     state: ServingState = Depends(get_state),
     snapshot: IndexSnapshot = Depends(index_snapshot),
 ) -> RetrieveResponse:
-    """Dense, BM25 or hybrid (weighted RRF) retrieval over the published index, within the caller's tenant."""
+    """Dense, BM25 or hybrid (convex or RRF fusion) retrieval over the published index, within the caller's tenant."""
     timings = Timings()
     chunks, cached = _retrieve(request, who, state, snapshot, timings)
     query_id = _log(state, who, request, chunks, timings, snapshot, model="", degraded=False, cached=cached)
