@@ -71,3 +71,29 @@ def test_llm_errors_degrade_to_the_sources(model):
 def test_no_sources_is_a_degraded_answer_not_an_error():
     answer = generate("anything", [], LLMConfig())
     assert answer.degraded and answer.reason == "no sources retrieved"
+
+
+def test_synthetic_questions_go_through_litellm_and_only_questions_are_kept():
+    import litellm
+    from litellm import CustomLLM
+
+    from rag_core.generation import synthetic_questions
+
+    class QuestionWriter(CustomLLM):  # stands in for an external generative model
+        def completion(self, model: str, messages: list, *args, **kwargs):
+            passage = messages[-1]["content"]
+            reply = "Not a question." if "refuse" in passage else f"What is {passage.split()[1]}?\nextra line"
+            response = kwargs.get("model_response") or args[3]
+            response.choices[0].message.content = reply
+            return response
+
+    previous = litellm.custom_provider_map
+    litellm.custom_provider_map = [*previous, {"provider": "question-writer", "custom_handler": QuestionWriter()}]
+    try:
+        questions = synthetic_questions(
+            ["Zebras migrate across the Mara.", "refuse this one"], LLMConfig("question-writer/any")
+        )
+    finally:
+        litellm.custom_provider_map = previous
+    assert questions == ["What is Zebras?", ""]
+    assert synthetic_questions(["a passage"], LLMConfig("extractive/best-sentences")) is None
