@@ -154,3 +154,13 @@ def test_the_daemon_indexes_and_unindexes_a_dropped_file_and_mlflow_gets_the_eva
     lines = [json.loads(line) for line in (production["run_dir"] / "api.log").read_text().splitlines()
              if line.startswith("{")]
     assert any(line.get("request_id") and line.get("route") == "/v1/retrieve" for line in lines)
+
+
+def test_an_unreachable_postgres_is_refused_with_the_fix(tmp_path: Path) -> None:
+    config = stack.Stack(
+        tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", "redis://127.0.0.1:6379/0", tmp_path,
+        "unused", free_port(), free_port(), free_port(), free_port(), free_port(),
+    )
+    with pytest.raises(stack.StackError, match=r"PostgreSQL is not reachable .*pg_ctlcluster.* or pass --pg-url"):
+        stack.up(config)
+    assert not list((tmp_path / "stack").glob("*.pid"))  # nothing was left running
