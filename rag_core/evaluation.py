@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,6 @@ def evaluate_retrieval(
     dropped_queries: int = 0,
 ) -> RetrievalEvaluation:
     """Runs every query in every mode. `search(text, vector, mode)` returns ranked (doc id, score) per chunk."""
-    import time
-
     started = time.perf_counter()
     texts = list(dataset.queries.values())
     vectors = dict(zip(texts, encode(texts), strict=True)) if texts else {}
