@@ -26,6 +26,10 @@ def vendored_eval_dataset() -> Path:
     return Path(__file__).resolve().parents[1] / "evals" / "datasets" / "scifact"
 
 
+SEARCH_ENGINES = ("auto", "memory", "milvus")
+EMBEDDING_BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
 
@@ -61,6 +65,10 @@ class Settings(BaseSettings):
     embedding_model: str = Field("", description="Model directory; empty = the bundled MiniLM.")
     embedding_batch_size: int = Field(64, ge=1)
     embedding_device: str = "cpu"
+    embedding_backend: str = Field(
+        "torch",
+        description="How the embedder runs: `torch`, `onnx` (fp32) or `onnx-int8`; recorded in each build's version.",
+    )
 
     # Databases and services.
     catalog_url: str = Field("", description="SQLAlchemy URL of the document catalog.")
@@ -111,6 +119,32 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1)
     upload_max_mb: float = Field(20.0, gt=0)
     alias_poll_s: float = Field(2.0, gt=0, description="How often the server re-reads the alias.")
+    search_engine: str = Field(
+        "auto",
+        description="`memory` (in-process faiss + BM25 over the served build), `milvus` (search in Milvus) or "
+        "`auto`: memory for Milvus Lite (a file or `milvus-lite server`), milvus for a Milvus server or cluster.",
+    )
+    auth_cache_ttl_s: float = Field(5.0, ge=0, description="How long a checked API key is trusted without a lookup.")
+
+    @field_validator("search_engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in SEARCH_ENGINES:
+            raise ValueError(
+                f"RAG_SEARCH_ENGINE={value!r} is not a search engine — use one of {', '.join(SEARCH_ENGINES)} "
+                "(auto picks memory for Milvus Lite and milvus for a Milvus server or cluster)"
+            )
+        return value
+
+    @field_validator("embedding_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in EMBEDDING_BACKENDS:
+            raise ValueError(
+                f"RAG_EMBEDDING_BACKEND={value!r} is not an embedding backend — use one of "
+                f"{', '.join(EMBEDDING_BACKENDS)}"
+            )
+        return value
 
     @field_validator("collection_alias")
     @classmethod
