@@ -96,8 +96,9 @@ def evaluate(dataset, search: Callable[[str], list[tuple[str, float]]]) -> dict[
 
 def retriever_search(store, index: Index, vectors: dict[str, list[float]], mode: str, fusion=None):
     from rag_core.retrieval import Retriever
+    from rag_core.search.engines import MilvusEngine
 
-    retriever = Retriever(store, index.collection, fusion)
+    retriever = Retriever(MilvusEngine(store).searcher(index.collection), fusion)
 
     def search(text: str) -> list[tuple[str, float]]:
         return [(c.doc_id, c.score) for c in retriever.retrieve(text, vectors[text], DEPTH, mode)]

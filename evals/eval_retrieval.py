@@ -20,15 +20,20 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--split", default="test")
     parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument(
+        "--engines", nargs="+", default=["memory", "milvus"], help="search engines to compare on the same build"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
 
+    import contextlib
+
     from rag_core.embedding import Embedder
     from rag_core.evaluation import EvalDataset, document_run, ir_metrics
-    from rag_core.retrieval import Retriever, filter_expression
+    from rag_core.retrieval import FusionConfig, Retriever, SearchFilter
+    from rag_core.search.engines import IndexConnection, MilvusEngine
     from rag_core.settings import Settings
-    from rag_core.store import MilvusStore, milvus_client
 
     work = args.data_dir.resolve()
     settings = Settings(data_dir=work / "data", documents_dir=work / "documents", dagster_home=work / "dagster")
@@ -36,23 +41,30 @@ def main() -> None:
     embedder = Embedder(settings.resolved_model_dir)
     vectors = dict(zip(dataset.queries, embedder.encode(list(dataset.queries.values())), strict=True))
     by_text = {text: vectors[query_id] for query_id, text in dataset.queries.items()}
-    expression = filter_expression({}, settings.default_tenant)
-    print(f"{dataset.name}: {len(dataset.queries)} queries\n")
-    print("| mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
-    print("|---|---|---|---|---|---|")
-    with milvus_client(settings.resolved_milvus_uri) as client:
-        store = MilvusStore(client, settings.collection_alias)
-        retriever = Retriever(store, store.alias_target())
-        for mode in args.modes:
-            run = document_run(
-                dataset,
-                lambda text, mode=mode: [
-                    (chunk.doc_id, chunk.score)
-                    for chunk in retriever.retrieve(text, by_text[text], 100, mode, expression)
-                ],
-            )
-            means, _ = ir_metrics(dataset.qrels, run)
-            print(f"| {mode} | " + " | ".join(f"{value:.4f}" for value in means.values()) + " |")
+    search_filter = SearchFilter(settings.default_tenant)
+    fusion = FusionConfig.from_settings(settings)  # what the API serves
+    connection = IndexConnection.from_settings(settings)
+    print(f"{dataset.name}: {len(dataset.queries)} queries, fusion {fusion}\n")
+    print("| engine | mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for engine in args.engines:
+        with contextlib.ExitStack() as stack:
+            if engine == "memory":
+                searcher = connection.memory_engine().served().searcher
+            else:
+                store = stack.enter_context(connection.store())
+                searcher = MilvusEngine(store).served().searcher
+            retriever = Retriever(searcher, fusion)
+            for mode in args.modes:
+                run = document_run(
+                    dataset,
+                    lambda text, mode=mode: [
+                        (chunk.doc_id, chunk.score)
+                        for chunk in retriever.retrieve(text, by_text[text], 100, mode, search_filter)
+                    ],
+                )
+                means, _ = ir_metrics(dataset.qrels, run)
+                print(f"| {engine} | {mode} | " + " | ".join(f"{value:.4f}" for value in means.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def experiment_grid(
                 store, build, units, model, embedder.cache(), chunking, sources.max_file_mb, sources.redact_pii, scratch
             )
             evaluated = evaluate_collection(
-                store, collection, model, dataset, config.modes, evaluation.fusion(), evaluation.tenant,
+                milvus.searcher(store, collection),
+                collection,
+                model, dataset, config.modes, evaluation.fusion(), evaluation.tenant,
                 config.max_queries,
             )
             if not config.keep_collections:

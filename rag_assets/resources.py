@@ -19,8 +19,9 @@ from rag_core.generation import LLMConfig
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
 from rag_core.promotion import BuildSpec, served_spec
 from rag_core.retrieval import FusionConfig
+from rag_core.search.engines import IndexConnection, MilvusEngine, Searcher
 from rag_core.settings import Settings
-from rag_core.store import MilvusStore, milvus_client
+from rag_core.store import MilvusStore
 from rag_core.tracking import Tracker, artifact_root, tracking_uri
 
 
@@ -50,15 +51,32 @@ class SourcesResource(ConfigurableResource):
 
 
 class MilvusResource(ConfigurableResource):
+    """The index: Milvus (every write), and the engine searches run on (in memory for Milvus Lite)."""
+
     uri: str
     token: str = ""
     alias: str = "rag_chunks"
     lock_timeout_s: float = 120.0
+    search_dir: str
+    search_engine: str = "auto"
+
+    def connection(self) -> IndexConnection:
+        return IndexConnection(
+            self.uri, self.token, self.alias, Path(self.search_dir), self.lock_timeout_s, self.search_engine
+        )
 
     @contextlib.contextmanager
     def store(self) -> Iterator[MilvusStore]:
-        with milvus_client(self.uri, self.token, self.lock_timeout_s) as client:
-            yield MilvusStore(client, self.alias)
+        with self.connection().store() as store:
+            yield store
+
+    def searcher(self, store: MilvusStore, collection: str) -> Searcher:
+        """Searches over `collection` on this deployment's engine; the memory engine reads the search log,
+        so `store` may be closed while it is used."""
+        connection = self.connection()
+        if connection.engine == "memory":
+            return connection.memory_engine().searcher(collection)
+        return MilvusEngine(store).searcher(collection)
 
 
 class TrackingResource(ConfigurableResource):
@@ -179,6 +197,8 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         token=settings.milvus_token,
         alias=settings.collection_alias,
         lock_timeout_s=settings.milvus_lock_timeout_s,
+        search_dir=str(settings.search_dir),
+        search_engine=settings.search_engine,
     )
     return {
         "sources": SourcesResource(

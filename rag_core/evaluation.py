@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rag_core.embedding import Embedder
     from rag_core.retrieval import FusionConfig
-    from rag_core.store import MilvusStore
+    from rag_core.search.engines import Searcher
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
 
@@ -200,7 +200,7 @@ def write_report(evaluations: dict[str, RetrievalEvaluation], folder: Path, titl
 
 
 def evaluate_collection(
-    store: MilvusStore,
+    searcher: Searcher,
     collection: str,
     embedder: Embedder,
     dataset: EvalDataset,
@@ -211,9 +211,9 @@ def evaluate_collection(
     depth: int = 100,
 ) -> RetrievalEvaluation:
     """The dataset's queries against one collection of the live index, in each mode."""
-    from rag_core.retrieval import Retriever, filter_expression
+    from rag_core.retrieval import Retriever, SearchFilter
 
-    judged = restrict_to_documents(dataset, store.doc_ids(collection))
+    judged = restrict_to_documents(dataset, searcher.doc_ids())
     if max_queries and len(judged.queries) > max_queries:
         keep = sorted(judged.queries)[:max_queries]
         judged = EvalDataset(
@@ -227,11 +227,11 @@ def evaluate_collection(
             f"none of the {len(dataset.queries)} queries of {dataset.name} has a relevant document in {collection} — "
             "point RAG_EVAL_DATASET_DIR at a labelled set for the documents you index"
         )
-    retriever = Retriever(store, collection, fusion)
-    expression = filter_expression({}, tenant)
+    retriever = Retriever(searcher, fusion)
+    search_filter = SearchFilter(tenant)
 
     def search(text: str, vector: list[float] | None, mode: str) -> list[tuple[str, float]]:
-        chunks = retriever.retrieve(text, vector, depth, mode, expression)  # type: ignore[arg-type]
+        chunks = retriever.retrieve(text, vector, depth, mode, search_filter)  # type: ignore[arg-type]
         return [(chunk.doc_id, chunk.score) for chunk in chunks]
 
     return evaluate_retrieval(

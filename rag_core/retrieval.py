@@ -1,7 +1,8 @@
 """Retrieval over the served collection: dense, BM25, and hybrid (both fused with weighted RRF, or with a
 convex combination of min-max-normalised scores).
 
-Steps read like small components: `dense_search` and `bm25_search` return ranked hits, `fuse_rrf` and
+Steps read like small components: a searcher (rag_core.search.engines: in memory or in Milvus) returns
+ranked dense and BM25 hits, `fuse_rrf` and
 `fuse_convex` combine ranked lists (`fuse` picks one by `FusionConfig.method`). Fusion runs here rather than
 in Milvus' hybrid_search so the same code works on every Milvus engine (Milvus Lite 2.5's hybrid_search fails
 with a BM25 function) and lists can be weighted.
@@ -9,18 +10,18 @@ with a BM25 function) and lists can be weighted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from rag_core.store import Hit, MilvusStore
+from rag_core.search.engines import Searcher
+from rag_core.search.filters import FILTERABLE as FILTERABLE  # re-exported: the API validates against it
+from rag_core.search.filters import InvalidFilter as InvalidFilter
+from rag_core.search.filters import SearchFilter
+from rag_core.store import Hit
 
 Mode = Literal["dense", "bm25", "hybrid"]
 FusionMethod = Literal["rrf", "convex"]
-# Scalar fields a caller may filter on, and how many values an `in` filter may hold.
-FILTERABLE = ("doc_id", "source", "source_key", "title")
-MAX_FILTER_VALUES = 100
 
 
 class FusionSettings(Protocol):
@@ -29,10 +30,6 @@ class FusionSettings(Protocol):
     dense_weight: float
     bm25_weight: float
     fusion_candidates: int
-
-
-class InvalidFilter(ValueError):
-    """A metadata filter the API rejects with 422; the message says what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -86,18 +83,8 @@ class RetrievedChunk:
 
 
 def filter_expression(filters: Mapping[str, object] | None, tenant: str | None) -> str:
-    """A Milvus boolean expression from {field: value | [values]}; the tenant clause is always added."""
-    clauses = [f"tenant == {json.dumps(tenant)}"] if tenant is not None else []
-    for name, value in (filters or {}).items():
-        if name not in FILTERABLE:
-            raise InvalidFilter(f"cannot filter on {name!r}; allowed fields: {', '.join(FILTERABLE)}")
-        values = value if isinstance(value, list) else [value]
-        if not values or len(values) > MAX_FILTER_VALUES:
-            raise InvalidFilter(f"filter {name!r} needs 1 to {MAX_FILTER_VALUES} values")
-        if not all(isinstance(item, str) and item for item in values):
-            raise InvalidFilter(f"filter {name!r} values must be non-empty strings")
-        clauses.append(f"{name} in {json.dumps(values)}")
-    return " and ".join(clauses)
+    """The Milvus boolean expression for {field: value | [values]}; the tenant clause is always added."""
+    return SearchFilter.parse(filters, tenant).expression()
 
 
 def fuse_rrf(
@@ -145,9 +132,10 @@ def fuse(ranked: Mapping[str, Sequence[Hit]], fusion: FusionConfig) -> list[tupl
 
 
 class Retriever:
-    def __init__(self, store: MilvusStore, collection: str, fusion: FusionConfig | None = None) -> None:
-        self.store = store
-        self.collection = collection
+    """Dense, BM25 or hybrid retrieval on one searcher (one build, on whichever engine serves it)."""
+
+    def __init__(self, searcher: Searcher, fusion: FusionConfig | None = None) -> None:
+        self.searcher = searcher
         self.fusion = fusion or FusionConfig()
 
     def retrieve(
@@ -156,20 +144,21 @@ class Retriever:
         query_vector: Sequence[float] | None,
         top_k: int,
         mode: Mode = "hybrid",
-        expression: str = "",
+        search_filter: SearchFilter | None = None,
         fusion: FusionConfig | None = None,
     ) -> list[RetrievedChunk]:
         fusion = fusion or self.fusion
+        search_filter = search_filter or SearchFilter()
         if mode == "dense":
-            hits = self.store.search_dense(self.collection, query_vector, top_k, expression)
+            hits = self.searcher.search_dense(query_vector, top_k, search_filter)
             return [RetrievedChunk.from_hit(hit, hit.score, {"dense": rank}) for rank, hit in enumerate(hits, 1)]
         if mode == "bm25":
-            hits = self.store.search_bm25(self.collection, query, top_k, expression)
+            hits = self.searcher.search_bm25(query, top_k, search_filter)
             return [RetrievedChunk.from_hit(hit, abs(hit.score), {"bm25": rank}) for rank, hit in enumerate(hits, 1)]
         depth = max(top_k, fusion.candidates)
         ranked = {
-            "dense": self.store.search_dense(self.collection, query_vector, depth, expression),
-            "bm25": self.store.search_bm25(self.collection, query, depth, expression),
+            "dense": self.searcher.search_dense(query_vector, depth, search_filter),
+            "bm25": self.searcher.search_bm25(query, depth, search_filter),
         }
         fused = fuse(ranked, fusion)
         return [RetrievedChunk.from_hit(hit, score, ranks) for hit, score, ranks in fused[:top_k]]

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "embedding_cache.sqlite"
 
     @property
+    def search_dir(self) -> Path:
+        """The search log and in-memory index snapshots (rag_core.search.log) beside a Milvus Lite index."""
+        return self.data_dir.resolve() / "search"
+
+    @property
     def staging_dir(self) -> Path:
         """Where the Dagster IO manager keeps per-partition intermediate outputs."""
         return self.data_dir.resolve() / "staging"

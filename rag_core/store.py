@@ -20,10 +20,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import MilvusException
+
+from rag_core.search.analyzer import BM25_B, BM25_K1
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +194,22 @@ class Hit:
     fields: dict[str, Any]
 
 
+class ChangeLog(Protocol):
+    """Where the store reports each write after Milvus took it (rag_core.search.log.SearchLog)."""
+
+    def created(self, name: str, properties: dict[str, str]) -> None: ...
+    def set_properties(self, name: str, properties: dict[str, str]) -> None: ...
+    def upserted(self, name: str, rows: Sequence[dict]) -> None: ...
+    def deleted(self, name: str, chunk_ids: Sequence[str]) -> None: ...
+    def alias_moved(self, alias: str, collection: str) -> None: ...
+    def dropped(self, name: str) -> None: ...
+
+
 class MilvusStore:
-    def __init__(self, client: MilvusClient, alias: str) -> None:
+    def __init__(self, client: MilvusClient, alias: str, changes: ChangeLog | None = None) -> None:
         self.client = client
         self.alias = alias
+        self.changes = changes
         self._loaded: set[str] = set()
 
     def _ready(self, collection: str) -> str:
@@ -248,9 +262,16 @@ class MilvusStore:
         index_params.add_index(
             "dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
         )
-        index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        index_params.add_index(
+            "sparse",
+            index_type="SPARSE_INVERTED_INDEX",
+            metric_type="BM25",
+            params={"bm25_k1": BM25_K1, "bm25_b": BM25_B},  # every engine scores with the same constants
+        )
         properties = {**build.properties(), "rag.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.client.create_collection(name, schema=schema, index_params=index_params, properties=properties)
+        if self.changes:
+            self.changes.created(name, properties)
         log.info("created collection %s", name)
         return name
 
@@ -263,11 +284,14 @@ class MilvusStore:
 
     def bump_index_version(self, name: str) -> str:
         version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-        self.client.alter_collection_properties(name, {"rag.index_version": version})
+        self.set_properties(name, {"rag.index_version": version})
         return version
 
     def set_properties(self, name: str, properties: dict[str, str]) -> None:
-        self.client.alter_collection_properties(name, {key: str(value) for key, value in properties.items()})
+        properties = {key: str(value) for key, value in properties.items()}
+        self.client.alter_collection_properties(name, properties)
+        if self.changes:
+            self.changes.set_properties(name, properties)
 
     def has_collection(self, name: str) -> bool:
         return self.client.has_collection(name)
@@ -277,6 +301,8 @@ class MilvusStore:
             raise RuntimeError(f"{name} is served by the alias {self.alias}; move the alias before dropping it")
         self._loaded.discard(name)
         self.client.drop_collection(name)
+        if self.changes:
+            self.changes.dropped(name)
 
     # ---- alias
     def alias_target(self) -> str | None:
@@ -290,6 +316,8 @@ class MilvusStore:
             self.client.create_alias(collection, self.alias)
         else:
             self.client.alter_alias(collection, self.alias)
+        if self.changes:
+            self.changes.alias_moved(self.alias, collection)
 
     # ---- rows
     def chunk_ids_by_source(self, collection: str, source_keys: Sequence[str]) -> dict[str, set[str]]:
@@ -321,6 +349,9 @@ class MilvusStore:
     def rows_by_source(self, collection: str) -> Counter[str]:
         return Counter(row["source_key"] for row in self._query_all(collection, "", ["source_key"]))
 
+    def all_rows(self, collection: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        return self._query_all(collection, "", fields)
+
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         iterator = self.client.query_iterator(
             self._ready(collection), batch_size=1000, filter=expression, output_fields=fields
@@ -334,20 +365,24 @@ class MilvusStore:
     def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> int:
         for start in range(0, len(rows), BATCH):
             self.client.upsert(self._ready(collection), list(rows[start : start + BATCH]))
+        if self.changes:
+            self.changes.upserted(collection, rows)
         return len(rows)
 
     def delete_chunks(self, collection: str, chunk_ids: Sequence[str]) -> int:
         for start in range(0, len(chunk_ids), BATCH):
             self.client.delete(self._ready(collection), ids=list(chunk_ids[start : start + BATCH]))
+        if self.changes:
+            self.changes.deleted(collection, chunk_ids)
         return len(chunk_ids)
 
     def delete_sources(self, collection: str, source_keys: Sequence[str]) -> int:
-        removed = 0
+        chunk_ids: list[str] = []
         for start in range(0, len(source_keys), 100):
             batch = list(source_keys[start : start + 100])
-            removed += sum(1 for _ in self._query_all(collection, in_filter("source_key", batch), ["chunk_id"]))
-            self.client.delete(self._ready(collection), filter=in_filter("source_key", batch))
-        return removed
+            rows = self._query_all(collection, in_filter("source_key", batch), ["chunk_id"])
+            chunk_ids += [row["chunk_id"] for row in rows]
+        return self.delete_chunks(collection, chunk_ids)
 
     def count(self, collection: str) -> int:
         result = self.client.query(self._ready(collection), filter="", output_fields=["count(*)"])

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 
 from rag_core.cache import cache_key
 from rag_core.generation import LLMConfig
-from rag_core.retrieval import FusionConfig, RetrievedChunk, Retriever, filter_expression
+from rag_core.retrieval import FusionConfig, RetrievedChunk, Retriever, SearchFilter
 from rag_serving.schemas import RetrieveRequest
 from rag_serving.state import IndexSnapshot, ServingState
 
@@ -54,8 +54,8 @@ def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timin
 def retrieve(
     state: ServingState, request: RetrieveRequest, tenant: str, snapshot: IndexSnapshot, timings: Timings
 ) -> tuple[list[RetrievedChunk], bool]:
-    """(chunks, served from cache). The tenant clause is always part of the Milvus filter."""
-    expression = filter_expression(request.filters, tenant)
+    """(chunks, served from cache). The caller's tenant is always part of the search filter."""
+    search_filter = SearchFilter.parse(request.filters, tenant)
     fusion = fusion_for(request, state)
     key = cache_key(
         "retrieve",
@@ -74,8 +74,8 @@ def retrieve(
         return [RetrievedChunk(**item) for item in cached], True
     vector = query_vector(state, snapshot, request.query, timings) if request.mode != "bm25" else None
     with timings.stage("search", state):
-        chunks = Retriever(state.store, snapshot.collection, fusion).retrieve(
-            request.query, vector, request.top_k, request.mode, expression, fusion
+        chunks = Retriever(snapshot.searcher, fusion).retrieve(
+            request.query, vector, request.top_k, request.mode, search_filter, fusion
         )
     state.cache.set(key, [asdict(chunk) for chunk in chunks], state.settings.cache_ttl_s)
     return chunks, False

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,8 +16,9 @@ from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
 from rag_core.promotion import spec_of
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import RateLimiter
+from rag_core.search.engines import IndexConnection, IndexNotReady, MemoryEngine, MilvusEngine, Searcher
 from rag_core.settings import Settings
-from rag_core.store import MilvusStore, MilvusUnavailable, milvus_client
+from rag_core.store import MilvusUnavailable
 from rag_serving.metrics import Metrics
 
 log = logging.getLogger("rag_serving")
@@ -34,50 +34,51 @@ class IndexSnapshot:
     embedding_version: str
     rows: int
     embedder: Embedder = field(compare=False, repr=False)
-
-
-class IndexNotReady(RuntimeError):
-    """The alias is missing, Milvus is down, or the collection was built with another model."""
+    searcher: Searcher = field(compare=False, repr=False)
 
 
 class IndexView:
-    """Follows the alias: re-reads it at most every `poll_s`, so an alias move is served without restart."""
+    """Follows the alias through the search engine: a background thread re-resolves it every `poll_s`, so
+    an alias move or a reindex is served without a restart, and requests never wait for a reload."""
 
     def __init__(
-        self, store: MilvusStore, embedder_for: Callable[[dict[str, str]], Embedder], poll_s: float, metrics: Metrics
+        self,
+        engine: MemoryEngine | MilvusEngine,
+        embedder_for: Callable[[dict[str, str]], Embedder],
+        poll_s: float,
+        metrics: Metrics,
     ) -> None:
-        self.store = store
+        self.engine = engine
         self.embedder_for = embedder_for
         self.poll_s = poll_s
         self.metrics = metrics
         self._lock = threading.Lock()
         self._snapshot: IndexSnapshot | None = None
         self._error = "not resolved yet"
-        self._checked = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
         try:
-            collection = self.store.alias_target()
-            if collection is None:
-                raise IndexNotReady(f"alias {self.store.alias!r} does not exist — build the index first (`rag index`)")
-            properties = self.store.collection_properties(collection)
-            built_with = properties.get("rag.embedding_version", "")
+            served = self.engine.served()
+            built_with = served.properties.get("rag.embedding_version", "")
             current = self._snapshot
-            # Resolve the model only when the served build changed model: polling stays two property reads.
+            # Resolve the model only when the served build changed model: polling stays cheap.
             unchanged = current is not None and current.embedding_version == built_with
-            embedder = current.embedder if unchanged else self.embedder_for(properties)
+            embedder = current.embedder if unchanged else self.embedder_for(served.properties)
             if built_with != embedder.version:
                 raise IndexNotReady(
-                    f"{collection} was built with {built_with or 'an unknown model'} but this server embeds "
+                    f"{served.collection} was built with {built_with or 'an unknown model'} but this server embeds "
                     f"with {embedder.version} — unset RAG_EMBEDDING_MODEL to follow the index's model, or set "
                     "it to that model"
                 )
             snapshot = IndexSnapshot(
-                collection, properties.get("rag.index_version", "0"), built_with, self.store.count(collection), embedder
+                served.collection, served.version, built_with, served.rows, embedder, served.searcher
             )
         except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
         except Exception as error:  # Milvus unreachable or failing
+            log.warning("the served index could not be read: %s", error, exc_info=log.isEnabledFor(logging.DEBUG))
             snapshot, self._error = None, f"Milvus is not answering ({type(error).__name__}: {error})"
         with self._lock:
             if snapshot and snapshot != self._snapshot:
@@ -85,21 +86,29 @@ class IndexView:
                 self.metrics.index.labels(snapshot.collection, snapshot.index_version).set(1)
                 self.metrics.index_rows.set(snapshot.rows)
                 if self._snapshot and snapshot.collection != self._snapshot.collection:
-                    log.info("alias %s moved to %s", self.store.alias, snapshot.collection)
+                    log.info("alias moved to %s", snapshot.collection)
             self._snapshot = snapshot
-            self._checked = time.monotonic()
 
     def current(self) -> IndexSnapshot:
-        if time.monotonic() - self._checked > self.poll_s:
-            self.refresh()
         snapshot = self._snapshot
         if snapshot is None:
             raise IndexNotReady(self._error)
         return snapshot
 
-    @property
-    def error(self) -> str:
-        return self._error
+    def follow(self) -> None:
+        """Re-resolve in the background until `stop()`."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.poll_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="index-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 class ServingState:
@@ -114,16 +123,17 @@ class ServingState:
         self.cache: Cache = make_cache(settings.redis_url)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
         self._stack = contextlib.ExitStack()
+        self.connection = IndexConnection.from_settings(settings)
         try:
-            client = self._stack.enter_context(
-                milvus_client(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_lock_timeout_s)
-            )
+            # The memory engine (Milvus Lite) holds no connection: indexing runs keep writing meanwhile.
+            self.engine = self.connection.open_engine(self._stack)
         except MilvusUnavailable:
             self._stack.close()
             raise
-        self.store = MilvusStore(client, settings.collection_alias)
-        self.index = IndexView(self.store, self.embedder_for, settings.alias_poll_s, self.metrics)
+        log.info("search engine: %s (RAG_SEARCH_ENGINE=%s)", self.engine.name, settings.search_engine)
+        self.index = IndexView(self.engine, self.embedder_for, settings.alias_poll_s, self.metrics)
         self.index.refresh()
+        self.index.follow()
 
     def embedder_for(self, properties: dict[str, str]) -> Embedder:
         reference = self.pinned_model or spec_of(properties, BUNDLED_MODEL).model
@@ -134,4 +144,5 @@ class ServingState:
         return embedder
 
     def close(self) -> None:
+        self.index.stop()
         self._stack.close()

@@ -7,6 +7,7 @@ more than the configured margin below the promoted index, so `promoted_index` ne
 """
 
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -72,12 +73,17 @@ def waiting_candidate(store: MilvusStore) -> str | None:
 
 
 def _evaluate(
-    store: MilvusStore, collection: str, embedder: EmbedderResource, evaluation: EvaluationResource, max_queries: int
+    store: MilvusStore,
+    milvus: MilvusResource,
+    collection: str,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+    max_queries: int,
 ) -> RetrievalEvaluation:
     spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
     model = embedder.load(spec.model)
     return evaluate_collection(
-        store,
+        milvus.searcher(store, collection),
         collection,
         model,
         evaluation.dataset(),
@@ -194,9 +200,9 @@ def retrieval_eval_report(
         if not store.has_collection(target):
             raise Failure(f"collection {target} does not exist — `rag builds` lists the builds")
         role = "candidate" if target != served else "served"
-        evaluations = {role: _evaluate(store, target, embedder, evaluation, config.max_queries)}
+        evaluations = {role: _evaluate(store, milvus, target, embedder, evaluation, config.max_queries)}
         if target != served:
-            evaluations["served"] = _evaluate(store, served, embedder, evaluation, config.max_queries)
+            evaluations["served"] = _evaluate(store, milvus, served, embedder, evaluation, config.max_queries)
             baseline = evaluations["served"].modes[evaluation.gate_mode].means["ndcg@10"]
         else:
             baseline = recorded_ndcg(store, served)
@@ -315,26 +321,29 @@ def rag_eval_report(
     from rag_core.answer_eval import RagSample, evaluate_answers
     from rag_core.evaluation import restrict_to_documents
     from rag_core.generation import generate
-    from rag_core.retrieval import Retriever, filter_expression
+    from rag_core.retrieval import Retriever, SearchFilter
 
     started = time.perf_counter()
-    with milvus.store() as store:
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(milvus.store())
         served = store.alias_target()
         if served is None:
             raise Failure(f"alias {milvus.alias} serves nothing yet — build the index first (`rag index`)")
         spec = spec_of(store.collection_properties(served), BUNDLED_MODEL)
+        searcher = milvus.searcher(store, served)
+        if milvus.connection().engine == "memory":
+            stack.close()  # the in-memory engine needs no Milvus: let other steps write meanwhile
         model = embedder.load(spec.model)
-        dataset = restrict_to_documents(evaluation.dataset(), store.doc_ids(served))
+        dataset = restrict_to_documents(evaluation.dataset(), searcher.doc_ids())
         query_ids = sorted(dataset.queries)[: evaluation.rag_queries]
         if not query_ids:
             raise Failure(f"no query of {dataset.name} has a relevant document in {served} — set RAG_EVAL_DATASET_DIR")
-        retriever = Retriever(store, served, evaluation.fusion())
-        expression = filter_expression({}, evaluation.tenant)
+        retriever = Retriever(searcher, evaluation.fusion())
         vectors = model.encode([dataset.queries[q] for q in query_ids])
         samples = []
         for query_id, vector in zip(query_ids, vectors, strict=True):
             question = dataset.queries[query_id]
-            chunks = retriever.retrieve(question, vector.tolist(), 5, "hybrid", expression)
+            chunks = retriever.retrieve(question, vector.tolist(), 5, "hybrid", SearchFilter(evaluation.tenant))
             answer = generate(question, chunks, evaluation.llm())
             samples.append(
                 RagSample(

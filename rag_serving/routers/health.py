@@ -19,7 +19,6 @@ def health() -> dict:
 
 @router.get("/ready")
 def ready(state: ServingState = Depends(get_state)) -> JSONResponse:
-    state.index.refresh()
     try:
         snapshot = state.index.current()
     except IndexNotReady as error:
@@ -27,7 +26,8 @@ def ready(state: ServingState = Depends(get_state)) -> JSONResponse:
     return JSONResponse(
         {
             "status": "ready",
-            "alias": state.store.alias,
+            "alias": state.settings.collection_alias,
+            "search_engine": state.engine.name,
             "collection": snapshot.collection,
             "index_version": snapshot.index_version,
             "rows": snapshot.rows,

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from tests.integration.pipeline_helpers import apply_sensor_result, sensor_tick
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -189,12 +190,20 @@ def test_upload_index_status_and_delete_through_the_sensor(served):
         assert client.get(f"/v1/documents/{doc_id}").json()["status"] == "pending"
 
         apply_sensor_result(settings, instance, sensor_tick(settings, instance))  # what the daemon does
+        # The server follows the index in the background: the new chunk becomes searchable within seconds.
+        hits = wait_for(
+            "the uploaded document is searchable",
+            lambda: [
+                hit
+                for hit in client.post("/v1/retrieve", json={"query": "otters sleeping", "top_k": 1}).json()["chunks"]
+                if hit["source"] == "tenant=acme/otter-facts.md"
+            ],
+        )
+        assert hits[0]["doc_id"] == doc_id
         status = client.get(f"/v1/documents/{doc_id}").json()
         assert status["status"] == "indexed" and status["chunks"] == 1 and status["tenant"] == "acme"
         assert status["index_version"] == client.get("/ready").json()["index_version"]
         assert status["embedding_version"].startswith("all-MiniLM-L6-v2@")
-        hits = client.post("/v1/retrieve", json={"query": "otters sleeping", "top_k": 1}).json()["chunks"]
-        assert hits[0]["source"] == "tenant=acme/otter-facts.md"
         with served.client("globex") as other:
             assert other.get(f"/v1/documents/{doc_id}").status_code == 404
             assert other.delete(f"/v1/documents/{doc_id}").status_code == 404
@@ -202,8 +211,13 @@ def test_upload_index_status_and_delete_through_the_sensor(served):
         assert client.delete(f"/v1/documents/{doc_id}").status_code == 202
         apply_sensor_result(settings, instance, sensor_tick(settings, instance))
         assert client.get(f"/v1/documents/{doc_id}").status_code == 404
-        hits = client.post("/v1/retrieve", json={"query": "otters sleeping", "top_k": 3}).json()["chunks"]
-        assert all(hit["source"] != "tenant=acme/otter-facts.md" for hit in hits)
+        wait_for(
+            "the deleted document leaves the results",
+            lambda: all(
+                hit["source"] != "tenant=acme/otter-facts.md"
+                for hit in client.post("/v1/retrieve", json={"query": "otters sleeping", "top_k": 3}).json()["chunks"]
+            ),
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,43 @@
+"""What a search may see: the caller's tenant plus exact-match metadata filters. One validated object that
+each engine renders its own way — a boolean expression for Milvus, masks for the in-memory index."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Scalar fields a caller may filter on, and how many values an `in` filter may hold.
+FILTERABLE = ("doc_id", "source", "source_key", "title")
+MAX_FILTER_VALUES = 100
+
+
+class InvalidFilter(ValueError):
+    """A metadata filter the API rejects with 422; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    tenant: str | None = None
+    fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def parse(cls, filters: Mapping[str, object] | None, tenant: str | None) -> SearchFilter:
+        """From the API's {field: value | [values]}; raises InvalidFilter naming what is allowed."""
+        fields = []
+        for name, value in (filters or {}).items():
+            if name not in FILTERABLE:
+                raise InvalidFilter(f"cannot filter on {name!r}; allowed fields: {', '.join(FILTERABLE)}")
+            values = value if isinstance(value, list) else [value]
+            if not values or len(values) > MAX_FILTER_VALUES:
+                raise InvalidFilter(f"filter {name!r} needs 1 to {MAX_FILTER_VALUES} values")
+            if not all(isinstance(item, str) and item for item in values):
+                raise InvalidFilter(f"filter {name!r} values must be non-empty strings")
+            fields.append((name, tuple(values)))
+        return cls(tenant, tuple(sorted(fields)))
+
+    def expression(self) -> str:
+        """The Milvus boolean expression: the tenant clause first, then one `in` clause per field."""
+        clauses = [f"tenant == {json.dumps(self.tenant)}"] if self.tenant is not None else []
+        clauses += [f"{name} in {json.dumps(list(values))}" for name, values in self.fields]
+        return " and ".join(clauses)

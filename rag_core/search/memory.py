@@ -1,0 +1,406 @@
+"""The in-memory search index of one build: faiss for the dense side, a sparse term-frequency matrix for
+BM25 with corpus-wide statistics, and masks for the tenant and metadata filters.
+
+An index is a tuple of immutable segments plus, per segment, a mask of its live rows. A change (rows
+upserted, ids deleted) never edits a segment: it returns a new `MemoryIndex` that shares the old segments,
+with new live masks and one new small segment. A reader holds one `MemoryIndex` for a whole request, so
+it sees one version of the build, never a mix, and writers never wait for readers.
+
+Large segments search an HNSW graph; small ones (recent changes) and highly selective filters are
+searched exactly with one matrix product over the allowed rows. Per query the work is O(postings of the
+query terms) for BM25 and O(log n) for HNSW, plus O(n / 8) bytes for a filter bitmap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from rag_core.search.analyzer import idf, term_counts, term_weights, tokenize
+from rag_core.search.filters import SearchFilter
+from rag_core.store import OUTPUT_FIELDS, Hit
+
+ROW_FIELDS = [*OUTPUT_FIELDS, "search_text"]
+INT_FIELDS = ("position", "start_char", "end_char")
+GRAPH_MIN_ROWS = 20_000  # below this an exact matrix product is as fast as the graph
+EXACT_MAX_ALLOWED = 20_000  # a filter this selective is searched exactly, over the allowed rows only
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 100
+SMALL_SEGMENTS_MAX = 8  # more recent-change segments than this are merged into one
+
+
+def row_schema() -> pa.Schema:
+    return pa.schema(
+        [(name, pa.int64() if name in INT_FIELDS else pa.string()) for name in ROW_FIELDS]
+    )
+
+
+def rows_table(rows: Sequence[dict]) -> tuple[pa.Table, np.ndarray]:
+    """(the fields a search returns, the dense vectors) of Milvus rows."""
+    table = pa.Table.from_pylist([{name: row[name] for name in ROW_FIELDS} for row in rows], schema=row_schema())
+    vectors = np.asarray([row["dense"] for row in rows], dtype=np.float32)
+    return table, vectors.reshape(len(rows), -1) if rows else np.zeros((0, 0), np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    table: pa.Table
+    vectors: np.ndarray
+    vocabulary: dict[str, int]
+    postings: sp.csc_matrix  # rows × terms, term frequencies
+    lengths: np.ndarray  # tokens per row
+    graph: faiss.Index | None = None
+
+    @classmethod
+    def build(cls, table: pa.Table, vectors: np.ndarray, counts: Sequence[Counter[str]] | None = None) -> Segment:
+        if counts is None:
+            counts = [term_counts(text) for text in table.column("search_text").to_pylist()]
+        vocabulary: dict[str, int] = {}
+        indices: list[int] = []
+        data: list[int] = []
+        indptr = [0]
+        for row_counts in counts:
+            for term, count in row_counts.items():
+                indices.append(vocabulary.setdefault(term, len(vocabulary)))
+                data.append(count)
+            indptr.append(len(indices))
+        postings = sp.csr_matrix(
+            (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+            shape=(len(counts), len(vocabulary)),
+        ).tocsc()
+        lengths = np.asarray([sum(row_counts.values()) for row_counts in counts], dtype=np.float32)
+        segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, postings, lengths)
+        return segment.with_graph() if len(table) >= GRAPH_MIN_ROWS else segment
+
+    def with_graph(self) -> Segment:
+        graph = faiss.IndexHNSWFlat(self.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        graph.add(self.vectors)
+        return replace(self, graph=graph)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @cached_property
+    def chunk_ids(self) -> list[str]:
+        return self.table.column("chunk_id").to_pylist()
+
+    @cached_property
+    def tenant_masks(self) -> dict[str, np.ndarray]:
+        encoded = self.table.column("tenant").combine_chunks().dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        return {tenant: codes == code for code, tenant in enumerate(encoded.dictionary.to_pylist())}
+
+    def column_frequencies(self, rows: np.ndarray) -> dict[str, int]:
+        """Document frequency of each term among these rows (a mask)."""
+        if rows.all():
+            per_term = np.diff(self.postings.indptr)
+        else:
+            per_term = np.diff(self.postings[np.flatnonzero(rows)].tocsc().indptr)
+        return {term: int(per_term[j]) for term, j in self.vocabulary.items() if per_term[j]}
+
+    def allowed(self, live: np.ndarray, search_filter: SearchFilter) -> np.ndarray:
+        mask = live
+        if search_filter.tenant is not None:
+            mask = mask & self.tenant_masks.get(search_filter.tenant, np.zeros(len(self), bool))
+        for name, values in search_filter.fields:
+            mask = mask & pc.is_in(self.table.column(name), value_set=pa.array(values)).to_numpy(
+                zero_copy_only=False
+            )
+        return mask
+
+    def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosine scores) of the best `limit` allowed rows."""
+        count = int(allowed.sum())
+        if count == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        limit = min(limit, count)
+        if self.graph is not None and count > EXACT_MAX_ALLOWED:
+            selector = None
+            if count < len(self):
+                bitmap = np.packbits(allowed, bitorder="little")
+                selector = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bitmap))
+            # A filter that hides most rows needs a wider beam to still find `limit` of the rest.
+            ef = min(4096, int(max(64, limit) * max(1.0, 0.5 * len(self) / count)))
+            params = faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+            scores, rows = self.graph.search(vector[None, :], limit, params=params)
+            keep = rows[0] >= 0
+            return rows[0][keep].astype(np.int64), scores[0][keep]
+        if count < len(self) // 2:
+            rows = np.flatnonzero(allowed)
+            scores = self.vectors[rows] @ vector
+        else:
+            rows = None
+            scores = self.vectors @ vector
+            scores = np.where(allowed, scores, -np.inf)
+        best = _top(scores, limit)
+        return (rows[best] if rows is not None else best), scores[best]
+
+    def bm25(
+        self, query: Counter[str], statistics: Statistics, limit: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, BM25 scores) of the best `limit` allowed rows containing a query term."""
+        touched, weights = [], []
+        indptr, indices, data = self.postings.indptr, self.postings.indices, self.postings.data
+        for term, repeats in query.items():
+            column = self.vocabulary.get(term)
+            if column is None:
+                continue
+            rows = indices[indptr[column] : indptr[column + 1]]
+            frequency = data[indptr[column] : indptr[column + 1]]
+            term_idf = idf(statistics.documents, statistics.frequencies.get(term, 0))
+            touched.append(rows)
+            weights.append(repeats * term_idf * term_weights(frequency, self.lengths[rows], statistics.average_length))
+        if not touched:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        rows = np.concatenate(touched)
+        scores = np.bincount(rows, weights=np.concatenate(weights), minlength=len(self))
+        candidates = np.unique(rows)
+        candidates = candidates[allowed[candidates]]
+        best = _top(scores[candidates], min(limit, len(candidates)))
+        return candidates[best], scores[candidates][best]
+
+    def fields(self, rows: np.ndarray) -> list[dict]:
+        return self.table.take(pa.array(rows, pa.int64())).select(OUTPUT_FIELDS).to_pylist()
+
+
+def _top(scores: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the `limit` highest scores, best first (ties by position, like a stable sort)."""
+    if limit <= 0:
+        return np.empty(0, np.int64)
+    if limit < len(scores):
+        part = np.argpartition(-scores, limit - 1)[:limit]
+        return part[np.lexsort((part, -scores[part]))]
+    return np.lexsort((np.arange(len(scores)), -scores))
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Corpus-wide BM25 statistics over every live row of every segment."""
+
+    documents: int
+    total_length: float
+    frequencies: dict[str, int]
+
+    @property
+    def average_length(self) -> float:
+        return self.total_length / self.documents if self.documents else 0.0
+
+
+EMPTY_STATISTICS = Statistics(0, 0.0, {})
+
+
+class _StatisticsUpdate:
+    """Per-tenant and overall statistics after removing and adding rows; copies only what it touches."""
+
+    def __init__(self, current: dict[str | None, Statistics]) -> None:
+        self.current = current
+        self.changed: dict[str | None, list] = {}
+
+    def _bucket(self, tenant: str | None) -> list:
+        if tenant not in self.changed:
+            old = self.current.get(tenant, EMPTY_STATISTICS)
+            self.changed[tenant] = [old.documents, old.total_length, dict(old.frequencies)]
+        return self.changed[tenant]
+
+    def remove(self, tenant: str, length: float, terms: set[str]) -> None:
+        for key in (tenant, None):
+            bucket = self._bucket(key)
+            bucket[0] -= 1
+            bucket[1] -= length
+            frequencies = bucket[2]
+            for term in terms:
+                frequencies[term] -= 1
+                if not frequencies[term]:
+                    del frequencies[term]
+
+    def add(self, tenant: str, documents: int, length: float, frequencies: dict[str, int]) -> None:
+        for key in (tenant, None):
+            bucket = self._bucket(key)
+            bucket[0] += documents
+            bucket[1] += length
+            for term, count in frequencies.items():
+                bucket[2][term] = bucket[2].get(term, 0) + count
+
+    def result(self) -> dict[str | None, Statistics]:
+        merged = dict(self.current)
+        for tenant, (documents, length, frequencies) in self.changed.items():
+            if documents > 0:
+                merged[tenant] = Statistics(documents, length, frequencies)
+            else:
+                merged.pop(tenant, None)
+        return merged
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryIndex:
+    segments: tuple[Segment, ...]
+    live: tuple[np.ndarray, ...]
+    location: dict[str, tuple[int, int]]
+    statistics: dict[str | None, Statistics]  # per tenant; None: every tenant
+    seq: int = 0  # the last change of the build's log applied
+    dimension: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, table: pa.Table, vectors: np.ndarray, seq: int = 0, dimension: int = 0) -> MemoryIndex:
+        empty = cls((), (), {}, {}, seq, dimension or (vectors.shape[1] if len(vectors) else 0))
+        return empty.apply(table, vectors, [], seq) if len(table) else empty
+
+    @classmethod
+    def from_segment(cls, segment: Segment, seq: int) -> MemoryIndex:
+        empty = cls((), (), {}, {}, seq, segment.vectors.shape[1])
+        return empty._with(segment, [], [], seq)
+
+    @property
+    def rows(self) -> int:
+        everyone = self.statistics.get(None)
+        return everyone.documents if everyone else 0
+
+    def apply(
+        self, table: pa.Table | None, vectors: np.ndarray | None, deleted: Iterable[str], seq: int
+    ) -> MemoryIndex:
+        """A new index with these rows upserted and these chunk ids deleted; this one is unchanged."""
+        upserted = table.column("chunk_id").to_pylist() if table is not None and len(table) else []
+        if upserted and len(set(upserted)) < len(upserted):  # the last version of a repeated id wins
+            last = {chunk_id: row for row, chunk_id in enumerate(upserted)}
+            keep = sorted(last.values())
+            table, vectors = table.take(pa.array(keep)), vectors[keep]
+        segment = Segment.build(table, vectors) if upserted else None
+        index = self._with(segment, list(deleted), upserted, seq)
+        return index.merge_small() if sum(s.graph is None for s in index.segments) > SMALL_SEGMENTS_MAX else index
+
+    def _with(self, segment: Segment | None, deleted: list[str], upserted: list[str], seq: int) -> MemoryIndex:
+        live = list(self.live)
+        location = dict(self.location)
+        counts = _StatisticsUpdate(self.statistics)
+        copied: set[int] = set()
+        for chunk_id in [*deleted, *upserted]:
+            where = location.pop(chunk_id, None)
+            if where is None:
+                continue
+            index, row = where
+            if index not in copied:
+                live[index] = live[index].copy()
+                copied.add(index)
+            live[index][row] = False
+            old = self.segments[index]
+            terms = set(tokenize(old.table.column("search_text")[row].as_py()))
+            counts.remove(old.table.column("tenant")[row].as_py(), float(old.lengths[row]), terms)
+        segments = list(self.segments)
+        if segment is not None:
+            segments.append(segment)
+            live.append(np.ones(len(segment), bool))
+            location.update((chunk_id, (len(segments) - 1, row)) for row, chunk_id in enumerate(segment.chunk_ids))
+            for tenant, mask in segment.tenant_masks.items():
+                length = float(segment.lengths[mask].sum())
+                counts.add(tenant, int(mask.sum()), length, segment.column_frequencies(mask))
+        dimension = self.dimension or (segment.vectors.shape[1] if segment is not None else 0)
+        return replace(
+            self,
+            segments=tuple(segments),
+            live=tuple(live),
+            location=location,
+            statistics=counts.result(),
+            seq=seq,
+            dimension=dimension,
+        )
+
+    def merge_small(self) -> MemoryIndex:
+        """Merge every segment without a graph into one (live rows only): fewer segments to visit per query."""
+        small = [i for i, segment in enumerate(self.segments) if segment.graph is None]
+        kept = [i for i in range(len(self.segments)) if i not in small]
+        merged = _merge([(self.segments[i], self.live[i]) for i in small])
+        segments = [self.segments[i] for i in kept]
+        live = [self.live[i] for i in kept]
+        location = {chunk_id: (kept.index(s), row) for chunk_id, (s, row) in self.location.items() if s in kept}
+        if merged is not None:
+            location.update((chunk_id, (len(segments), row)) for row, chunk_id in enumerate(merged.chunk_ids))
+            segments.append(merged)
+            live.append(np.ones(len(merged), bool))
+        return replace(self, segments=tuple(segments), live=tuple(live), location=location)
+
+    def compacted(self) -> MemoryIndex:
+        """One segment holding every live row (with a graph when large): what a base snapshot stores."""
+        merged = _merge(list(zip(self.segments, self.live, strict=True)))
+        if merged is None:
+            return replace(self, segments=(), live=(), location={})
+        return replace(MemoryIndex.from_segment(merged, self.seq), dimension=self.dimension, meta=self.meta)
+
+    def doc_ids(self) -> set[str]:
+        return {
+            doc_id
+            for segment, live in zip(self.segments, self.live, strict=True)
+            for doc_id in pc.unique(segment.table.column("doc_id").filter(pa.array(live))).to_pylist()
+        }
+
+    # ---- search
+    def search_dense(self, vector: Sequence[float], limit: int, search_filter: SearchFilter) -> list[Hit]:
+        query = np.asarray(vector, dtype=np.float32)
+        found = []
+        for index, (segment, live) in enumerate(zip(self.segments, self.live, strict=True)):
+            rows, scores = segment.dense(query, limit, segment.allowed(live, search_filter))
+            found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
+        return self._hits(found, limit)
+
+    def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]:
+        terms = term_counts(query)
+        # A tenant's query is scored with its own corpus' statistics: relevance that does not depend on
+        # (or reveal) what other tenants hold.
+        statistics = self.statistics.get(search_filter.tenant) or EMPTY_STATISTICS
+        found = []
+        for index, (segment, live) in enumerate(zip(self.segments, self.live, strict=True)):
+            rows, scores = segment.bm25(terms, statistics, limit, segment.allowed(live, search_filter))
+            found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
+        return self._hits(found, limit)
+
+    def _hits(self, found: list[tuple[float, int, int]], limit: int) -> list[Hit]:
+        found.sort(key=lambda item: (-item[0], item[1], item[2]))
+        found = found[:limit]
+        by_segment: dict[int, list[int]] = {}
+        for _, index, row in found:
+            by_segment.setdefault(index, []).append(row)
+        fields = {
+            index: dict(zip(rows, self.segments[index].fields(np.asarray(rows)), strict=True))
+            for index, rows in by_segment.items()
+        }
+        return [Hit(fields[index][row]["chunk_id"], score, fields[index][row]) for score, index, row in found]
+
+
+def _merge(parts: list[tuple[Segment, np.ndarray]]) -> Segment | None:
+    """One segment of the live rows of these, reusing their term counts (no re-tokenizing)."""
+    parts = [(segment, np.flatnonzero(live)) for segment, live in parts if live.any()]
+    if not parts:
+        return None
+    vocabulary: dict[str, int] = {}
+    blocks = []
+    for segment, rows in parts:
+        remap = np.empty(len(segment.vocabulary), np.int32)
+        for term, column in segment.vocabulary.items():
+            remap[column] = vocabulary.setdefault(term, len(vocabulary))
+        block = segment.postings[rows].tocoo()
+        blocks.append((block.row, remap[block.col], block.data, len(rows)))
+    offsets = np.cumsum([0] + [count for *_, count in blocks])
+    postings = sp.csc_matrix(
+        (
+            np.concatenate([data for _, _, data, _ in blocks]),
+            (
+                np.concatenate([row + offset for (row, _, _, _), offset in zip(blocks, offsets, strict=False)]),
+                np.concatenate([col for _, col, _, _ in blocks]),
+            ),
+        ),
+        shape=(int(offsets[-1]), len(vocabulary)),
+    )
+    table = pa.concat_tables([segment.table.take(pa.array(rows)) for segment, rows in parts]).combine_chunks()
+    vectors = np.vstack([segment.vectors[rows] for segment, rows in parts])
+    lengths = np.concatenate([segment.lengths[rows] for segment, rows in parts])
+    merged = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, lengths)
+    return merged.with_graph() if len(merged) >= GRAPH_MIN_ROWS else merged
