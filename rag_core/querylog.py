@@ -1,19 +1,32 @@
 """The serving database (SQLAlchemy: SQLite by default, PostgreSQL in production): the query log,
-user feedback and API keys. Keys are stored hashed; the plain key is shown once, when it is created."""
+user feedback and API keys. Keys are stored hashed; the plain key is shown once, when it is created.
+
+Neither write nor lookup on the request path waits for the database: a checked key is trusted from
+memory for `auth_cache_ttl_s`, and a logged query is queued and written in batches by a background
+thread. `flush()` writes the queue now; `close()` flushes and stops the thread."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import logging
 import secrets
+import threading
+import time
 import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 queries = sa.Table(
@@ -66,12 +79,255 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _CheckedKey:
+    key: ApiKey | None  # None: the presented key is invalid or revoked
+    expires: float
+
+
+class _KeyCache:
+    """Checked keys by the SHA-256 of the presented key, least recently used first out. A valid key is
+    trusted for `ttl_s`; an invalid one is remembered for a fifth of that, only to spare the database
+    a client retrying a bad key. `ttl_s` 0 turns the cache off."""
+
+    def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, _CheckedKey] = OrderedDict()
+        self._lock = threading.Lock()
+        # Bumped by clear(): a lookup that started before a revocation must not cache what it read.
+        self.generation = 0
+
+    def get(self, digest: str) -> _CheckedKey | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry.expires <= self.clock():
+                del self._entries[digest]
+                return None
+            self._entries.move_to_end(digest)
+            return entry
+
+    def put(self, digest: str, key: ApiKey | None, generation: int) -> None:
+        ttl_s = self.ttl_s if key is not None else self.ttl_s / 5
+        if ttl_s <= 0:
+            return
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._entries[digest] = _CheckedKey(key, self.clock() + ttl_s)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.generation += 1
+
+
+class _QueryLogWriter:
+    """The query log's write-behind queue.
+
+    Rows wait in `pending` (by query id, oldest first) until the batch holding them is committed, so a
+    queued query is always visible to `query_exists` and `add_feedback`. A background thread, started
+    by the first row, writes once `batch_rows` are waiting or `interval_s` after the first one. A failed
+    batch stays queued and is retried after `retry_delay_s`, doubling up to `max_retry_delay_s`.
+
+    The queue holds at most `max_pending` rows. When it is full while the database answers (it is
+    slower than the traffic), the request writes its own row: back-pressure, nothing lost. When it is
+    full because the database is failing, the row is dropped, counted in `dropped` and logged: a log
+    row is not worth blocking requests on an outage or growing memory without bound."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        interval_s: float,
+        batch_rows: int,
+        max_pending: int,
+        retry_delay_s: float,
+        max_retry_delay_s: float,
+    ) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.batch_rows = batch_rows
+        self.max_pending = max_pending
+        self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max_retry_delay_s
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.dropped = 0
+        self.refused = 0
+        self._condition = threading.Condition()
+        # One writer at a time, and a row leaves `pending` only after its commit: never written twice.
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._failing = False
+        self._drop_logged = False
+
+    def put(self, row: dict[str, Any]) -> None:
+        with self._condition:
+            if not self._stopping and len(self.pending) < self.max_pending:
+                self.pending[row["query_id"]] = row
+                if self._thread is None or not self._thread.is_alive():  # first row, or a forked process
+                    self._thread = threading.Thread(target=self._run, name="query-log-writer", daemon=True)
+                    self._thread.start()
+                self._condition.notify()
+                return
+            failing = self._failing
+        if failing:
+            self._drop(row, "the database is failing and the queue is full")
+            return
+        try:  # full (or closed) and the database answers: this request writes its own row
+            self._insert([row])
+        except Exception as error:
+            with self._condition:
+                self._failing = True
+            self._drop(row, f"{type(error).__name__}: {error}")
+
+    def queued(self, query_id: str) -> dict[str, Any] | None:
+        with self._condition:
+            return self.pending.get(query_id)
+
+    def write_pending(self) -> None:
+        """Write the rows queued when called; raises, leaving them queued, if the database fails."""
+        with self._write_lock:
+            with self._condition:
+                remaining = len(self.pending)
+            while remaining > 0:
+                with self._condition:
+                    batch = list(itertools.islice(self.pending.values(), min(remaining, self.batch_rows)))
+                if not batch:
+                    return
+                try:
+                    self._insert(batch)
+                except Exception:
+                    with self._condition:
+                        self._failing = True
+                    raise
+                with self._condition:
+                    for row in batch:
+                        del self.pending[row["query_id"]]
+                    if self._failing:
+                        log.info("the query log is writing again (%d rows dropped so far)", self.dropped)
+                    self._failing = self._drop_logged = False
+                remaining -= len(batch)
+
+    def close(self) -> None:
+        """Stop the thread and write everything still queued."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        try:
+            self.write_pending()
+        except Exception as error:
+            log.error(
+                "%d queued queries could not be written to the query log at shutdown (%s: %s)",
+                len(self.pending),
+                type(error).__name__,
+                error,
+            )
+
+    def _run(self) -> None:
+        retry_delay = 0.0
+        while True:
+            with self._condition:
+                if retry_delay:
+                    self._condition.wait_for(lambda: self._stopping, timeout=retry_delay)
+                else:
+                    self._condition.wait_for(lambda: self._stopping or bool(self.pending))
+                    self._condition.wait_for(
+                        lambda: self._stopping or len(self.pending) >= self.batch_rows, timeout=self.interval_s
+                    )
+                if self._stopping:
+                    return  # close() writes what is left
+            try:
+                self.write_pending()
+                retry_delay = 0.0
+            except Exception as error:
+                retry_delay = min(self.max_retry_delay_s, max(self.retry_delay_s, retry_delay * 2))
+                log.warning(
+                    "writing %d queued queries to the query log failed (%s: %s); retrying in %.1f s",
+                    len(self.pending),
+                    type(error).__name__,
+                    error,
+                    retry_delay,
+                )
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(queries.insert(), rows)
+        except (sa.exc.IntegrityError, sa.exc.DataError) as error:
+            # The database refuses a row, not the batch (a value too long; an id a retry already wrote):
+            # write the others one by one so one bad row cannot hold the log up forever.
+            if len(rows) > 1:
+                for row in rows:
+                    self._insert([row])
+                return
+            with self.engine.connect() as connection:
+                written = queries.c.query_id == rows[0]["query_id"]
+                if connection.execute(sa.select(queries.c.query_id).where(written)).first() is not None:
+                    return  # written by an earlier attempt whose commit was not acknowledged
+            with self._condition:
+                self.refused += 1
+            log.error("the query log refused query %s and dropped it: %s", rows[0]["query_id"], error.orig)
+
+    def _drop(self, row: dict[str, Any], reason: str) -> None:
+        with self._condition:
+            self.dropped += 1
+            quiet, self._drop_logged = self._drop_logged, True
+        if not quiet:  # once per outage, not once per request
+            log.warning("query %s was not logged: %s (%d dropped so far)", row["query_id"], reason, self.dropped)
+
+
 class ServingDatabase:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth_cache_ttl_s: float = 5.0,
+        auth_cache_size: int = 10_000,
+        log_interval_s: float = 0.1,
+        log_batch_rows: int = 500,
+        log_max_pending: int = 10_000,
+        log_retry_delay_s: float = 0.5,
+        log_max_retry_delay_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
+        self._keys = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
+        self._query_log = _QueryLogWriter(
+            self.engine, log_interval_s, log_batch_rows, log_max_pending, log_retry_delay_s, log_max_retry_delay_s
+        )
+        # A process that forgets close() still writes its queue when this object goes or at exit.
+        self._finalizer = weakref.finalize(self, self._query_log.close)
+
+    def flush(self) -> None:
+        """Write every queued query now. Raises if the database fails (the rows stay queued)."""
+        self._query_log.write_pending()
+
+    def close(self) -> None:
+        """Write every queued query, stop the writer thread and release the connections."""
+        self._finalizer()
+        self.engine.dispose()
+
+    @property
+    def queued_queries(self) -> int:
+        return len(self._query_log.pending)
+
+    @property
+    def dropped_queries(self) -> int:
+        """Queries not logged because the queue was full while the database failed, or refused by it."""
+        return self._query_log.dropped + self._query_log.refused
 
     # ---- API keys
     def create_key(self, tenant: str, name: str = "") -> str:
@@ -89,27 +345,69 @@ class ServingDatabase:
         parts = plain.split("_")
         if len(parts) < 3 or parts[0] != "rag":
             return None
+        digest = _hash(plain)
+        # Looked up by digest: the lookup's timing can tell at most something about a SHA-256, which
+        # does not help to find a key. The database path below compares in constant time.
+        if (checked := self._keys.get(digest)) is not None:
+            return checked.key
+        generation = self._keys.generation
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(api_keys).where(api_keys.c.key_id == parts[1])).mappings().first()
-        if row is None or row["revoked"] or not hmac.compare_digest(row["key_hash"], _hash(plain)):
-            return None
-        return ApiKey(row["key_id"], row["tenant"], row["name"])
+        if row is None or row["revoked"] or not hmac.compare_digest(row["key_hash"], digest):
+            key = None
+        else:
+            key = ApiKey(row["key_id"], row["tenant"], row["name"])
+        self._keys.put(digest, key, generation)
+        return key
 
     def revoke_key(self, key_id: str) -> bool:
+        """Revoked at once in this process; other processes stop trusting the key within their TTL."""
         with self.engine.begin() as connection:
             result = connection.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(revoked=True))
+        self._keys.clear()
         return result.rowcount > 0
 
     # ---- query log
-    def log_query(self, **values: Any) -> str:
-        query_id = values.pop("query_id", None) or str(uuid.uuid4())
-        values["chunk_ids"] = json.dumps(values.get("chunk_ids", []))
-        values["timings_ms"] = json.dumps(values.get("timings_ms", {}))
-        with self.engine.begin() as connection:
-            connection.execute(queries.insert().values(query_id=query_id, created_at=datetime.now(UTC), **values))
+    def log_query(
+        self,
+        *,
+        tenant: str,
+        question: str,
+        mode: str,
+        top_k: int,
+        index_version: str,
+        model: str = "",
+        key_id: str | None = None,
+        chunk_ids: Sequence[str] = (),
+        timings_ms: Mapping[str, float] | None = None,
+        degraded: bool = False,
+        cached: bool = False,
+        query_id: str | None = None,
+    ) -> str:
+        """Queue the query for the log and return its id at once; the row is written within ~`log_interval_s`."""
+        query_id = query_id or str(uuid.uuid4())
+        self._query_log.put(
+            {
+                "query_id": query_id,
+                "created_at": datetime.now(UTC),
+                "tenant": tenant,
+                "key_id": key_id,
+                "question": question,
+                "mode": mode,
+                "top_k": top_k,
+                "chunk_ids": json.dumps(list(chunk_ids)),
+                "timings_ms": json.dumps(dict(timings_ms or {})),
+                "model": model,
+                "index_version": index_version,
+                "degraded": degraded,
+                "cached": cached,
+            }
+        )
         return query_id
 
     def query_exists(self, query_id: str, tenant: str | None = None) -> bool:
+        if (queued := self._query_log.queued(query_id)) is not None:
+            return tenant is None or queued["tenant"] == tenant
         condition = queries.c.query_id == query_id
         if tenant is not None:
             condition = condition & (queries.c.tenant == tenant)
@@ -118,6 +416,8 @@ class ServingDatabase:
 
     # ---- feedback
     def add_feedback(self, query_id: str, rating: int | None, is_relevant: bool | None, comment: str) -> int:
+        if self._query_log.queued(query_id) is not None:
+            self.flush()  # the feedback row references the query row
         with self.engine.begin() as connection:
             result = connection.execute(
                 feedback.insert().values(
@@ -132,6 +432,7 @@ class ServingDatabase:
 
     def relevant_pairs(self) -> list[tuple[str, list[str]]]:
         """(question, retrieved chunk ids) of queries users marked relevant: training pairs for fine-tuning."""
+        self.flush()
         query = (
             sa.select(queries.c.question, queries.c.chunk_ids)
             .join(feedback, feedback.c.query_id == queries.c.query_id)
@@ -141,6 +442,7 @@ class ServingDatabase:
             return [(question, json.loads(ids)) for question, ids in connection.execute(query)]
 
     def analytics(self, tenant: str | None = None, worst: int = 10) -> dict[str, Any]:
+        self.flush()
         scope = (queries.c.tenant == tenant) if tenant is not None else sa.true()
         with self.engine.connect() as connection:
             total = connection.execute(sa.select(sa.func.count()).select_from(queries).where(scope)).scalar() or 0
