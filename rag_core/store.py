@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,7 +191,7 @@ class IndexBuild:
 class Hit:
     chunk_id: str
     score: float
-    fields: dict[str, Any]
+    fields: Mapping[str, Any]
 
 
 class ChangeLog(Protocol):

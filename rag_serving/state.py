@@ -118,7 +118,7 @@ class ServingState:
         self.resolver = ModelResolver.from_settings(settings)
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
         self.pinned_model = settings.embedding_model
-        self.db = ServingDatabase(settings.resolved_serving_db_url)
+        self.db = ServingDatabase(settings.resolved_serving_db_url, auth_cache_ttl_s=settings.auth_cache_ttl_s)
         self.catalog = Catalog(settings.resolved_catalog_url)
         self.cache: Cache = make_cache(settings.redis_url)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
@@ -145,4 +145,5 @@ class ServingState:
 
     def close(self) -> None:
         self.index.stop()
+        self.db.close()  # writes every queued query-log row
         self._stack.close()

@@ -14,7 +14,7 @@ query terms) for BM25 and O(log n) for HNSW, plus O(n / 8) bytes for a filter bi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from rag_core.search.analyzer import idf, term_counts, term_weights, tokenize
+from rag_core.search.analyzer import idf, saturation, term_counts, term_matrix
 from rag_core.search.filters import SearchFilter
 from rag_core.store import OUTPUT_FIELDS, Hit
 
@@ -33,8 +33,9 @@ INT_FIELDS = ("position", "start_char", "end_char")
 GRAPH_MIN_ROWS = 20_000  # below this an exact matrix product is as fast as the graph
 EXACT_MAX_ALLOWED = 20_000  # a filter this selective is searched exactly, over the allowed rows only
 HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 100
+HNSW_EF_CONSTRUCTION = 40
 SMALL_SEGMENTS_MAX = 8  # more recent-change segments than this are merged into one
+AVERAGE_DRIFT = 1e-3  # BM25 impacts are recomputed once a tenant's average length moved this much
 
 
 def row_schema() -> pa.Schema:
@@ -60,24 +61,11 @@ class Segment:
     graph: faiss.Index | None = None
 
     @classmethod
-    def build(cls, table: pa.Table, vectors: np.ndarray, counts: Sequence[Counter[str]] | None = None) -> Segment:
-        if counts is None:
-            counts = [term_counts(text) for text in table.column("search_text").to_pylist()]
-        vocabulary: dict[str, int] = {}
-        indices: list[int] = []
-        data: list[int] = []
-        indptr = [0]
-        for row_counts in counts:
-            for term, count in row_counts.items():
-                indices.append(vocabulary.setdefault(term, len(vocabulary)))
-                data.append(count)
-            indptr.append(len(indices))
-        postings = sp.csr_matrix(
-            (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
-            shape=(len(counts), len(vocabulary)),
-        ).tocsc()
-        lengths = np.asarray([sum(row_counts.values()) for row_counts in counts], dtype=np.float32)
-        segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, postings, lengths)
+    def build(cls, table: pa.Table, vectors: np.ndarray) -> Segment:
+        counts, terms = term_matrix(table.column("search_text").combine_chunks())
+        vocabulary = {term: column for column, term in enumerate(terms)}
+        lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
+        segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, counts.tocsc(), lengths)
         return segment.with_graph() if len(table) >= GRAPH_MIN_ROWS else segment
 
     def with_graph(self) -> Segment:
@@ -106,6 +94,22 @@ class Segment:
         else:
             per_term = np.diff(self.postings[np.flatnonzero(rows)].tocsc().indptr)
         return {term: int(per_term[j]) for term, j in self.vocabulary.items() if per_term[j]}
+
+    @cached_property
+    def terms(self) -> list[str]:
+        return sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+
+    def row_terms(self, row: int) -> list[str]:
+        return [self.terms[column] for column in self.postings[row].indices]
+
+    def impacts(self, statistics: dict[str | None, Statistics]) -> sp.csc_matrix:
+        """The BM25 saturation of every posting, each row normalised by its own tenant's average length."""
+        average = np.ones(len(self), np.float32)
+        for tenant, mask in self.tenant_masks.items():
+            average[mask] = (statistics.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
+        rows = self.postings.indices
+        data = saturation(self.postings.data, self.lengths[rows], average[rows]).astype(np.float32)
+        return sp.csc_matrix((data, rows, self.postings.indptr), shape=self.postings.shape)
 
     def allowed(self, live: np.ndarray, search_filter: SearchFilter) -> np.ndarray:
         mask = live
@@ -145,31 +149,26 @@ class Segment:
         return (rows[best] if rows is not None else best), scores[best]
 
     def bm25(
-        self, query: Counter[str], statistics: Statistics, limit: int, allowed: np.ndarray
+        self,
+        query: Counter[str],
+        statistics: Statistics,
+        impacts: sp.csc_matrix,
+        limit: int,
+        allowed: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(rows, BM25 scores) of the best `limit` allowed rows containing a query term."""
-        touched, weights = [], []
-        indptr, indices, data = self.postings.indptr, self.postings.indices, self.postings.data
+        columns, weights = [], []
         for term, repeats in query.items():
             column = self.vocabulary.get(term)
-            if column is None:
-                continue
-            rows = indices[indptr[column] : indptr[column + 1]]
-            frequency = data[indptr[column] : indptr[column + 1]]
-            term_idf = idf(statistics.documents, statistics.frequencies.get(term, 0))
-            touched.append(rows)
-            weights.append(repeats * term_idf * term_weights(frequency, self.lengths[rows], statistics.average_length))
-        if not touched:
+            if column is not None:
+                columns.append(column)
+                weights.append(repeats * idf(statistics.documents, statistics.frequencies.get(term, 0)))
+        if not columns:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        rows = np.concatenate(touched)
-        scores = np.bincount(rows, weights=np.concatenate(weights), minlength=len(self))
-        candidates = np.unique(rows)
-        candidates = candidates[allowed[candidates]]
+        scores = impacts[:, columns] @ np.asarray(weights, np.float32)
+        candidates = np.flatnonzero((scores > 0) & allowed)
         best = _top(scores[candidates], min(limit, len(candidates)))
         return candidates[best], scores[candidates][best]
-
-    def fields(self, rows: np.ndarray) -> list[dict]:
-        return self.table.take(pa.array(rows, pa.int64())).select(OUTPUT_FIELDS).to_pylist()
 
 
 def _top(scores: np.ndarray, limit: int) -> np.ndarray:
@@ -249,6 +248,28 @@ class MemoryIndex:
     seq: int = 0  # the last change of the build's log applied
     dimension: int = 0
     meta: dict = field(default_factory=dict)
+    # Per segment: (the segment, its tenants' average lengths, its BM25 impacts); shared by successive
+    # versions of the index so that a change recomputes only what it moved.
+    impact_cache: dict[int, tuple] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def impacts(self) -> tuple[sp.csc_matrix, ...]:
+        found = []
+        for segment in self.segments:
+            averages = np.asarray(
+                [(self.statistics.get(t) or EMPTY_STATISTICS).average_length for t in segment.tenant_masks]
+            )
+            cached = self.impact_cache.get(id(segment))
+            if cached is not None and cached[0] is segment and np.allclose(cached[1], averages, rtol=AVERAGE_DRIFT):
+                found.append(cached[2])
+                continue
+            impacts = segment.impacts(self.statistics)
+            self.impact_cache[id(segment)] = (segment, averages, impacts)
+            found.append(impacts)
+        live = {id(segment) for segment in self.segments}
+        for key in [key for key in self.impact_cache if key not in live]:
+            self.impact_cache.pop(key, None)
+        return tuple(found)
 
     @classmethod
     def build(cls, table: pa.Table, vectors: np.ndarray, seq: int = 0, dimension: int = 0) -> MemoryIndex:
@@ -293,7 +314,7 @@ class MemoryIndex:
                 copied.add(index)
             live[index][row] = False
             old = self.segments[index]
-            terms = set(tokenize(old.table.column("search_text")[row].as_py()))
+            terms = set(old.row_terms(row))
             counts.remove(old.table.column("tenant")[row].as_py(), float(old.lengths[row]), terms)
         segments = list(self.segments)
         if segment is not None:
@@ -358,21 +379,41 @@ class MemoryIndex:
         statistics = self.statistics.get(search_filter.tenant) or EMPTY_STATISTICS
         found = []
         for index, (segment, live) in enumerate(zip(self.segments, self.live, strict=True)):
-            rows, scores = segment.bm25(terms, statistics, limit, segment.allowed(live, search_filter))
+            allowed = segment.allowed(live, search_filter)
+            rows, scores = segment.bm25(terms, statistics, self.impacts[index], limit, allowed)
             found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
         return self._hits(found, limit)
 
     def _hits(self, found: list[tuple[float, int, int]], limit: int) -> list[Hit]:
         found.sort(key=lambda item: (-item[0], item[1], item[2]))
-        found = found[:limit]
-        by_segment: dict[int, list[int]] = {}
-        for _, index, row in found:
-            by_segment.setdefault(index, []).append(row)
-        fields = {
-            index: dict(zip(rows, self.segments[index].fields(np.asarray(rows)), strict=True))
-            for index, rows in by_segment.items()
-        }
-        return [Hit(fields[index][row]["chunk_id"], score, fields[index][row]) for score, index, row in found]
+        return [
+            Hit(self.segments[index].chunk_ids[row], score, RowFields(self.segments[index], row))
+            for score, index, row in found[:limit]
+        ]
+
+
+class RowFields(Mapping):
+    """A hit's fields, read from its segment only when asked: fusion ranks 2 × 100 candidates by id and
+    score, and only the final top k are ever read."""
+
+    __slots__ = ("_row", "_segment", "_values")
+
+    def __init__(self, segment: Segment, row: int) -> None:
+        self._segment, self._row, self._values = segment, row, None
+
+    def _fields(self) -> dict:
+        if self._values is None:
+            self._values = self._segment.table.slice(self._row, 1).select(OUTPUT_FIELDS).to_pylist()[0]
+        return self._values
+
+    def __getitem__(self, name: str):
+        return self._fields()[name]
+
+    def __iter__(self):
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(OUTPUT_FIELDS)
 
 
 def _merge(parts: list[tuple[Segment, np.ndarray]]) -> Segment | None:
