@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rag_core.settings import Settings, get_settings
+from rag_core.settings import Settings, settings_or_exit
 
 EMBEDDED_DAGSTER_YAML = """\
 # Written by `rag` for the embedded profile: SQLite storage in this folder.
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_cmd.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, so Prometheus reaches it")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = settings_or_exit()
     if getattr(args, "documents_dir", None):
         settings = settings.model_copy(update={"documents_dir": args.documents_dir})
     if args.command == "index":

@@ -7,10 +7,11 @@ and the `RAG_*` variables.
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -218,3 +219,16 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_or_exit() -> Settings:
+    """For command lines: the settings, or one line per problem (each names the variable and the fix) and
+    exit status 2 — no traceback."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            print(f"configuration error ({where}): {message}", file=sys.stderr)
+        raise SystemExit(2) from None

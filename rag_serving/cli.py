@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rag_core.settings import get_settings
+from rag_core.settings import settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = settings_or_exit()
     if args.command == "serve":
         import uvicorn
 

@@ -95,13 +95,6 @@ class Segment:
             per_term = np.diff(self.postings[np.flatnonzero(rows)].tocsc().indptr)
         return {term: int(per_term[j]) for term, j in self.vocabulary.items() if per_term[j]}
 
-    @cached_property
-    def terms(self) -> list[str]:
-        return sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-
-    def row_terms(self, row: int) -> list[str]:
-        return [self.terms[column] for column in self.postings[row].indices]
-
     def impacts(self, statistics: dict[str | None, Statistics]) -> sp.csc_matrix:
         """The BM25 saturation of every posting, each row normalised by its own tenant's average length."""
         average = np.ones(len(self), np.float32)
@@ -303,19 +296,20 @@ class MemoryIndex:
         live = list(self.live)
         location = dict(self.location)
         counts = _StatisticsUpdate(self.statistics)
-        copied: set[int] = set()
+        removed: dict[int, list[int]] = {}
         for chunk_id in [*deleted, *upserted]:
             where = location.pop(chunk_id, None)
-            if where is None:
-                continue
-            index, row = where
-            if index not in copied:
-                live[index] = live[index].copy()
-                copied.add(index)
-            live[index][row] = False
+            if where is not None:
+                removed.setdefault(where[0], []).append(where[1])
+        for index, rows in removed.items():
+            live[index] = live[index].copy()
+            live[index][rows] = False
             old = self.segments[index]
-            terms = set(old.row_terms(row))
-            counts.remove(old.table.column("tenant")[row].as_py(), float(old.lengths[row]), terms)
+            taken = old.table.take(pa.array(rows, pa.int64()))
+            terms_of, terms = term_matrix(taken.column("search_text").combine_chunks())
+            for position, (row, tenant) in enumerate(zip(rows, taken.column("tenant").to_pylist(), strict=True)):
+                row_terms = {terms[column] for column in terms_of[position].indices}
+                counts.remove(tenant, float(old.lengths[row]), row_terms)
         segments = list(self.segments)
         if segment is not None:
             segments.append(segment)

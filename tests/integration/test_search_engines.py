@@ -1,0 +1,326 @@
+"""The two search engines against a real Milvus Lite: the in-memory engine (faiss + corpus-wide BM25, fed by
+the search log) must answer like Milvus, stay fresh while writes land, and keep tenants apart."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_core.retrieval import FusionConfig, Retriever
+from rag_core.search.analyzer import term_counts, term_matrix
+from rag_core.search.engines import IndexConnection, MemoryEngine, MilvusEngine
+from rag_core.search.filters import SearchFilter
+from rag_core.search.log import SearchLog
+from rag_core.settings import Settings
+from rag_core.store import IndexBuild, MilvusStore, milvus_client
+from tests.serving_server import free_port
+from tests.support.waiting import wait_for
+
+CORPUS = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "scifact" / "corpus.jsonl.gz"
+DIMENSION = 32
+BUILD = IndexBuild("test-model", "test-model@abc123", DIMENSION, "tokens64-overlap8")
+# The served fusion, with fewer candidates per list: under a filter that leaves ~100 rows, Milvus' HNSW returns
+# only ~96 of them at depth 100 (an approximate graph), which moves min-max normalisation.
+FUSION = FusionConfig(method="convex", dense_weight=0.55, bm25_weight=0.45, candidates=30)
+
+
+def scifact(count: int, skip: int = 0) -> list[dict]:
+    with gzip.open(CORPUS) as handle:
+        records = [json.loads(line) for _, line in zip(range(skip + count), handle, strict=False)]
+    return records[skip:]
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, DIMENSION)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def rows_for(records: list[dict], vectors: np.ndarray, tenant_of, prefix: str = "") -> list[dict]:
+    return [
+        {
+            "chunk_id": f"{prefix}{record['_id']}#0",
+            "doc_id": f"{prefix}{record['_id']}",
+            "source_key": f"source-{index % 4}",
+            "tenant": tenant_of(index),
+            "source": f"source-{index % 4}.jsonl",
+            "title": record["title"],
+            "text": record["text"],
+            "search_text": f"{record['title']}\n{record['text']}",
+            "position": 0,
+            "start_char": 0,
+            "end_char": len(record["text"]),
+            "dense": vector.tolist(),
+            "metadata": {},
+        }
+        for index, (record, vector) in enumerate(zip(records, vectors, strict=True))
+    ]
+
+
+class Index:
+    """A Milvus Lite file written through MilvusStore (which appends to the search log) and both engines."""
+
+    def __init__(self, root: Path, alias: str = "idx") -> None:
+        self.uri = str(root / "milvus.db")
+        self.connection = IndexConnection(self.uri, "", alias, root / "search", lock_timeout_s=30)
+        self.memory = MemoryEngine(SearchLog(root / "search"), alias, self.connection.store)
+
+    def write(self, rows: list[dict], collection: str | None = None, publish: bool = True) -> str:
+        with self.connection.store() as store:
+            name = store.ensure_collection(BUILD, collection)
+            store.upsert(name, rows)
+            if publish:
+                store.point_alias(name)
+        return name
+
+    @contextlib.contextmanager
+    def milvus(self):
+        with self.connection.store() as store:
+            yield MilvusEngine(store)
+
+
+def top_ids(searcher, mode: str, query: str, vector, search_filter: SearchFilter, k: int = 10) -> list[str]:
+    chunks = Retriever(searcher, FUSION).retrieve(query, vector, k, mode, search_filter)  # type: ignore[arg-type]
+    return [chunk.chunk_id for chunk in chunks]
+
+
+@pytest.fixture(scope="module")
+def one_tenant(tmp_path_factory) -> tuple[Index, list[dict], np.ndarray]:
+    records = scifact(400)
+    vectors = unit_vectors(len(records), seed=1)
+    index = Index(tmp_path_factory.mktemp("one-tenant"))
+    index.write(rows_for(records, vectors, lambda _: "default"))
+    return index, records, vectors
+
+
+@pytest.fixture(scope="module")
+def two_tenants(tmp_path_factory) -> tuple[Index, list[dict], np.ndarray]:
+    records = scifact(400)
+    vectors = unit_vectors(len(records), seed=2)
+    index = Index(tmp_path_factory.mktemp("two-tenants"))
+    index.write(rows_for(records, vectors, lambda i: "acme" if i % 3 else "globex"))
+    return index, records, vectors
+
+
+def queries(records: list[dict], vectors: np.ndarray, count: int = 12):
+    noise = unit_vectors(count, seed=9)
+    for i in range(count):
+        vector = vectors[i * 7] + 0.4 * noise[i]
+        yield records[i * 7]["title"], (vector / np.linalg.norm(vector)).tolist()
+
+
+FILTERS = [
+    {},
+    {"source_key": ["source-1", "source-2"]},
+    {"source": "source-3.jsonl"},
+]
+
+
+def test_memory_engine_matches_milvus_top_10_in_every_mode_and_filter(one_tenant):
+    index, records, vectors = one_tenant
+    memory = index.memory.served()
+    with index.milvus() as engine:
+        milvus = engine.served()
+        assert milvus.collection == memory.collection and milvus.rows == memory.rows == len(records)
+        compared = 0
+        for query, vector in queries(records, vectors):
+            for filters in FILTERS:
+                search_filter = SearchFilter.parse(filters, "default")
+                for mode in ("dense", "bm25", "hybrid"):
+                    expected = top_ids(milvus.searcher, mode, query, vector, search_filter)
+                    assert top_ids(memory.searcher, mode, query, vector, search_filter) == expected, (mode, query, filters)
+                    compared += 1
+    assert compared == 12 * len(FILTERS) * 3
+
+
+def test_a_tenant_sees_only_its_own_chunks_through_either_engine(two_tenants):
+    index, records, vectors = two_tenants
+    globex_docs = [f"{r['_id']}" for i, r in enumerate(records) if i % 3 == 0][:5]
+    hostile = [{}, *FILTERS[1:], {"doc_id": globex_docs}, {"title": records[0]["title"]}]
+    memory = index.memory.served()
+    with index.milvus() as engine:
+        milvus = engine.served()
+        for query, vector in queries(records, vectors):
+            for filters in hostile:
+                search_filter = SearchFilter.parse(filters, "acme")
+                for mode in ("dense", "bm25", "hybrid"):
+                    for searcher in (memory.searcher, milvus.searcher):
+                        chunks = Retriever(searcher, FUSION).retrieve(query, vector, 20, mode, search_filter)
+                        assert {chunk.tenant for chunk in chunks} <= {"acme"}, (mode, filters)
+                # Dense ranks by the same cosine in both engines, whatever the tenant mix.
+                dense = [top_ids(s, "dense", query, vector, search_filter) for s in (memory.searcher, milvus.searcher)]
+                assert dense[0] == dense[1]
+    # The same chunks for the tenant's BM25 top 10 in both engines (Milvus Lite keeps BM25 statistics per
+    # partition-key segment rather than per tenant, so scores differ slightly; the sets nearly agree).
+    overlaps = []
+    with index.milvus() as engine:
+        milvus = engine.served()
+        for query, _ in queries(records, vectors):
+            search_filter = SearchFilter("acme")
+            ours = set(top_ids(memory.searcher, "bm25", query, None, search_filter))
+            theirs = set(top_ids(milvus.searcher, "bm25", query, None, search_filter))
+            overlaps.append(len(ours & theirs) / max(1, len(theirs)))
+    assert np.mean(overlaps) >= 0.8, overlaps
+
+
+def test_bm25_uses_corpus_wide_statistics_for_a_document_added_after_the_build(tmp_path):
+    index = Index(tmp_path)
+    records = scifact(300)
+    index.write(rows_for(records, unit_vectors(300, seed=3), lambda _: "default"))
+    new = {
+        "_id": "late-arrival",
+        "title": "Zyxoquine",
+        "text": "Zyxoquine dosing: zyxoquine lowered blood pressure; zyxoquine was well tolerated and zyxoquine works.",
+    }
+    index.write(rows_for([new], unit_vectors(1, seed=4), lambda _: "default"))  # a segment of its own
+    query = "zyxoquine blood pressure treatment in patients with hypertension"
+    ranked = top_ids(index.memory.served().searcher, "bm25", query, None, SearchFilter("default"))
+    assert ranked[0] == "late-arrival#0"
+    with index.milvus() as engine:  # recorded for the README: Milvus Lite scores a new segment on its own
+        milvus_ranked = top_ids(engine.served().searcher, "bm25", query, None, SearchFilter("default"), k=301)
+    print(f"Milvus Lite's own BM25 ranks the new document #{milvus_ranked.index('late-arrival#0') + 1}")
+
+
+def test_writes_are_searchable_within_the_freshness_bound_while_another_thread_queries(tmp_path):
+    index = Index(tmp_path)
+    records = scifact(1300)
+    vectors = unit_vectors(len(records), seed=5)
+    base = rows_for(records[:300], vectors[:300], lambda _: "default")
+    index.write(base)
+    index.memory.served()
+    added = rows_for(records[300:], vectors[300:], lambda _: "default")
+    deleted = {row["chunk_id"] for row in base[:50]}
+    seen_deleted_after_delete = []
+    delete_done = threading.Event()
+    stop = threading.Event()
+
+    def reader() -> None:  # a serving thread: one snapshot per query, as the API does
+        while not stop.is_set():
+            served = index.memory.served()
+            ids = {hit.chunk_id for hit in served.searcher.search_bm25("cells", 400, SearchFilter("default"))}
+            if delete_done.is_set() and served.rows == 1250 and ids & deleted:
+                seen_deleted_after_delete.append(ids & deleted)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with index.connection.store() as store:
+            name = store.alias_target()
+            store.upsert(name, added)
+            written = time.monotonic()
+            visible = wait_for("1,000 upserted chunks searchable", lambda: index.memory.served().rows == 1300, 5)
+            upsert_lag = time.monotonic() - written
+            store.delete_chunks(name, sorted(deleted))
+            written = time.monotonic()
+            wait_for("50 deleted chunks gone", lambda: index.memory.served().rows == 1250, 5)
+            delete_lag = time.monotonic() - written
+            delete_done.set()
+        assert visible and upsert_lag <= 5 and delete_lag <= 5
+        time.sleep(0.5)  # let the reader keep querying the deleted state for a while
+    finally:
+        stop.set()
+        thread.join()
+    assert not seen_deleted_after_delete
+    dense = index.memory.served().searcher.search_dense(vectors[0], 20, SearchFilter("default"))
+    assert base[0]["chunk_id"] not in {hit.chunk_id for hit in dense}
+    assert added[0]["chunk_id"] in {
+        hit.chunk_id for hit in index.memory.served().searcher.search_dense(vectors[300], 5, SearchFilter("default"))
+    }
+
+
+def test_an_alias_swap_under_load_serves_one_build_or_the_other_never_a_mix(tmp_path):
+    index = Index(tmp_path)
+    records = scifact(200)
+    blue = index.write(rows_for(records, unit_vectors(200, seed=6), lambda _: "default", "blue-"), "idx__blue")
+    green = index.write(rows_for(records, unit_vectors(200, seed=7), lambda _: "default", "green-"), "idx__green")
+    builds_seen: list[set[str]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            served = index.memory.served()
+            chunks = Retriever(served.searcher, FUSION).retrieve("cells", unit_vectors(1, 8)[0], 10, "hybrid")
+            builds_seen.append({chunk.chunk_id.split("-")[0] for chunk in chunks} | {served.collection})
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        with index.connection.store() as store:
+            for target in (blue, green) * 3:
+                store.point_alias(target)
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert {"blue", "idx__blue"} in builds_seen and {"green", "idx__green"} in builds_seen
+    assert all(seen in ({"blue", "idx__blue"}, {"green", "idx__green"}) for seen in builds_seen)
+
+
+def test_a_build_written_before_the_search_log_is_read_from_milvus_once(tmp_path):
+    index = Index(tmp_path)
+    records = scifact(100)
+    with milvus_client(index.uri) as client:  # an older writer: no search log
+        store = MilvusStore(client, "idx")
+        name = store.ensure_collection(BUILD)
+        store.upsert(name, rows_for(records, unit_vectors(100, seed=10), lambda _: "default"))
+        store.point_alias(name)
+    served = index.memory.served()
+    assert served.collection == name and served.rows == 100
+    assert SearchLog(tmp_path / "search").latest_base(name) is not None  # snapshotted for the next process
+    index.write(rows_for(scifact(5, skip=100), unit_vectors(5, seed=11), lambda _: "default"), name)
+    assert wait_for("later writes follow the log", lambda: index.memory.served().rows == 105, 5)
+
+
+def test_auto_picks_memory_for_milvus_lite_as_a_file_and_as_a_server(tmp_path):
+    assert IndexConnection(str(tmp_path / "m.db"), "", "idx", tmp_path / "search").engine == "memory"
+    port = free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).with_name("milvus-lite"), "server", "--data-dir", str(tmp_path / "served.db"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        connection = IndexConnection(f"http://127.0.0.1:{port}", "", "idx", tmp_path / "search", lock_timeout_s=60)
+        assert connection.engine == "memory"
+        assert IndexConnection(connection.uri, "", "idx", tmp_path / "search", 60, "milvus").engine == "milvus"
+        with connection.store() as store:
+            assert store.changes is not None  # writes through the server are logged for the memory engine
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_an_unknown_engine_or_backend_stops_at_start_up_naming_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="RAG_SEARCH_ENGINE='faiss' is not a search engine — use one of auto"):
+        Settings(search_engine="faiss")
+    with pytest.raises(ValueError, match="RAG_EMBEDDING_BACKEND='tensorrt' is not an embedding backend"):
+        Settings(embedding_backend="tensorrt")
+    result = subprocess.run(
+        [Path(sys.executable).with_name("rag-serve"), "serve", "--port", str(free_port())],
+        env={"RAG_SEARCH_ENGINE": "faiss", "RAG_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "RAG_SEARCH_ENGINE='faiss' is not a search engine" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_one_analyzer_for_bulk_indexing_and_queries():
+    texts = [f"{record['title']}\n{record['text']}" for record in scifact(1000)]
+    counts, terms = term_matrix(texts)
+    for row, text in enumerate(texts):
+        bulk = {terms[column]: int(count) for column, count in zip(counts[row].indices, counts[row].data, strict=True)}
+        assert bulk == dict(term_counts(text))
