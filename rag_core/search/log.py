@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from rag_core.search.memory import MemoryIndex, Segment, row_schema, rows_table
+from rag_core.search.memory import MemoryIndex, Segment, graph_vectors, row_schema, rows_table
 
 KEEP_REPLACED_CHANGES_S = 600  # a reader that fell further behind a new base than this reloads the base
 KEEP_BASES = 2
@@ -166,11 +166,19 @@ class SearchLog:
 
     def save_base(self, name: str, index: MemoryIndex) -> Path:
         """Write a compacted snapshot of `index`; changes it covers are dropped after a grace period."""
-        compact = index.compacted()
         folder = self._collection(name) / "base"
-        target = folder / f"{compact.seq:012d}"
-        if not target.exists():
-            _write_atomic(target, lambda staging: _write_base(staging, compact))
+        target = folder / f"{index.seq:012d}"
+        if target.exists():
+            return target
+        compact = index.compacted()
+        staging = folder / f".{target.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            _write_base(staging, compact)
+            with self._locked(name):  # another process may have written the same snapshot meanwhile
+                if not target.exists():
+                    os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         for old in sorted(folder.glob("[0-9]*"))[:-KEEP_BASES]:
             shutil.rmtree(old, ignore_errors=True)
         cutoff = time.time() - KEEP_REPLACED_CHANGES_S
@@ -209,8 +217,7 @@ def _write_change(target: Path, table: pa.Table | None, vectors: np.ndarray | No
 
 
 def _read_change(path: Path, seq: int) -> Change:
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # buffers keep the map alive
     deleted_mask = table.column("deleted").to_numpy(zero_copy_only=False)
     if deleted_mask.all():
         return Change(seq, None, None, table.column("chunk_id").to_pylist())
@@ -219,7 +226,7 @@ def _read_change(path: Path, seq: int) -> Change:
 
 
 def _write_base(folder: Path, index: MemoryIndex) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     meta = {"seq": index.seq, "dimension": index.dimension, "rows": index.rows, "written_at": time.time()}
     if index.segments:
         (segment,) = index.segments
@@ -246,13 +253,18 @@ def _read_base(folder: Path, seq: int) -> MemoryIndex:
     if not (folder / "rows.arrow").exists():
         empty = pa.Table.from_pylist([], schema=row_schema())
         return MemoryIndex.build(empty, np.zeros((0, 0)), seq, meta["dimension"])
-    with pa.memory_map(str(folder / "rows.arrow")) as source:
-        table, vectors = _split_vectors(pa.ipc.open_file(source).read_all())
+    graph = faiss.read_index(str(folder / "graph.faiss")) if (folder / "graph.faiss").exists() else None
+    # Memory-mapped, and left open for as long as the table's buffers live: the texts stay in the page
+    # cache, shared by every worker process that loads the same base.
+    rows = pa.ipc.open_file(pa.memory_map(str(folder / "rows.arrow"))).read_all()
+    if graph is not None:
+        table, vectors = rows.drop_columns(["dense"]), graph_vectors(graph)
+    else:
+        table, vectors = _split_vectors(rows)
     stored = np.load(folder / "postings.npz")
     postings = sp.csc_matrix(
         (stored["data"], stored["indices"], stored["indptr"]), shape=tuple(int(n) for n in stored["shape"])
     )
     vocabulary = {term: column for column, term in enumerate(stored["vocabulary"].tolist())}
-    graph = faiss.read_index(str(folder / "graph.faiss")) if (folder / "graph.faiss").exists() else None
     segment = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, stored["lengths"], graph)
     return MemoryIndex.from_segment(segment, seq)

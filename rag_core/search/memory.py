@@ -72,7 +72,7 @@ class Segment:
         graph = faiss.IndexHNSWFlat(self.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         graph.add(self.vectors)
-        return replace(self, graph=graph)
+        return replace(self, graph=graph, vectors=graph_vectors(graph))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -162,6 +162,13 @@ class Segment:
         candidates = np.flatnonzero((scores > 0) & allowed)
         best = _top(scores[candidates], min(limit, len(candidates)))
         return candidates[best], scores[candidates][best]
+
+
+def graph_vectors(graph: faiss.IndexHNSWFlat) -> np.ndarray:
+    """The graph's own copy of the vectors, as an array: exact searches use it, so a segment holds one copy."""
+    storage = faiss.downcast_index(graph.storage)
+    flat = faiss.rev_swig_ptr(storage.get_xb(), graph.ntotal * graph.d)
+    return flat.reshape(graph.ntotal, graph.d)
 
 
 def _top(scores: np.ndarray, limit: int) -> np.ndarray:
