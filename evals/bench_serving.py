@@ -1,17 +1,24 @@
-"""Serving benchmark: `/v1/retrieve` (hybrid) latency and throughput at 1, 8 and 32 concurrent clients
-against the SciFact index, next to the floor measured in the same run — the query encode plus the direct
-Milvus dense + BM25 searches, no HTTP — and the cached p50.
+"""Serving benchmark: `/v1/retrieve` (hybrid, top 10, cache off) latency and throughput at 1, 8 and 32
+concurrent clients, per search engine, next to the floor measured in the same run: a plain
+`SentenceTransformer.encode` of the query, faiss (the same HNSW graph) and bm25s over the same rows, fused by
+the same convex formula — in one process, no HTTP.
 
-The index: `--data-dir` of an existing build (e.g. `evals/bench_indexing.py --keep /tmp/scifact-index`),
-or a fresh `rag index` of the vendored corpus there when it has none. The server runs as its own process
-(`rag-serve serve`), as users run it; the clients are threads here, on the same two cores.
+The index: `--data-dir` of an existing build — `evals/bench_indexing.py --keep DIR` (SciFact, real vectors)
+or `evals/bench_scale.py --work-dir W` (then `W/n100000`: 100k synthetic chunks) — or, when it has none, a
+fresh `rag index` of the vendored SciFact corpus there.
 
-Run: .venv/bin/python evals/bench_serving.py --data-dir /tmp/scifact-index
+Engines: `memory` (the default for Milvus Lite: the API answers from its in-memory index) and `milvus`
+(the production profile's code path: `MILVUS_URI` at a `milvus-lite server` over the same data, searched in
+Milvus). The server runs as its own process (`rag-serve serve --workers N`), as users run it; the clients
+are an asyncio load generator in this process, on the same two cores.
+
+Run: .venv/bin/python evals/bench_serving.py --data-dir /tmp/scifact-index [--workers 2] [--engines memory milvus]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import json
 import os
@@ -20,17 +27,17 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 DATA = Path(__file__).parent / "datasets" / "scifact"
+LEVELS = (1, 8, 32)
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return float(np.percentile(values, q))
 
 
 def free_port() -> int:
@@ -39,123 +46,189 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_load(url: str, key: str, queries: list[str], clients: int) -> tuple[list[float], int, float]:
-    """(latencies in ms, errors, seconds) for `queries` spread over `clients` threads."""
-    latencies: list[float] = []
-    errors = 0
+async def _client(port: int, key: str, bodies: list[bytes], cursor: list[int], results: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while cursor[0] < len(bodies):
+            body = bodies[cursor[0]]
+            cursor[0] += 1
+            started = time.perf_counter()
+            writer.write(
+                b"POST /v1/retrieve HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                + f"x-api-key: {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            headers = head.lower().split(b"\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in headers if line.startswith(b"content-length"))
+            await reader.readexactly(length)
+            results.append(((time.perf_counter() - started) * 1000, status))
+    finally:
+        writer.close()
 
-    def one(client: httpx.Client, query: str) -> tuple[float, bool]:
+
+def run_load(port: int, key: str, queries: list[str], clients: int) -> tuple[list[float], int, float]:
+    """(latencies in ms, errors, seconds): `queries` sent over `clients` keep-alive connections."""
+    bodies = [json.dumps({"query": q, "mode": "hybrid", "top_k": 10}).encode() for q in queries]
+    results: list[tuple[float, int]] = []
+
+    async def main() -> float:
+        cursor = [0]
         started = time.perf_counter()
+        await asyncio.gather(*(_client(port, key, bodies, cursor, results) for _ in range(clients)))
+        return time.perf_counter() - started
+
+    seconds = asyncio.run(main())
+    return [ms for ms, _ in results], sum(status != 200 for _, status in results), seconds
+
+
+def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            response = client.post("/v1/retrieve", json={"query": query, "mode": "hybrid", "top_k": 10})
-            ok = response.status_code == 200
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
         except httpx.HTTPError:
-            ok = False
-        return (time.perf_counter() - started) * 1000, ok
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit(f"the server at {url} did not become ready")
+        time.sleep(0.5)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60, limits=limits) as client:
+
+def floor_latencies(settings, queries: list[str]) -> list[float]:
+    """encode (plain SentenceTransformer) + faiss + bm25s + convex fusion, in this process."""
+    import bm25s
+    import faiss
+    from sentence_transformers import SentenceTransformer
+
+    from rag_core.search.analyzer import BM25_B, BM25_K1
+    from rag_core.search.engines import IndexConnection
+    from rag_core.search.memory import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    engine = IndexConnection.from_settings(settings).memory_engine()
+    (segment,) = engine.served().searcher.compacted().segments
+    graph = segment.graph
+    if graph is None:
+        graph = faiss.IndexHNSWFlat(segment.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        graph.add(np.ascontiguousarray(segment.vectors))
+    lexical = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
+    lexical.index(bm25s.tokenize(segment.table.column("search_text").to_pylist(), show_progress=False), False)
+    model = SentenceTransformer(str(settings.resolved_model_dir), device="cpu", local_files_only=True)
+    params = faiss.SearchParametersHNSW(efSearch=100)
+
+    def once(query: str) -> list[int]:
+        vector = model.encode([query], normalize_embeddings=True, convert_to_numpy=True)
+        dense_scores, dense_rows = graph.search(vector, 100, params=params)
+        bm25_rows, bm25_scores = lexical.retrieve(bm25s.tokenize([query], show_progress=False), k=100,
+                                                  show_progress=False, n_threads=1)
+        fused: dict[int, float] = {}
+        for weight, rows, scores in ((0.55, dense_rows[0], dense_scores[0]), (0.45, bm25_rows[0], bm25_scores[0])):
+            low, high = scores.min(), scores.max()
+            normalised = (scores - low) / (high - low) if high > low else np.ones_like(scores)
+            for row, score in zip(rows.tolist(), normalised.tolist(), strict=True):
+                fused[row] = fused.get(row, 0.0) + weight * score
+        return sorted(fused, key=fused.__getitem__, reverse=True)[:10]
+
+    for query in queries[:5]:
+        once(query)
+    latencies = []
+    for query in queries:
         started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            for latency, ok in pool.map(lambda q: one(client, q), queries):
-                latencies.append(latency)
-                errors += not ok
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
+        once(query)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder with (or for) the SciFact build")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder with (or for) a build")
     parser.add_argument("--requests", type=int, default=240, help="requests per concurrency level")
+    parser.add_argument("--milvus-requests", type=int, default=40, help="requests per level on the milvus engine")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--engines", nargs="+", default=["memory", "milvus"], choices=["memory", "milvus"])
+    parser.add_argument("--backend", default="", help="RAG_EMBEDDING_BACKEND for the server (default: its own)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from rag_core.embedding import Embedder
     from rag_core.querylog import ServingDatabase
-    from rag_core.retrieval import FusionConfig, Retriever, filter_expression
     from rag_core.settings import Settings
-    from rag_core.store import MilvusStore, milvus_client
 
     work = args.data_dir.resolve()
     settings = Settings(data_dir=work / "data", documents_dir=work / "documents", dagster_home=work / "dagster")
-    if not (settings.data_dir / "milvus.db").exists():
+    if not (settings.data_dir / "milvus.db").exists() and not settings.search_dir.exists():
         print(f"no index in {work}: building it with evals/bench_indexing.py --keep {work}", flush=True)
         subprocess.run(
             [sys.executable, str(Path(__file__).with_name("bench_indexing.py")), "--keep", str(work)], check=True
         )
     with gzip.open(DATA / "queries.jsonl.gz") as handle:
         queries = [record["text"] for record in map(json.loads, handle)]
-    levels = (1, 8, 32)
-    needed = args.requests * (len(levels) + 1)
+    needed = args.requests * (len(LEVELS) + 1)
     if len(queries) < needed:
         raise SystemExit(f"only {len(queries)} distinct queries; lower --requests to {len(queries) // 4}")
     floor_queries, *level_queries = (queries[i * args.requests : (i + 1) * args.requests] for i in range(4))
 
-    # The floor: encode + the two Milvus searches the server fuses, with the server's fusion settings (the
-    # same candidates per list), in this process, no HTTP, no cache.
-    embedder = Embedder(settings.resolved_model_dir)
-    embedder.encode(["warm up"])
-    floor = []
-    with milvus_client(settings.resolved_milvus_uri) as client:
-        store = MilvusStore(client, settings.collection_alias)
-        retriever = Retriever(store, store.alias_target(), FusionConfig.from_settings(settings))
-        expression = filter_expression({}, settings.default_tenant)
-        for query in floor_queries[:5]:
-            retriever.retrieve(query, embedder.encode([query])[0], 10, "hybrid", expression)
-        for query in floor_queries:
-            started = time.perf_counter()
-            retriever.retrieve(query, embedder.encode([query])[0], 10, "hybrid", expression)
-            floor.append((time.perf_counter() - started) * 1000)
-    rows = [("floor: encode + Milvus dense + BM25 (in-process)", 1, floor, 0, sum(floor) / 1000)]
+    floor = floor_latencies(settings, floor_queries)
+    rows = [("floor: encode + faiss + bm25s + fusion, in-process", "-", 1, floor, 0, sum(floor) / 1000)]
 
     key = ServingDatabase(settings.resolved_serving_db_url).create_key(settings.default_tenant, "bench")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "RAG_DATA_DIR": str(settings.data_dir),
-        "RAG_DOCUMENTS_DIR": str(settings.documents_dir),
-        "RAG_RATE_LIMIT_PER_MINUTE": "0",
-        "REDIS_URL": "",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag_serving.cli", "serve", "--port", str(port)],
-        env=environment,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.5)
-        run_load(url, key, floor_queries[:10], 1)  # warm-up
-        for clients, batch in zip(levels, level_queries, strict=True):
-            latencies, errors, seconds = run_load(url, key, batch, clients)
-            rows.append(
-                (f"/v1/retrieve hybrid, {clients} client{'s' * (clients > 1)}", clients, latencies, errors, seconds)
+    for engine in args.engines:
+        environment = {
+            **os.environ,
+            "RAG_DATA_DIR": str(settings.data_dir),
+            "RAG_DOCUMENTS_DIR": str(settings.documents_dir),
+            "RAG_RATE_LIMIT_PER_MINUTE": "0",
+            "RAG_SEARCH_ENGINE": engine,
+            "REDIS_URL": "",
+        }
+        if args.backend:
+            environment["RAG_EMBEDDING_BACKEND"] = args.backend
+        helpers: list[subprocess.Popen] = []
+        if engine == "milvus":  # the production profile's path: a Milvus endpoint over gRPC
+            milvus_port = free_port()
+            helpers.append(
+                subprocess.Popen(
+                    [str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir",
+                     str(settings.data_dir / "milvus.db"), "--host", "127.0.0.1", "--port", str(milvus_port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
-        latencies, errors, seconds = run_load(url, key, level_queries[0], 1)
-        rows.append(("/v1/retrieve hybrid, cached (repeat of the 1-client queries)", 1, latencies, errors, seconds))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+            environment["MILVUS_URI"] = f"http://127.0.0.1:{milvus_port}"
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rag_serving.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
+            env=environment,
+            stderr=subprocess.DEVNULL,
+        )
+        requests = args.requests if engine == "memory" else args.milvus_requests
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", server)
+            run_load(port, key, floor_queries[:16], 4)  # warm every worker
+            for clients, batch in zip(LEVELS, level_queries, strict=True):
+                latencies, errors, seconds = run_load(port, key, batch[:requests], clients)
+                rows.append(("/v1/retrieve hybrid, cache off", engine, clients, latencies, errors, seconds))
+                print(f"  {engine}, {clients} clients: done", flush=True)
+            if engine == "memory":
+                latencies, errors, seconds = run_load(port, key, level_queries[0][:requests], 1)
+                rows.append(("/v1/retrieve hybrid, cached (the 1-client queries again)", engine, 1, latencies,
+                             errors, seconds))
+        finally:
+            for process in (server, *helpers):
+                process.terminate()
+                process.wait(timeout=60)
 
     floor_p50 = statistics.median(floor)
-    print(f"\n{len(floor_queries)} SciFact queries per row, top 10, index {settings.resolved_milvus_uri}\n")
-    print("| what | clients | p50 ms | p95 ms | p99 ms | req/s | errors | p50 / floor p50 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, clients, latencies, errors, seconds in rows:
+    print(f"\n{len(floor_queries)} SciFact queries per row (milvus engine: {args.milvus_requests}), top 10, "
+          f"index {settings.data_dir}, {args.workers} worker(s)\n")
+    print("| what | engine | clients | p50 ms | p95 ms | p99 ms | req/s | errors | p50 / floor p50 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, engine, clients, latencies, errors, seconds in rows:
         p50 = statistics.median(latencies)
         print(
-            f"| {name} | {clients} | {p50:.1f} | {percentile(latencies, 95):.1f} | {percentile(latencies, 99):.1f} "
-            f"| {len(latencies) / seconds:.1f} | {errors} | {p50 / floor_p50:.2f} |"
+            f"| {name} | {engine} | {clients} | {p50:.1f} | {percentile(latencies, 95):.1f} "
+            f"| {percentile(latencies, 99):.1f} | {len(latencies) / seconds:.1f} | {errors} | {p50 / floor_p50:.2f} |"
         )
 
 

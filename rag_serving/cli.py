@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rag_core.settings import settings_or_exit
@@ -14,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the API with uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes (default: up to 2, one per core; each loads the in-memory index)",
+    )
     create = commands.add_parser("create-key", help="create an API key for a tenant")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", default="")

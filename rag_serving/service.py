@@ -46,7 +46,7 @@ def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timin
     if cached is not None:
         return cached
     with timings.stage("embed", state):
-        vector = embedder.encode([query])[0].tolist()
+        vector = state.query_encoder.encode(embedder, query).tolist()
     state.cache.set(key, vector, state.settings.cache_ttl_s)
     return vector
 

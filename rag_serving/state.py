@@ -19,6 +19,7 @@ from rag_core.ratelimit import RateLimiter
 from rag_core.search.engines import IndexConnection, IndexNotReady, MemoryEngine, MilvusEngine, Searcher
 from rag_core.settings import Settings
 from rag_core.store import MilvusUnavailable
+from rag_serving.batching import QueryBatcher
 from rag_serving.metrics import Metrics
 
 log = logging.getLogger("rag_serving")
@@ -121,6 +122,7 @@ class ServingState:
         self.db = ServingDatabase(settings.resolved_serving_db_url, auth_cache_ttl_s=settings.auth_cache_ttl_s)
         self.catalog = Catalog(settings.resolved_catalog_url)
         self.cache: Cache = make_cache(settings.redis_url)
+        self.query_encoder = QueryBatcher()
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
         self._stack = contextlib.ExitStack()
         self.connection = IndexConnection.from_settings(settings)
