@@ -183,7 +183,8 @@ class IndexBuild:
 
     @property
     def collection_name(self) -> str:
-        version = self.embedding_version.split("@")[-1][:10]
+        weights, _, backend = self.embedding_version.split("@")[-1].partition("+")  # hash[+onnx|+onnx-int8]
+        version = f"{weights[:10]}_{backend}" if backend else weights[:10]
         return milvus_name(f"{self.embedding_model}_{version}_{self.chunking}_s{SCHEMA_VERSION}")
 
 
