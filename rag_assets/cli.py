@@ -77,6 +77,8 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
         tags={ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]},
     )
     metadata = _materializations(result)
+    # The in-memory engine's snapshot of what was just written: every API worker loads it in seconds.
+    definitions.resolve_job_def("search_index_job").execute_in_process(instance=instance)
     return {
         "partitions": len(ordered),
         "removed_partitions": len(gone),

@@ -7,6 +7,7 @@ from dagster import Definitions, json_console_logger
 from rag_assets.assets.evaluation import EVALUATION_ASSETS
 from rag_assets.assets.indexing import INDEX_ASSETS
 from rag_assets.assets.models import MODEL_ASSETS
+from rag_assets.assets.search import search_index
 from rag_assets.experiments import experiment_grid_job
 from rag_assets.maintenance import index_reconciliation, remove_documents_job
 from rag_assets.operations import AlertsResource, run_failure_alert
@@ -18,6 +19,7 @@ from rag_assets.schedules import (
     nightly_reconcile,
     promote_job,
     reconcile_job,
+    search_index_job,
     weekly_full_eval,
 )
 from rag_assets.sensors import documents_sensor, eval_after_reindex_sensor, index_documents_job
@@ -26,7 +28,7 @@ from rag_core.settings import Settings, get_settings
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[*INDEX_ASSETS, index_reconciliation, *EVALUATION_ASSETS, *MODEL_ASSETS],
+        assets=[*INDEX_ASSETS, search_index, index_reconciliation, *EVALUATION_ASSETS, *MODEL_ASSETS],
         jobs=[
             index_documents_job,
             remove_documents_job,
@@ -36,6 +38,7 @@ def build_definitions(settings: Settings) -> Definitions:
             candidate_job,
             finetune_and_promote_job,
             experiment_grid_job,
+            search_index_job,
         ],
         sensors=[documents_sensor, eval_after_reindex_sensor, run_failure_alert],
         schedules=[nightly_reconcile, weekly_full_eval],

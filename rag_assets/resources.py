@@ -90,12 +90,14 @@ class TrackingResource(ConfigurableResource):
 
 
 class EmbedderResource(ConfigurableResource):
-    """The embedding model and chunking a build uses. Empty `model` / `follow_served_chunking` mean "what
-    the served collection was built with", so after a fine-tuned model is promoted, incremental indexing
-    keeps writing the served build with it; an explicit model or chunking is a candidate build."""
+    """The embedding model, backend and chunking a build uses. Empty `model` / `backend` /
+    `follow_served_chunking` mean "what the served collection was built with", so after a fine-tuned model
+    (or an onnx-int8 build) is promoted, incremental indexing keeps writing the served build with it; an
+    explicit model, backend or chunking is a candidate build."""
 
     milvus: MilvusResource
     model: str = ""
+    backend: str = ""  # torch | onnx | onnx-int8; empty = the served build's (torch before any build)
     follow_served_chunking: bool = True
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
@@ -113,26 +115,29 @@ class EmbedderResource(ConfigurableResource):
     def resolver(self) -> ModelResolver:
         return ModelResolver(Path(self.models_dir), self.tracking.tracker())
 
-    def load(self, reference: str) -> Embedder:
-        """Any model by reference (a candidate, the one a collection was built with), on this device."""
-        return load_embedder(reference, self.resolver(), self.device, self.batch_size)
+    def load(self, reference: str, backend: str = "") -> Embedder:
+        """Any model by reference (a candidate, the one a collection was built with), on this device, with
+        `backend` (empty: this run's backend, see `spec`)."""
+        return load_embedder(reference, self.resolver(), self.device, self.batch_size, backend or self.spec().backend)
 
     def spec(self) -> BuildSpec:
         if self._spec is None:
             served = None
-            if not self.model or self.follow_served_chunking:
+            if not self.model or not self.backend or self.follow_served_chunking:
                 with self.milvus.store() as store:
                     served = served_spec(store, BUNDLED_MODEL)
             model = self.model or (served.model if served else BUNDLED_MODEL)
+            backend = self.backend or (served.backend if served else "torch")
             if self.follow_served_chunking and served:
                 sizes = (served.chunk_max_tokens, served.chunk_overlap_tokens)
             else:
                 sizes = (self.chunk_max_tokens, self.chunk_overlap_tokens)
-            self._spec = BuildSpec(model, *sizes)
+            self._spec = BuildSpec(model, *sizes, backend)
         return self._spec
 
     def get(self) -> Embedder:
-        return self.load(self.spec().model)
+        spec = self.spec()
+        return self.load(spec.model, spec.backend)
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(Path(self.cache_path))
@@ -212,6 +217,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "embedder": EmbedderResource(
             milvus=milvus,
             model=settings.embedding_model,
+            backend=settings.embedding_backend if "embedding_backend" in settings.model_fields_set else "",
             follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens"} & settings.model_fields_set,
             chunk_max_tokens=settings.chunk_max_tokens,
             chunk_overlap_tokens=settings.chunk_overlap_tokens,

@@ -2,6 +2,11 @@ from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, d
 
 from rag_assets.assets.indexing import INDEX_WRITER_TAG
 
+search_index_job = define_asset_job(
+    "search_index_job",
+    selection=AssetSelection.assets("search_index"),
+    description="Snapshot the served build for the in-memory search engine (after `rag index`).",
+)
 reconcile_job = define_asset_job(
     "reconcile_job",
     selection=AssetSelection.assets("index_reconciliation"),

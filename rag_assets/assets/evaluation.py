@@ -47,6 +47,7 @@ from rag_core.promotion import (
     reject,
     spec_of,
 )
+from rag_core.search.engines import Searcher
 from rag_core.store import MilvusStore
 from rag_core.tracking import Tracker
 
@@ -73,17 +74,16 @@ def waiting_candidate(store: MilvusStore) -> str | None:
 
 
 def _evaluate(
-    store: MilvusStore,
-    milvus: MilvusResource,
+    searcher: Searcher,
+    properties: dict[str, str],
     collection: str,
     embedder: EmbedderResource,
     evaluation: EvaluationResource,
     max_queries: int,
 ) -> RetrievalEvaluation:
-    spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
-    model = embedder.load(spec.model)
+    model = embedder.load(spec_of(properties, BUNDLED_MODEL).model)
     return evaluate_collection(
-        milvus.searcher(store, collection),
+        searcher,
         collection,
         model,
         evaluation.dataset(),
@@ -187,7 +187,8 @@ def retrieval_eval_report(
     """The labelled queries against the live index in each mode (bm25, dense, hybrid): nDCG@10,
     recall@10/100, MRR@10, MAP — a markdown report with plots, logged to MLflow (experiment `retrieval`)."""
     started = time.perf_counter()
-    with milvus.store() as store:
+    with contextlib.ExitStack() as held:
+        store = held.enter_context(milvus.store())
         served = store.alias_target()
         if served is None:
             raise Failure(f"alias {milvus.alias} serves nothing yet — build the index first (`rag index`)")
@@ -200,9 +201,16 @@ def retrieval_eval_report(
         if not store.has_collection(target):
             raise Failure(f"collection {target} does not exist — `rag builds` lists the builds")
         role = "candidate" if target != served else "served"
-        evaluations = {role: _evaluate(store, milvus, target, embedder, evaluation, config.max_queries)}
+        builds = {name: (milvus.searcher(store, name), store.collection_properties(name)) for name in {target, served}}
+        if milvus.connection().engine == "memory":
+            # The in-memory engine evaluates from the search log: Milvus (a Lite file only one process
+            # may open) is let go meanwhile, so other steps and the API keep writing and serving.
+            held.close()
+        evaluations = {role: _evaluate(*builds[target], target, embedder, evaluation, config.max_queries)}
         if target != served:
-            evaluations["served"] = _evaluate(store, milvus, served, embedder, evaluation, config.max_queries)
+            evaluations["served"] = _evaluate(*builds[served], served, embedder, evaluation, config.max_queries)
+    with milvus.store() as store:
+        if target != served:
             baseline = evaluations["served"].modes[evaluation.gate_mode].means["ndcg@10"]
         else:
             baseline = recorded_ndcg(store, served)
