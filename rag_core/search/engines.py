@@ -254,9 +254,11 @@ class MemoryEngine:
         changes = self.log.changes(collection, index.seq)
         if changes is None:  # compacted past us: start again from the newest base
             return self._load(collection)
+        # Many changes at once (a first load, a process that was away): build graphs once, after merging.
+        replay = len(changes) > 1
         for change in changes:
-            index = index.apply(change.table, change.vectors, change.deleted, change.seq)
-        return index
+            index = index.apply(change.table, change.vectors, change.deleted, change.seq, graph=not replay)
+        return index.merge_small() if replay else index
 
     def _maybe_compact(self, collection: str, index: MemoryIndex) -> None:
         """Snapshot a build whose log grew past COMPACT_AFTER_ROWS, in the background, so the next process

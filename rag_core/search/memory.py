@@ -61,12 +61,13 @@ class Segment:
     graph: faiss.Index | None = None
 
     @classmethod
-    def build(cls, table: pa.Table, vectors: np.ndarray) -> Segment:
+    def build(cls, table: pa.Table, vectors: np.ndarray, graph: bool = True) -> Segment:
+        """`graph=False` leaves a large segment without its HNSW graph, for a caller that merges it next."""
         counts, terms = term_matrix(table.column("search_text").combine_chunks())
         vocabulary = {term: column for column, term in enumerate(terms)}
         lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
         segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, counts.tocsc(), lengths)
-        return segment.with_graph() if len(table) >= GRAPH_MIN_ROWS else segment
+        return segment.with_graph() if graph and len(table) >= GRAPH_MIN_ROWS else segment
 
     def with_graph(self) -> Segment:
         graph = faiss.IndexHNSWFlat(self.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -287,17 +288,24 @@ class MemoryIndex:
         return everyone.documents if everyone else 0
 
     def apply(
-        self, table: pa.Table | None, vectors: np.ndarray | None, deleted: Iterable[str], seq: int
+        self,
+        table: pa.Table | None,
+        vectors: np.ndarray | None,
+        deleted: Iterable[str],
+        seq: int,
+        graph: bool = True,
     ) -> MemoryIndex:
-        """A new index with these rows upserted and these chunk ids deleted; this one is unchanged."""
+        """A new index with these rows upserted and these chunk ids deleted; this one is unchanged.
+        `graph=False` defers HNSW graphs to the next `merge_small()` (replaying many changes at once)."""
         upserted = table.column("chunk_id").to_pylist() if table is not None and len(table) else []
         if upserted and len(set(upserted)) < len(upserted):  # the last version of a repeated id wins
             last = {chunk_id: row for row, chunk_id in enumerate(upserted)}
             keep = sorted(last.values())
             table, vectors = table.take(pa.array(keep)), vectors[keep]
-        segment = Segment.build(table, vectors) if upserted else None
+        segment = Segment.build(table, vectors, graph) if upserted else None
         index = self._with(segment, list(deleted), upserted, seq)
-        return index.merge_small() if sum(s.graph is None for s in index.segments) > SMALL_SEGMENTS_MAX else index
+        small = sum(s.graph is None for s in index.segments)
+        return index.merge_small() if graph and small > SMALL_SEGMENTS_MAX else index
 
     def _with(self, segment: Segment | None, deleted: list[str], upserted: list[str], seq: int) -> MemoryIndex:
         live = list(self.live)
