@@ -157,7 +157,7 @@ def build(work: Path, size: int, milvus_rows: int, sentences: list[str]) -> dict
     if log.latest_base(collection) is None or log.latest_base(collection)[0] < log.last_seq(collection):
         from rag_core.search.engines import MemoryEngine
 
-        engine = MemoryEngine(log, ALIAS, log_only)
+        engine = MemoryEngine(log, ALIAS, log_only, snapshot_in_background=False)
         log.save_base(collection, engine.index(collection))
     return {
         "collection": collection,
@@ -184,7 +184,7 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
     baseline_rss = rss_mb()
     log = SearchLog(work / f"n{size}" / "data" / "search")
     collection = log.alias_target(ALIAS)
-    engine = MemoryEngine(log, ALIAS, log_only)
+    engine = MemoryEngine(log, ALIAS, log_only, snapshot_in_background=False)
     started = time.perf_counter()
     served = engine.served()
     load_seconds = time.perf_counter() - started

@@ -58,7 +58,7 @@ def main() -> None:
             for mode in args.modes:
                 run = document_run(
                     dataset,
-                    lambda text, mode=mode: [
+                    lambda text, mode=mode, retriever=retriever: [
                         (chunk.doc_id, chunk.score)
                         for chunk in retriever.retrieve(text, by_text[text], 100, mode, search_filter)
                     ],

@@ -178,9 +178,14 @@ class MemoryEngine:
     name = "memory"
 
     def __init__(
-        self, search_log: SearchLog, alias: str, open_store: Callable[[], AbstractContextManager[MilvusStore]]
+        self,
+        search_log: SearchLog,
+        alias: str,
+        open_store: Callable[[], AbstractContextManager[MilvusStore]],
+        snapshot_in_background: bool = True,
     ) -> None:
         self.log = search_log
+        self.snapshot_in_background = snapshot_in_background
         self.alias = alias
         self.open_store = open_store
         # One query's matrix-vector products are far too small for BLAS threads: waking them costs
@@ -266,7 +271,9 @@ class MemoryEngine:
         base = self.log.latest_base(collection)
         base_seq = base[0] if base else 0
         overlay = sum(len(segment) for segment in index.segments[1:]) if base else index.rows
-        if index.seq <= base_seq or overlay < COMPACT_AFTER_ROWS or collection in self._compacting:
+        if not self.snapshot_in_background or collection in self._compacting:
+            return
+        if index.seq <= base_seq or overlay < COMPACT_AFTER_ROWS:
             return
         self._compacting.add(collection)
 

@@ -136,7 +136,8 @@ def test_memory_engine_matches_milvus_top_10_in_every_mode_and_filter(one_tenant
                 search_filter = SearchFilter.parse(filters, "default")
                 for mode in ("dense", "bm25", "hybrid"):
                     expected = top_ids(milvus.searcher, mode, query, vector, search_filter)
-                    assert top_ids(memory.searcher, mode, query, vector, search_filter) == expected, (mode, query, filters)
+                    found = top_ids(memory.searcher, mode, query, vector, search_filter)
+                    assert found == expected, (mode, query, filters)
                     compared += 1
     assert compared == 12 * len(FILTERS) * 3
 
