@@ -15,7 +15,8 @@ class Caller:
     tenant: str
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
+    """`async`, like `index_snapshot`: memory reads run on the event loop, not a thread-pool hop each."""
     return request.app.state.rag
 
 
@@ -56,7 +57,7 @@ def caller(request: Request, state: ServingState = Depends(get_state)) -> Caller
     return who
 
 
-def index_snapshot(state: ServingState = Depends(get_state)) -> IndexSnapshot:
+async def index_snapshot(state: ServingState = Depends(get_state)) -> IndexSnapshot:
     try:
         return state.index.current()
     except IndexNotReady as error:
