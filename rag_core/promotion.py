@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from rag_core.chunking import ChunkingConfig
-from rag_core.embedding import Embedder
+from rag_core.embedding import Embedder, backend_of
 from rag_core.store import IndexBuild, MilvusStore
 
 STATUS = "rag.status"
@@ -23,11 +23,12 @@ PROMOTED_FROM = "rag.promoted_from"
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build with: a model reference (rag_core.models) and the chunk sizes."""
+    """What to build with: a model reference (rag_core.models), the chunk sizes and the embedding backend."""
 
     model: str
     chunk_max_tokens: int
     chunk_overlap_tokens: int
+    backend: str = "torch"
 
 
 def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
@@ -43,11 +44,13 @@ def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
 
 
 def spec_of(properties: dict[str, str], default_model: str) -> BuildSpec:
-    """The spec a collection was built with (collections from before these properties: the base model)."""
+    """The spec a collection was built with (collections from before these properties: the base model).
+    The backend is the one its embedding version names (`…@hash+onnx-int8`; a bare `…@hash` is torch)."""
     return BuildSpec(
         properties.get("rag.embedding_model_uri") or default_model,
         int(properties.get("rag.chunk_max_tokens") or 256),
         int(properties.get("rag.chunk_overlap_tokens") or 32),
+        backend_of(properties.get("rag.embedding_version", "")),
     )
 
 

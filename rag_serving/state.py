@@ -138,12 +138,15 @@ class ServingState:
         self.index.follow()
 
     def embedder_for(self, properties: dict[str, str]) -> Embedder:
-        reference = self.pinned_model or spec_of(properties, BUNDLED_MODEL).model
+        spec = spec_of(properties, BUNDLED_MODEL)  # queries embed with the served build's backend
         embedder = load_embedder(
-            reference, self.resolver, self.settings.embedding_device, self.settings.embedding_batch_size
+            self.pinned_model or spec.model,
+            self.resolver,
+            self.settings.embedding_device,
+            self.settings.embedding_batch_size,
+            spec.backend,
         )
-        embedder.model  # load now: the first request should not pay for it  # noqa: B018
-        return embedder
+        return embedder.load()  # load now: the first request should not pay for it
 
     def close(self) -> None:
         self.index.stop()
