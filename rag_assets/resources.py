@@ -117,8 +117,10 @@ class EmbedderResource(ConfigurableResource):
 
     def load(self, reference: str, backend: str = "") -> Embedder:
         """Any model by reference (a candidate, the one a collection was built with), on this device, with
-        `backend` (empty: this run's backend, see `spec`)."""
-        return load_embedder(reference, self.resolver(), self.device, self.batch_size, backend or self.spec().backend)
+        `backend` — pass the collection's (`spec_of(...).backend`); empty: RAG_EMBEDDING_BACKEND if set, else
+        the one this run resolved in `spec`, else torch. Never opens Milvus."""
+        backend = backend or self.backend or (self._spec.backend if self._spec else "torch")
+        return load_embedder(reference, self.resolver(), self.device, self.batch_size, backend)
 
     def spec(self) -> BuildSpec:
         if self._spec is None:
