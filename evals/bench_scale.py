@@ -171,15 +171,12 @@ def build(work: Path, size: int, milvus_rows: int, sentences: list[str]) -> dict
 
 
 def measure(work: Path, size: int, sentences: list[str]) -> dict:
-    import bm25s
-    import faiss
+    from floors import SearchFloor
 
     from rag_core.retrieval import FusionConfig, Retriever
-    from rag_core.search.analyzer import BM25_B, BM25_K1
     from rag_core.search.engines import MemoryEngine
     from rag_core.search.filters import SearchFilter
     from rag_core.search.log import SearchLog
-    from rag_core.search.memory import HNSW_EF_CONSTRUCTION, HNSW_M
 
     baseline_rss = rss_mb()
     log = SearchLog(work / f"n{size}" / "data" / "search")
@@ -218,38 +215,15 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
     }
 
     # The floor: the same graph searched by faiss directly, bm25s over the same texts, a plain convex fusion.
-    graph = segment.graph
-    if graph is None:  # below GRAPH_MIN_ROWS the engine searches exactly; the floor still gets its graph
-        graph = faiss.IndexHNSWFlat(DIMENSION, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        graph.add(np.ascontiguousarray(segment.vectors))
-    all_texts = segment.table.column("search_text").to_pylist()
     bm25_started = time.perf_counter()
-    retriever_bm25s = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
-    retriever_bm25s.index(bm25s.tokenize(all_texts, stopwords=None, show_progress=False), show_progress=False)
+    floor_index = SearchFloor(segment.vectors, segment.table.column("search_text").to_pylist(), segment.graph)
     bm25s_index_seconds = time.perf_counter() - bm25_started
-    del all_texts
-    tokenized_queries = [bm25s.tokenize([text], stopwords=None, show_progress=False) for text in texts]
-    params = faiss.SearchParametersHNSW(efSearch=100)
-
-    def floor_dense(i: int, limit: int = 10):
-        return graph.search(query_vectors[i : i + 1], limit, params=params)
-
-    def floor_bm25(i: int, limit: int = 10):
-        return retriever_bm25s.retrieve(tokenized_queries[i], k=limit, show_progress=False, n_threads=1)
-
-    def floor_hybrid(i: int):
-        dense_scores, dense_rows = floor_dense(i, 100)
-        bm25_rows, bm25_scores = floor_bm25(i, 100)
-        fused: dict[int, float] = {}
-        for weight, rows, scores in ((0.55, dense_rows[0], dense_scores[0]), (0.45, bm25_rows[0], bm25_scores[0])):
-            low, high = scores.min(), scores.max()
-            normalised = (scores - low) / (high - low) if high > low else np.ones_like(scores)
-            for row, score in zip(rows.tolist(), normalised.tolist(), strict=True):
-                fused[row] = fused.get(row, 0.0) + weight * score
-        return sorted(fused, key=fused.__getitem__, reverse=True)[:10]
-
-    floor = {"dense": timed(floor_dense), "bm25": timed(floor_bm25), "hybrid": timed(floor_hybrid)}
+    tokens = [floor_index.tokenize(text) for text in texts]
+    floor = {
+        "dense": timed(lambda i: floor_index.dense(query_vectors[i])),
+        "bm25": timed(lambda i: floor_index.bm25(tokens[i])),
+        "hybrid": timed(lambda i: floor_index.hybrid(query_vectors[i], tokens[i])),
+    }
 
     # Freshness: 1,000 chunks written through the search log (what MilvusStore appends after Milvus took
     # them), then deleted; seconds until this process' engine serves the change.

@@ -98,38 +98,19 @@ def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 600) -> No
 
 def floor_latencies(settings, queries: list[str]) -> list[float]:
     """encode (plain SentenceTransformer) + faiss + bm25s + convex fusion, in this process."""
-    import bm25s
-    import faiss
+    from floors import SearchFloor
     from sentence_transformers import SentenceTransformer
 
-    from rag_core.search.analyzer import BM25_B, BM25_K1
     from rag_core.search.engines import IndexConnection
-    from rag_core.search.memory import HNSW_EF_CONSTRUCTION, HNSW_M
 
     engine = IndexConnection.from_settings(settings).memory_engine()
     (segment,) = engine.served().searcher.compacted().segments
-    graph = segment.graph
-    if graph is None:
-        graph = faiss.IndexHNSWFlat(segment.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        graph.add(np.ascontiguousarray(segment.vectors))
-    lexical = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
-    lexical.index(bm25s.tokenize(segment.table.column("search_text").to_pylist(), show_progress=False), False)
+    floor = SearchFloor(segment.vectors, segment.table.column("search_text").to_pylist(), segment.graph)
     model = SentenceTransformer(str(settings.resolved_model_dir), device="cpu", local_files_only=True)
-    params = faiss.SearchParametersHNSW(efSearch=100)
 
     def once(query: str) -> list[int]:
-        vector = model.encode([query], normalize_embeddings=True, convert_to_numpy=True)
-        dense_scores, dense_rows = graph.search(vector, 100, params=params)
-        bm25_rows, bm25_scores = lexical.retrieve(bm25s.tokenize([query], show_progress=False), k=100,
-                                                  show_progress=False, n_threads=1)
-        fused: dict[int, float] = {}
-        for weight, rows, scores in ((0.55, dense_rows[0], dense_scores[0]), (0.45, bm25_rows[0], bm25_scores[0])):
-            low, high = scores.min(), scores.max()
-            normalised = (scores - low) / (high - low) if high > low else np.ones_like(scores)
-            for row, score in zip(rows.tolist(), normalised.tolist(), strict=True):
-                fused[row] = fused.get(row, 0.0) + weight * score
-        return sorted(fused, key=fused.__getitem__, reverse=True)[:10]
+        vector = model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+        return floor.hybrid(vector, floor.tokenize(query))
 
     for query in queries[:5]:
         once(query)

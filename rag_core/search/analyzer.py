@@ -22,9 +22,12 @@ _SEPARATORS = r"[^\p{L}\p{N}_]+"
 _WORD = re.compile(r"\w+")
 
 
-def term_matrix(texts: pa.Array | list[str]) -> tuple[sp.csr_matrix, list[str]]:
+def term_matrix(texts: pa.Array | pa.ChunkedArray | list[str]) -> tuple[sp.csr_matrix, list[str]]:
     """(documents × terms matrix of term counts, the terms): every text tokenized in one pass."""
-    texts = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts
+    if isinstance(texts, pa.ChunkedArray):  # past 2 GB of text one array needs 64-bit offsets
+        texts = pc.cast(texts, pa.large_string()).combine_chunks()
+    elif not isinstance(texts, pa.Array):
+        texts = pa.array(texts, pa.large_string())
     parts = pc.split_pattern_regex(pc.utf8_lower(texts.fill_null("")), _SEPARATORS)
     tokens = pc.list_flatten(parts)
     rows = pc.list_parent_indices(parts).to_numpy()

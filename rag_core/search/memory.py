@@ -63,7 +63,7 @@ class Segment:
     @classmethod
     def build(cls, table: pa.Table, vectors: np.ndarray, graph: bool = True) -> Segment:
         """`graph=False` leaves a large segment without its HNSW graph, for a caller that merges it next."""
-        counts, terms = term_matrix(table.column("search_text").combine_chunks())
+        counts, terms = term_matrix(table.column("search_text"))
         vocabulary = {term: column for column, term in enumerate(terms)}
         lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
         segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, counts.tocsc(), lengths)
@@ -321,7 +321,7 @@ class MemoryIndex:
             live[index][rows] = False
             old = self.segments[index]
             taken = old.table.take(pa.array(rows, pa.int64()))
-            terms_of, terms = term_matrix(taken.column("search_text").combine_chunks())
+            terms_of, terms = term_matrix(taken.column("search_text"))
             for position, (row, tenant) in enumerate(zip(rows, taken.column("tenant").to_pylist(), strict=True)):
                 row_terms = {terms[column] for column in terms_of[position].indices}
                 counts.remove(tenant, float(old.lengths[row]), row_terms)
@@ -449,7 +449,9 @@ def _merge(parts: list[tuple[Segment, np.ndarray]]) -> Segment | None:
         ),
         shape=(int(offsets[-1]), len(vocabulary)),
     )
-    table = pa.concat_tables([segment.table.take(pa.array(rows)) for segment, rows in parts]).combine_chunks()
+    table = pa.concat_tables(
+        [segment.table if len(rows) == len(segment) else segment.table.take(pa.array(rows)) for segment, rows in parts]
+    )
     vectors = np.vstack([segment.vectors[rows] for segment, rows in parts])
     lengths = np.concatenate([segment.lengths[rows] for segment, rows in parts])
     merged = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, lengths)

@@ -41,6 +41,6 @@ def test_materialize_with_dagster_postgres_storage(settings, postgres_database):
         ).scalar()
         catalog_rows = connection.execute(sa.text("SELECT count(*) FROM rag_source_partitions")).scalar()
     engine.dispose()
-    assert runs == 1
-    assert materialized == 4 * 6  # four assets × six partitions, one run
+    assert runs == 2  # the index run, then the in-memory engine's snapshot of it
+    assert materialized == 4 * 6 + 1  # four assets × six partitions in one run, and search_index
     assert catalog_rows == 6
