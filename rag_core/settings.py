@@ -29,6 +29,15 @@ def vendored_eval_dataset() -> Path:
 
 SEARCH_ENGINES = ("auto", "memory", "milvus")
 EMBEDDING_BACKENDS = ("torch", "onnx", "onnx-int8")
+CHOICES = {  # field: (environment variable, what it names, allowed values, a hint)
+    "search_engine": (
+        "RAG_SEARCH_ENGINE",
+        "a search engine",
+        SEARCH_ENGINES,
+        " (auto picks memory for Milvus Lite and milvus for a Milvus server or cluster)",
+    ),
+    "embedding_backend": ("RAG_EMBEDDING_BACKEND", "an embedding backend", EMBEDDING_BACKENDS, ""),
+}
 
 
 class Settings(BaseSettings):
@@ -127,24 +136,12 @@ class Settings(BaseSettings):
     )
     auth_cache_ttl_s: float = Field(5.0, ge=0, description="How long a checked API key is trusted without a lookup.")
 
-    @field_validator("search_engine")
+    @field_validator("search_engine", "embedding_backend")
     @classmethod
-    def _known_engine(cls, value: str) -> str:
-        if value not in SEARCH_ENGINES:
-            raise ValueError(
-                f"RAG_SEARCH_ENGINE={value!r} is not a search engine — use one of {', '.join(SEARCH_ENGINES)} "
-                "(auto picks memory for Milvus Lite and milvus for a Milvus server or cluster)"
-            )
-        return value
-
-    @field_validator("embedding_backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in EMBEDDING_BACKENDS:
-            raise ValueError(
-                f"RAG_EMBEDDING_BACKEND={value!r} is not an embedding backend — use one of "
-                f"{', '.join(EMBEDDING_BACKENDS)}"
-            )
+    def _known_choice(cls, value: str, info) -> str:
+        variable, kind, allowed, hint = CHOICES[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"{variable}={value!r} is not {kind} — use one of {', '.join(allowed)}{hint}")
         return value
 
     @field_validator("collection_alias")
