@@ -15,6 +15,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from rag_core.tables import create_tables
+
 metadata = sa.MetaData()
 source_partitions = sa.Table(
     "rag_source_partitions",
@@ -59,7 +61,7 @@ class Catalog:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
 
     def entries(self, keys: Sequence[str] | None = None) -> dict[str, CatalogEntry]:
         query = sa.select(source_partitions)

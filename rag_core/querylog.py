@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from rag_core.tables import create_tables
+
 log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
@@ -303,7 +305,7 @@ class ServingDatabase:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
         self._keys = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
         self._query_log = _QueryLogWriter(
             self.engine, log_interval_s, log_batch_rows, log_max_pending, log_retry_delay_s, log_max_retry_delay_s
