@@ -19,15 +19,32 @@ import scipy.sparse as sp
 BM25_K1 = 1.5  # Milvus Lite applies 1.5 whatever the index parameters say; a Milvus server takes it from them
 BM25_B = 0.75
 _SEPARATORS = r"[^\p{L}\p{N}_]+"
+SLICE_ROWS = 50_000
 _WORD = re.compile(r"\w+")
 
 
 def term_matrix(texts: pa.Array | pa.ChunkedArray | list[str]) -> tuple[sp.csr_matrix, list[str]]:
-    """(documents × terms matrix of term counts, the terms): every text tokenized in one pass."""
+    """(documents × terms matrix of term counts, the terms). Texts are tokenized by Arrow in slices of
+    `SLICE_ROWS`, so a million chunks never hold all their tokens as strings at once."""
     if isinstance(texts, pa.ChunkedArray):  # past 2 GB of text one array needs 64-bit offsets
         texts = pc.cast(texts, pa.large_string()).combine_chunks()
     elif not isinstance(texts, pa.Array):
         texts = pa.array(texts, pa.large_string())
+    vocabulary: dict[str, int] = {}
+    blocks = []
+    for start in range(0, max(len(texts), 1), SLICE_ROWS):
+        counts, terms = _slice_matrix(texts.slice(start, SLICE_ROWS))
+        remap = np.fromiter((vocabulary.setdefault(term, len(vocabulary)) for term in terms), np.int32, len(terms))
+        counts.indices = remap[counts.indices]
+        blocks.append(counts)
+    for block in blocks:
+        block.resize(block.shape[0], len(vocabulary))
+    merged = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+    merged.sort_indices()
+    return merged, list(vocabulary)
+
+
+def _slice_matrix(texts: pa.Array) -> tuple[sp.csr_matrix, list[str]]:
     parts = pc.split_pattern_regex(pc.utf8_lower(texts.fill_null("")), _SEPARATORS)
     tokens = pc.list_flatten(parts)
     rows = pc.list_parent_indices(parts).to_numpy()

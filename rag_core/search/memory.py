@@ -430,6 +430,9 @@ def _merge(parts: list[tuple[Segment, np.ndarray]]) -> Segment | None:
     parts = [(segment, np.flatnonzero(live)) for segment, live in parts if live.any()]
     if not parts:
         return None
+    if len(parts) == 1 and len(parts[0][1]) == len(parts[0][0]):
+        segment = parts[0][0]  # one segment, every row live: it is its own merge (graph included)
+        return segment if segment.graph is not None or len(segment) < GRAPH_MIN_ROWS else segment.with_graph()
     vocabulary: dict[str, int] = {}
     blocks = []
     for segment, rows in parts:
