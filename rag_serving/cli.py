@@ -32,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
-        uvicorn.run("rag_serving.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+        # No uvicorn access log: the app logs every request itself, with its request id and timings.
+        uvicorn.run(
+            "rag_serving.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+        )
         return 0
     from rag_core.querylog import ServingDatabase
 
