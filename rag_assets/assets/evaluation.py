@@ -81,7 +81,8 @@ def _evaluate(
     evaluation: EvaluationResource,
     max_queries: int,
 ) -> RetrievalEvaluation:
-    model = embedder.load(spec_of(properties, BUNDLED_MODEL).model)
+    spec = spec_of(properties, BUNDLED_MODEL)
+    model = embedder.load(spec.model, spec.backend)  # queries embed as the build's chunks were
     return evaluate_collection(
         searcher,
         collection,
@@ -341,7 +342,7 @@ def rag_eval_report(
         searcher = milvus.searcher(store, served)
         if milvus.connection().engine == "memory":
             stack.close()  # the in-memory engine needs no Milvus: let other steps write meanwhile
-        model = embedder.load(spec.model)
+        model = embedder.load(spec.model, spec.backend)
         dataset = restrict_to_documents(evaluation.dataset(), searcher.doc_ids())
         query_ids = sorted(dataset.queries)[: evaluation.rag_queries]
         if not query_ids:
