@@ -91,6 +91,23 @@ def log_only():
     yield  # pragma: no cover
 
 
+def near_rows(vectors: np.ndarray, count: int) -> np.ndarray:
+    """Query vectors: `count` rows spread over the build, slightly moved."""
+    near = vectors[np.arange(count) * (len(vectors) // count)] + 0.05 * unit_vectors(count, 99)
+    return near / np.linalg.norm(near, axis=1, keepdims=True)
+
+
+def timed(function, count: int) -> list[float]:
+    for i in range(5):
+        function(i)
+    latencies = []
+    for i in range(count):
+        begin = time.perf_counter()
+        function(i)
+        latencies.append((time.perf_counter() - begin) * 1000)
+    return latencies
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -171,8 +188,6 @@ def build(work: Path, size: int, milvus_rows: int, sentences: list[str]) -> dict
 
 
 def measure(work: Path, size: int, sentences: list[str]) -> dict:
-    from floors import SearchFloor
-
     from rag_core.retrieval import FusionConfig, Retriever
     from rag_core.search.engines import MemoryEngine
     from rag_core.search.filters import SearchFilter
@@ -192,37 +207,13 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
     tenant = SearchFilter("default")
     texts = query_texts()
     (segment,) = index.compacted().segments
-    query_vectors = segment.vectors[np.arange(len(texts)) * (len(segment) // len(texts))] + 0.05 * unit_vectors(
-        len(texts), 99
-    )
-    query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
-
-    def timed(function) -> list[float]:
-        for i in range(5):
-            function(i)
-        latencies = []
-        for i in range(len(texts)):
-            begin = time.perf_counter()
-            function(i)
-            latencies.append((time.perf_counter() - begin) * 1000)
-        return latencies
+    query_vectors = near_rows(segment.vectors, len(texts))
 
     retriever = Retriever(index, fusion)
     ours = {
-        "dense": timed(lambda i: index.search_dense(query_vectors[i], 10, tenant)),
-        "bm25": timed(lambda i: index.search_bm25(texts[i], 10, tenant)),
-        "hybrid": timed(lambda i: retriever.retrieve(texts[i], query_vectors[i], 10, "hybrid", tenant)),
-    }
-
-    # The floor: the same graph searched by faiss directly, bm25s over the same texts, a plain convex fusion.
-    bm25_started = time.perf_counter()
-    floor_index = SearchFloor(segment.vectors, segment.table.column("search_text").to_pylist(), segment.graph)
-    bm25s_index_seconds = time.perf_counter() - bm25_started
-    tokens = [floor_index.tokenize(text) for text in texts]
-    floor = {
-        "dense": timed(lambda i: floor_index.dense(query_vectors[i])),
-        "bm25": timed(lambda i: floor_index.bm25(tokens[i])),
-        "hybrid": timed(lambda i: floor_index.hybrid(query_vectors[i], tokens[i])),
+        "dense": timed(lambda i: index.search_dense(query_vectors[i], 10, tenant), len(texts)),
+        "bm25": timed(lambda i: index.search_bm25(texts[i], 10, tenant), len(texts)),
+        "hybrid": timed(lambda i: retriever.retrieve(texts[i], query_vectors[i], 10, "hybrid", tenant), len(texts)),
     }
 
     # Freshness: 1,000 chunks written through the search log (what MilvusStore appends after Milvus took
@@ -238,7 +229,8 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
     after_writes = timed(
         lambda i: Retriever(engine.served().searcher, fusion).retrieve(
             texts[i], query_vectors[i], 10, "hybrid", tenant
-        )
+        ),
+        len(texts),
     )
     began = time.perf_counter()
     log.deleted(collection, [row["chunk_id"] for row in fresh])
@@ -251,13 +243,43 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
         "load_seconds": load_seconds,
         "rss_mb": load_rss,
         "total_rss_mb": rss_mb(),
-        "bm25s_index_seconds": bm25s_index_seconds,
         "ours": {mode: (statistics.median(v), percentile(v, 95)) for mode, v in ours.items()},
-        "floor": {mode: (statistics.median(v), percentile(v, 95)) for mode, v in floor.items()},
         "upsert_lag_s": upsert_lag,
         "delete_lag_s": delete_lag,
         "after_writes_p50": statistics.median(after_writes),
     }
+
+
+def measure_floor(work: Path, size: int) -> dict:
+    """The floor in a process of its own (bm25s over a million texts needs the memory the engine had)."""
+    import faiss
+    import pyarrow as pa
+    from floors import SearchFloor
+
+    from rag_core.search.log import SearchLog
+    from rag_core.search.memory import graph_vectors
+
+    log = SearchLog(work / f"n{size}" / "data" / "search")
+    _, folder = log.latest_base(log.alias_target(ALIAS))
+    texts = query_texts()
+    rows = pa.ipc.open_file(pa.memory_map(str(folder / "rows.arrow"))).read_all()
+    if (folder / "graph.faiss").exists():
+        graph = faiss.read_index(str(folder / "graph.faiss"))
+        vectors = graph_vectors(graph)
+    else:
+        graph = None
+        dense = rows.column("dense").combine_chunks()
+        vectors = dense.flatten().to_numpy(zero_copy_only=False).reshape(-1, dense.type.list_size)
+    floor = SearchFloor(vectors, rows.column("search_text").to_pylist(), graph)
+    del rows
+    query_vectors = near_rows(vectors, len(texts))
+    tokens = [floor.tokenize(text) for text in texts]
+    latencies = {
+        "dense": timed(lambda i: floor.dense(query_vectors[i]), len(texts)),
+        "bm25": timed(lambda i: floor.bm25(tokens[i]), len(texts)),
+        "hybrid": timed(lambda i: floor.hybrid(query_vectors[i], tokens[i]), len(texts)),
+    }
+    return {mode: (statistics.median(v), percentile(v, 95)) for mode, v in latencies.items()}
 
 
 def main() -> None:
@@ -266,12 +288,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--milvus-rows", type=int, default=100_000, help="write sizes up to this through Milvus Lite")
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one size, in a fresh process
+    parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)  # internal: the floor of one size
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = args.work_dir.resolve()
     sentences = corpus_sentences()
     if args.measure:
         print(json.dumps(measure(work, args.measure, sentences)))
+        return
+    if args.floor:
+        print(json.dumps(measure_floor(work, args.floor)))
         return
     results = []
     for size in args.sizes:
@@ -280,14 +306,18 @@ def main() -> None:
             built = build(work, size, args.milvus_rows, sentences)
             seconds = f"{built['total_seconds']:.1f} s (snapshot {built['snapshot_seconds']:.1f} s)"
             print(f"  built in {seconds}", flush=True)
-        child = subprocess.run(
-            [sys.executable, __file__, "--work-dir", str(work), "--measure", str(size)],
-            capture_output=True,
-            text=True,
-        )
-        if child.returncode:
-            raise SystemExit(f"measuring n={size} failed:\n{child.stderr}")
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        result = {}
+        for step in ("--measure", "--floor"):
+            child = subprocess.run(
+                [sys.executable, __file__, "--work-dir", str(work), step, str(size)],
+                capture_output=True,
+                text=True,
+            )
+            if child.returncode:
+                raise SystemExit(f"{step} n={size} failed:\n{child.stderr}")
+            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            result.update(measured if step == "--measure" else {"floor": measured})
+        results.append(result)
         print(f"  measured n={size:,}", flush=True)
 
     print(
