@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--split", default="test")
     parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--collection", default="", help="a build other than the served one (e.g. a candidate)")
     parser.add_argument(
         "--engines", nargs="+", default=["memory", "milvus"], help="search engines to compare on the same build"
     )
@@ -29,8 +30,9 @@ def main() -> None:
 
     import contextlib
 
-    from rag_core.embedding import Embedder
     from rag_core.evaluation import EvalDataset, document_run, ir_metrics
+    from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+    from rag_core.promotion import spec_of
     from rag_core.retrieval import FusionConfig, Retriever, SearchFilter
     from rag_core.search.engines import IndexConnection, MilvusEngine
     from rag_core.settings import Settings
@@ -38,22 +40,26 @@ def main() -> None:
     work = args.data_dir.resolve()
     settings = Settings(data_dir=work / "data", documents_dir=work / "documents", dagster_home=work / "dagster")
     dataset = EvalDataset.load(args.dataset, args.split)
-    embedder = Embedder(settings.resolved_model_dir)
+    connection = IndexConnection.from_settings(settings)
+    with connection.store() as store:
+        collection = args.collection or store.alias_target()
+        spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
+    # Queries are embedded as the build's chunks were: its model and its backend.
+    embedder = load_embedder(spec.model, ModelResolver.from_settings(settings), backend=spec.backend)
     vectors = dict(zip(dataset.queries, embedder.encode(list(dataset.queries.values())), strict=True))
     by_text = {text: vectors[query_id] for query_id, text in dataset.queries.items()}
     search_filter = SearchFilter(settings.default_tenant)
     fusion = FusionConfig.from_settings(settings)  # what the API serves
-    connection = IndexConnection.from_settings(settings)
+    print(f"{collection} ({embedder.version})")
     print(f"{dataset.name}: {len(dataset.queries)} queries, fusion {fusion}\n")
     print("| engine | mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
     print("|---|---|---|---|---|---|---|")
     for engine in args.engines:
         with contextlib.ExitStack() as stack:
             if engine == "memory":
-                searcher = connection.memory_engine().served().searcher
+                searcher = connection.memory_engine().searcher(collection)
             else:
-                store = stack.enter_context(connection.store())
-                searcher = MilvusEngine(store).served().searcher
+                searcher = MilvusEngine(stack.enter_context(connection.store())).searcher(collection)
             retriever = Retriever(searcher, fusion)
             for mode in args.modes:
                 run = document_run(

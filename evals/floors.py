@@ -22,7 +22,8 @@ class SearchFloor:
         self.params = faiss.SearchParametersHNSW(efSearch=100)
         self.bm25s = bm25s
         self.lexical = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
-        self.lexical.index(bm25s.tokenize(texts, stopwords=None, show_progress=False), show_progress=False)
+        if texts:  # no texts: a dense-only floor
+            self.lexical.index(bm25s.tokenize(texts, stopwords=None, show_progress=False), show_progress=False)
 
     def tokenize(self, query: str):
         return self.bm25s.tokenize([query], stopwords=None, show_progress=False)
