@@ -85,6 +85,10 @@ def synthetic_rows(count: int, start: int, sentences: list[str], seed: int) -> l
     return rows
 
 
+def folder_name(size: int, backend: str = "torch") -> str:
+    return f"n{size}" if backend == "torch" else f"n{size}-{backend}"
+
+
 @contextlib.contextmanager
 def log_only():
     raise RuntimeError("this benchmark reads the search log only, never Milvus")
@@ -122,7 +126,7 @@ def rss_mb() -> float:
 # --------------------------------------------------------------------------- building (parent process)
 
 
-def build(work: Path, size: int, milvus_rows: int, sentences: list[str]) -> dict:
+def build(work: Path, size: int, milvus_rows: int, sentences: list[str], backend: str = "torch") -> dict:
     from rag_core.embedding import model_fingerprint
     from rag_core.search.engines import IndexConnection
     from rag_core.search.log import SearchLog
@@ -131,11 +135,12 @@ def build(work: Path, size: int, milvus_rows: int, sentences: list[str]) -> dict
     from rag_core.store import IndexBuild
 
     # Recorded as the bundled model's build, so `rag-serve` serves it (queries embedded with MiniLM).
+    version = f"all-MiniLM-L6-v2@{model_fingerprint(bundled_model_dir())}"
     build_record = IndexBuild(
-        "all-MiniLM-L6-v2", f"all-MiniLM-L6-v2@{model_fingerprint(bundled_model_dir())}", DIMENSION,
+        "all-MiniLM-L6-v2", version if backend == "torch" else f"{version}+{backend}", DIMENSION,
         "tokens256-overlap32", "bundled:all-MiniLM-L6-v2", 256, 32,
     )
-    data_dir = work / f"n{size}" / "data"
+    data_dir = work / folder_name(size, backend) / "data"
     search_dir = data_dir / "search"
     log = SearchLog(search_dir)
     started = time.perf_counter()
@@ -290,6 +295,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--milvus-rows", type=int, default=100_000, help="write sizes up to this through Milvus Lite")
+    parser.add_argument(
+        "--build-only-for-backend",
+        default="",
+        help="only build W/n<size>-<backend>: a build recorded as embedded with that backend, for bench_serving",
+    )
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one size, in a fresh process
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)  # internal: the floor of one size
     args = parser.parse_args()
@@ -301,6 +311,11 @@ def main() -> None:
         return
     if args.floor:
         print(json.dumps(measure_floor(work, args.floor)))
+        return
+    if args.build_only_for_backend:
+        for size in args.sizes:
+            build(work, size, args.milvus_rows, sentences, args.build_only_for_backend)
+            print(f"built {work / folder_name(size, args.build_only_for_backend)}")
         return
     results = []
     for size in args.sizes:
