@@ -26,7 +26,7 @@ def search_index(context: AssetExecutionContext, milvus: MilvusResource) -> Mate
     served = engine.served()
     folder = engine.log.save_base(served.collection, served.searcher)
     size = sum(path.stat().st_size for path in folder.iterdir())
-    segment = served.searcher.compacted().segments
+    snapshot = engine.log.describe_base(folder)
     context.log.info(f"{served.collection}: {served.rows} rows snapshotted at change {served.searcher.seq}")
     return MaterializeResult(
         metadata={
@@ -35,8 +35,8 @@ def search_index(context: AssetExecutionContext, milvus: MilvusResource) -> Mate
             "version": served.version,
             "rows": served.rows,
             "bytes_on_disk": size,
-            "hnsw_graph": bool(segment and segment[0].graph is not None),
-            "bm25_terms": len(segment[0].vocabulary) if segment else 0,
+            "hnsw_graph": snapshot.get("graph", False),
+            "bm25_terms": snapshot.get("terms", 0),
             "snapshot": MetadataValue.path(str(folder)),
             "seconds": round(time.perf_counter() - started, 3),
         }

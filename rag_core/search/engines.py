@@ -96,8 +96,8 @@ class IndexConnection:
     @contextlib.contextmanager
     def store(self) -> Iterator[MilvusStore]:
         """A store for one block of work. On Milvus Lite every write is also appended to the search log."""
+        changes = SearchLog(self.search_dir) if self.lite() else None
         with milvus_client(self.uri, self.token, self.lock_timeout_s) as client:
-            changes = SearchLog(self.search_dir) if is_lite_uri(self.uri) or is_lite(client) else None
             yield MilvusStore(client, self.alias, changes)
 
     @property
@@ -164,9 +164,6 @@ class MilvusEngine:
             self.searcher(collection),
         )
 
-    def close(self) -> None:
-        """The store's connection belongs to whoever opened it."""
-
 
 # --------------------------------------------------------------------------- in memory
 
@@ -219,6 +216,8 @@ class MemoryEngine:
                 served = self.log.alias_target(self.alias)
                 self._indexes = {name: idx for name, idx in self._indexes.items() if name == served}
                 self._indexes[collection] = updated
+                # Computed here (the follower thread), not by the first BM25 query that reads the new version.
+                updated.impacts  # noqa: B018
         self._maybe_compact(collection, updated)
         return updated
 
@@ -268,12 +267,11 @@ class MemoryEngine:
     def _maybe_compact(self, collection: str, index: MemoryIndex) -> None:
         """Snapshot a build whose log grew past COMPACT_AFTER_ROWS, in the background, so the next process
         (or this one, after a restart) loads it quickly."""
-        base = self.log.latest_base(collection)
-        base_seq = base[0] if base else 0
-        overlay = sum(len(segment) for segment in index.segments[1:]) if base else index.rows
         if not self.snapshot_in_background or collection in self._compacting:
             return
-        if index.seq <= base_seq or overlay < COMPACT_AFTER_ROWS:
+        base = self.log.latest_base(collection)
+        overlay = sum(len(segment) for segment in index.segments[1:]) if base else index.rows
+        if index.seq <= (base[0] if base else 0) or overlay < COMPACT_AFTER_ROWS:
             return
         self._compacting.add(collection)
 
@@ -286,8 +284,4 @@ class MemoryEngine:
                 self._compacting.discard(collection)
 
         threading.Thread(target=compact, name=f"snapshot-{collection}", daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._indexes.clear()
 

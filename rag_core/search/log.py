@@ -53,11 +53,7 @@ def _write_atomic(path: Path, write) -> None:
         write(staging)
         os.replace(staging, path)
     finally:
-        if staging.exists():
-            if staging.is_dir():
-                shutil.rmtree(staging)
-            else:
-                staging.unlink()
+        staging.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -151,6 +147,8 @@ class SearchLog:
 
     def changes(self, name: str, after: int) -> list[Change] | None:
         """The changes after `after`, in order; None when some were compacted away (reload the base)."""
+        if self.last_seq(name) <= after:  # what a follower's poll usually finds: one small read, no listing
+            return []
         folder = self._collection(name) / "changes"
         seqs = sorted(int(path.stem) for path in folder.glob("[0-9]*.arrow")) if folder.exists() else []
         wanted = [seq for seq in seqs if seq > after]
@@ -186,6 +184,11 @@ class SearchLog:
             if int(change.stem) <= compact.seq and change.stat().st_mtime < cutoff:
                 change.unlink(missing_ok=True)
         return target
+
+    @staticmethod
+    def describe_base(folder: Path) -> dict:
+        """What a snapshot holds (rows, change seq, BM25 terms, whether it has an HNSW graph)."""
+        return json.loads((folder / "meta.json").read_text())
 
     def load_base(self, name: str) -> MemoryIndex | None:
         latest = self.latest_base(name)
@@ -230,6 +233,7 @@ def _write_base(folder: Path, index: MemoryIndex) -> None:
     meta = {"seq": index.seq, "dimension": index.dimension, "rows": index.rows, "written_at": time.time()}
     if index.segments:
         (segment,) = index.segments
+        meta |= {"terms": len(segment.vocabulary), "graph": segment.graph is not None}
         table = _with_vectors(segment.table, segment.vectors)
         with pa.OSFile(str(folder / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)

@@ -184,7 +184,7 @@ def _top(scores: np.ndarray, limit: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Statistics:
-    """Corpus-wide BM25 statistics over every live row of every segment."""
+    """BM25 statistics over every live row of every segment, for one tenant (or all of them)."""
 
     documents: int
     total_length: float
@@ -248,7 +248,6 @@ class MemoryIndex:
     statistics: dict[str | None, Statistics]  # per tenant; None: every tenant
     seq: int = 0  # the last change of the build's log applied
     dimension: int = 0
-    meta: dict = field(default_factory=dict)
     # Per segment: (the segment, its tenants' average lengths, its BM25 impacts); shared by successive
     # versions of the index so that a change recomputes only what it moved.
     impact_cache: dict[int, tuple] = field(default_factory=dict, repr=False)
@@ -351,7 +350,10 @@ class MemoryIndex:
         merged = _merge([(self.segments[i], self.live[i]) for i in small])
         segments = [self.segments[i] for i in kept]
         live = [self.live[i] for i in kept]
-        location = {chunk_id: (kept.index(s), row) for chunk_id, (s, row) in self.location.items() if s in kept}
+        renumbered = {old: new for new, old in enumerate(kept)}
+        location = {
+            chunk_id: (renumbered[s], row) for chunk_id, (s, row) in self.location.items() if s in renumbered
+        }
         if merged is not None:
             location.update((chunk_id, (len(segments), row)) for row, chunk_id in enumerate(merged.chunk_ids))
             segments.append(merged)
@@ -363,7 +365,7 @@ class MemoryIndex:
         merged = _merge(list(zip(self.segments, self.live, strict=True)))
         if merged is None:
             return replace(self, segments=(), live=(), location={})
-        return replace(MemoryIndex.from_segment(merged, self.seq), dimension=self.dimension, meta=self.meta)
+        return replace(MemoryIndex.from_segment(merged, self.seq), dimension=self.dimension)
 
     def doc_ids(self) -> set[str]:
         return {
