@@ -200,6 +200,7 @@ def test_writes_are_searchable_within_the_freshness_bound_while_another_thread_q
     added = rows_for(records[300:], vectors[300:], lambda _: "default")
     deleted = {row["chunk_id"] for row in base[:50]}
     seen_deleted_after_delete = []
+    queries_after_delete = []
     delete_done = threading.Event()
     stop = threading.Event()
 
@@ -207,8 +208,10 @@ def test_writes_are_searchable_within_the_freshness_bound_while_another_thread_q
         while not stop.is_set():
             served = index.memory.served()
             ids = {hit.chunk_id for hit in served.searcher.search_bm25("cells", 400, SearchFilter("default"))}
-            if delete_done.is_set() and served.rows == 1250 and ids & deleted:
-                seen_deleted_after_delete.append(ids & deleted)
+            if delete_done.is_set() and served.rows == 1250:
+                queries_after_delete.append(1)
+                if ids & deleted:
+                    seen_deleted_after_delete.append(ids & deleted)
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -225,7 +228,8 @@ def test_writes_are_searchable_within_the_freshness_bound_while_another_thread_q
             delete_lag = time.monotonic() - written
             delete_done.set()
         assert visible and upsert_lag <= 5 and delete_lag <= 5
-        time.sleep(0.5)  # let the reader keep querying the deleted state for a while
+        # The reader keeps querying the deleted state for a while: 20 queries, whatever the machine's speed.
+        wait_for("the reader queries after the delete", lambda: len(queries_after_delete) >= 20, 30)
     finally:
         stop.set()
         thread.join()
@@ -258,7 +262,7 @@ def test_an_alias_swap_under_load_serves_one_build_or_the_other_never_a_mix(tmp_
         with index.connection.store() as store:
             for target in (blue, green) * 3:
                 store.point_alias(target)
-                time.sleep(0.2)
+                wait_for(f"readers serve {target}", lambda target=target: target in builds_seen[-1], 30, 0.01)
     finally:
         stop.set()
         for thread in threads:
