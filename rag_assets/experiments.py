@@ -52,7 +52,7 @@ def experiment_grid(
         with milvus.store() as store:
             scratch = f"{store.alias}_grid_{build.collection_name}"[:250]
             collection, stats = build_from_sources(
-                store, build, units, model, embedder.cache(), chunking, sources.max_file_mb, sources.redact_pii, scratch
+                store, build, units, model, embedder.cache(), chunking, sources.limits(), sources.redact_pii, scratch
             )
             evaluated = evaluate_collection(
                 milvus.searcher(store, collection),

@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 
 from rag_core.catalog import Catalog
 from rag_core.chunking import ChunkingConfig
-from rag_core.documents import SourceUnit, discover_sources
+from rag_core.documents import ParseLimits, SourceUnit, discover_sources
 from rag_core.embedding import Embedder, EmbeddingCache
 from rag_core.evaluation import EvalDataset
 from rag_core.generation import LLMConfig
@@ -37,11 +37,17 @@ class SourcesResource(ConfigurableResource):
     default_tenant: str = "default"
     jsonl_shard_size: int = 1000
     max_file_mb: float = 50.0
+    max_expanded_mb: float = 200.0
+    max_compression_ratio: float = 100.0
+    max_document_chars: int = 2_000_000
     redact_pii: bool = False
     batch_threshold: int = 20
 
+    def limits(self) -> ParseLimits:
+        return ParseLimits(self.max_file_mb, self.max_expanded_mb, self.max_compression_ratio, self.max_document_chars)
+
     def discover(self) -> list[SourceUnit]:
-        return discover_sources(Path(self.documents_dir), self.default_tenant, self.jsonl_shard_size)
+        return discover_sources(Path(self.documents_dir), self.default_tenant, self.jsonl_shard_size, self.limits())
 
     def units_for(self, partition_keys: Sequence[str]) -> tuple[dict[str, SourceUnit], list[str]]:
         """The units for these partitions, and the keys whose files are gone."""
@@ -179,6 +185,7 @@ class EvaluationResource(ConfigurableResource):
     llm_api_key: str = ""
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 400
+    injection_screen: str = "drop"
     judge_model: str = ""
     judge_api_base: str = ""
     judge_api_key: str = ""
@@ -192,7 +199,14 @@ class EvaluationResource(ConfigurableResource):
         return FusionConfig.from_settings(self)
 
     def llm(self) -> LLMConfig:
-        return LLMConfig(self.llm_model, self.llm_api_base, self.llm_api_key, self.llm_timeout_s, self.llm_max_tokens)
+        return LLMConfig(
+            self.llm_model,
+            self.llm_api_base,
+            self.llm_api_key,
+            self.llm_timeout_s,
+            self.llm_max_tokens,
+            injection_screen=self.injection_screen,
+        )
 
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
@@ -213,6 +227,9 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             default_tenant=settings.default_tenant,
             jsonl_shard_size=settings.jsonl_shard_size,
             max_file_mb=settings.max_file_mb,
+            max_expanded_mb=settings.max_expanded_mb,
+            max_compression_ratio=settings.max_compression_ratio,
+            max_document_chars=settings.max_document_chars,
             redact_pii=settings.redact_pii,
             batch_threshold=settings.sensor_batch_threshold,
         ),
@@ -252,6 +269,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             llm_api_key=settings.llm_api_key,
             llm_timeout_s=settings.llm_timeout_s,
             llm_max_tokens=settings.llm_max_tokens,
+            injection_screen=settings.injection_screen,
             judge_model=settings.judge_model,
             judge_api_base=settings.judge_api_base,
             judge_api_key=settings.judge_api_key,

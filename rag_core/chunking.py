@@ -14,6 +14,12 @@ from rag_core.documents import Document
 from rag_core.ids import chunk_id, content_hash
 
 SENTENCE_END = ".!?;:"
+TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit for a chunk's text, in UTF-8 bytes
+# A window of 256 tokens is ~1,500 characters of prose; far more means tokens the model cannot read (a
+# 70 KB run without spaces is one [UNK] token). Such windows are cut into pieces of at most this many
+# characters, which also keeps every piece (4 bytes a character at worst, plus a 500-character title)
+# under TEXT_MAX_BYTES.
+PASSAGE_MAX_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,19 @@ def token_windows(text: str, offsets: Sequence[tuple[int, int]], size: int, over
     return windows
 
 
+def _bounded(offsets: Sequence[tuple[int, int]], first: int, end: int) -> list[tuple[int, int, int]]:
+    """(start char, end char, tokens) of a window, cut into pieces of at most PASSAGE_MAX_CHARS."""
+    start_char, end_char = offsets[first][0], offsets[end - 1][1]
+    if end_char - start_char <= PASSAGE_MAX_CHARS:
+        return [(start_char, end_char, end - first)]
+    pieces = []
+    for start in range(start_char, end_char, PASSAGE_MAX_CHARS):
+        stop = min(start + PASSAGE_MAX_CHARS, end_char)
+        tokens = sum(1 for token_start, token_end in offsets[first:end] if token_start < stop and token_end > start)
+        pieces.append((start, stop, max(tokens, 1)))
+    return pieces
+
+
 def search_text(title: str, passage: str) -> str:
     return passage if not title or passage.startswith(title) else f"{title}\n{passage}"
 
@@ -93,13 +112,17 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
     for document, offsets, title_ids in zip(documents, encodings["offset_mapping"], titles["input_ids"], strict=True):
         size = min(config.max_tokens, max(config.model_limit - len(title_ids), config.min_passage_tokens))
         overlap = min(config.overlap_tokens, size // 4)
-        for position, (first, end) in enumerate(token_windows(document.text, offsets, size, overlap)):
-            start_char, end_char = offsets[first][0], offsets[end - 1][1]
+        pieces = [
+            piece
+            for first, end in token_windows(document.text, offsets, size, overlap)
+            for piece in _bounded(offsets, first, end)
+        ]
+        for position, (start_char, end_char, token_count) in enumerate(pieces):
             passage = document.text[start_char:end_char]
             embedded = search_text(document.title, passage)
             chunks.append(
                 Chunk(
-                    chunk_id=chunk_id(document.doc_id, position, embedded),
+                    chunk_id=chunk_id(document.tenant, document.source, document.doc_id, position, embedded),
                     doc_id=document.doc_id,
                     partition_key=document.partition_key,
                     tenant=document.tenant,
@@ -110,7 +133,7 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
                     search_text=embedded,
                     start_char=start_char,
                     end_char=end_char,
-                    token_count=end - first,
+                    token_count=token_count,
                     content_hash=content_hash(embedded),
                 )
             )

@@ -23,7 +23,19 @@ def shard_key(file_key: str, shard: int, shard_count: int) -> str:
     return f"{file_key}~{shard + 1}of{shard_count}"
 
 
-def chunk_id(doc_id: str, position: int, text: str) -> str:
-    """doc id + position + content hash; bounded in length for the Milvus primary key."""
-    prefix = doc_id if len(doc_id) <= 64 else f"{doc_id[:48]}-{content_hash(doc_id, 12)}"
-    return f"{prefix}#{position}:{content_hash(text, 12)}"
+def chunk_id(tenant: str, source: str, doc_id: str, position: int, text: str) -> str:
+    """The primary key: a hash of (tenant, source file) + doc id + position + content hash.
+
+    The uploader chooses a record's `_id`, so the doc id alone must never decide the key: two tenants (or two
+    files) holding the same `_id` and text get different rows, and no write of one can replace the other's.
+    """
+    scope = content_hash(f"{tenant}\x1f{source}", 16)
+    return f"{scope}/{_readable_prefix(doc_id)}#{position}:{content_hash(text, 12)}"
+
+
+def _readable_prefix(doc_id: str) -> str:
+    """The doc id itself when short, else its start and a hash: at most 64 UTF-8 bytes (Milvus counts bytes)."""
+    if len(doc_id.encode("utf-8")) <= 64:
+        return doc_id
+    head = doc_id.encode("utf-8")[:48].decode("utf-8", errors="ignore")
+    return f"{head}-{content_hash(doc_id, 12)}"

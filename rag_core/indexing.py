@@ -1,5 +1,5 @@
 """The indexing steps the Dagster assets are made of: parse, chunk, turn chunks into Milvus rows, and
-synchronise one source partition's rows with the collection (delete what is gone, insert what is new —
+synchronise one source partition's rows with the collection (insert what is new, then delete what is gone —
 an unchanged chunk has the same id and is left alone, so re-running changes nothing)."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from rag_core.chunking import Chunk, ChunkingConfig, chunk_documents
-from rag_core.documents import ParsedSource, Quarantined, SourceUnit, parse_source
+from rag_core.documents import ParsedSource, ParseLimits, Quarantined, SourceUnit, parse_source
 from rag_core.embedding import Embedder, EmbeddingCache, embed_with_cache
 from rag_core.pii import redact
 from rag_core.store import IndexBuild, MilvusStore
 
 
-def parse_units(units: Iterable[SourceUnit], max_file_mb: float, redact_pii: bool) -> list[ParsedSource]:
-    parsed = [parse_source(unit, max_file_mb) for unit in units]
+def parse_units(units: Iterable[SourceUnit], limits: ParseLimits, redact_pii: bool) -> list[ParsedSource]:
+    parsed = [parse_source(unit, limits) for unit in units]
     if redact_pii:
         for source in parsed:
             for document in source.documents:
@@ -83,8 +83,8 @@ def sync_partitions(
         to_delete.extend(sorted(existing[key] - wanted))
         to_insert.extend(row for row in rows if row["chunk_id"] not in existing[key])
         stats.unchanged += len(wanted & existing[key])
-    stats.deleted = store.delete_chunks(collection, to_delete)
-    stats.inserted = store.upsert(collection, to_insert)
+    store.replace_rows(collection, to_insert, to_delete)
+    stats.inserted, stats.deleted = len(to_insert), len(to_delete)
     if stats.inserted or stats.deleted:
         store.bump_index_version(collection)
     return stats
@@ -155,14 +155,14 @@ def build_from_sources(
     embedder: Embedder,
     cache: EmbeddingCache,
     chunking: ChunkingConfig,
-    max_file_mb: float,
+    limits: ParseLimits,
     redact_pii: bool,
     collection: str | None = None,
 ) -> tuple[str, BuildStats]:
     """A whole collection from the source folder in one pass (a candidate build or an experiment): the
     same parse → chunk → cached embed → rows as the partitioned assets, in one batched encode."""
     collection = store.ensure_collection(build, name=collection)
-    parsed = parse_units(units, max_file_mb, redact_pii)
+    parsed = parse_units(units, limits, redact_pii)
     documents = [document for source in parsed for document in source.documents]
     chunks = chunk_documents(documents, embedder.tokenizer, chunking)
     vectors, stats = embed_with_cache(

@@ -64,7 +64,7 @@ def generate_local(data_dir: Path, messages: list, max_new_tokens: int = 160) ->
     import torch
 
     tokenizer, model = load(data_dir)
-    question, sources = parse_prompt(messages)
+    question, sources = parse_prompt(messages, include_flagged=False)  # a base model cannot be told to distrust one
     inputs = tokenizer(completion_prompt(question, sources), return_tensors="pt", truncation=True, max_length=2048)
     with _lock, torch.inference_mode():  # one generation at a time on a small CPU
         output = model.generate(

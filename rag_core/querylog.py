@@ -26,7 +26,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from rag_core.pii import redact
 from rag_core.tables import create_tables
+from rag_core.tenants import validate_tenant
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )
+
+
+def storable(row: dict[str, Any]) -> dict[str, Any]:
+    """PostgreSQL text cannot hold NUL (psycopg2 raises ValueError, not DataError, so a retry would loop):
+    the API refuses it at the schema, and here it is replaced wherever a row came from."""
+    return {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value for key, value in row.items()}
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,7 @@ class _QueryLogWriter:
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         try:
             with self.engine.begin() as connection:
-                connection.execute(queries.insert(), rows)
+                connection.execute(queries.insert(), [storable(row) for row in rows])
         except (sa.exc.IntegrityError, sa.exc.DataError) as error:
             # The database refuses a row, not the batch (a value too long; an id a retry already wrote):
             # write the others one by one so one bad row cannot hold the log up forever.
@@ -300,12 +308,15 @@ class ServingDatabase:
         log_max_pending: int = 10_000,
         log_retry_delay_s: float = 0.5,
         log_max_retry_delay_s: float = 10.0,
+        redact_pii: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         create_tables(metadata, self.engine)
+        # RAG_REDACT_PII: users' questions and comments are redacted like the documents before they are stored.
+        self.redact_pii = redact_pii
         self._keys = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
         self._query_log = _QueryLogWriter(
             self.engine, log_interval_s, log_batch_rows, log_max_pending, log_retry_delay_s, log_max_retry_delay_s
@@ -333,6 +344,8 @@ class ServingDatabase:
 
     # ---- API keys
     def create_key(self, tenant: str, name: str = "") -> str:
+        """The plain key, shown once. Raises InvalidTenant for a tenant name outside TENANT_PATTERN."""
+        validate_tenant(tenant)
         key_id = secrets.token_hex(6)
         plain = f"rag_{key_id}_{secrets.token_urlsafe(24)}"
         with self.engine.begin() as connection:
@@ -394,7 +407,7 @@ class ServingDatabase:
                 "created_at": datetime.now(UTC),
                 "tenant": tenant,
                 "key_id": key_id,
-                "question": question,
+                "question": self._redacted(question),
                 "mode": mode,
                 "top_k": top_k,
                 "chunk_ids": json.dumps(list(chunk_ids)),
@@ -416,6 +429,9 @@ class ServingDatabase:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(queries.c.query_id).where(condition)).first() is not None
 
+    def _redacted(self, text: str) -> str:
+        return redact(text)[0] if self.redact_pii and text else text
+
     # ---- feedback
     def add_feedback(self, query_id: str, rating: int | None, is_relevant: bool | None, comment: str) -> int:
         if self._query_log.queued(query_id) is not None:
@@ -426,7 +442,7 @@ class ServingDatabase:
                     query_id=query_id,
                     rating=rating,
                     is_relevant=is_relevant,
-                    comment=comment,
+                    comment=storable({"comment": self._redacted(comment)})["comment"],
                     created_at=datetime.now(UTC),
                 )
             )

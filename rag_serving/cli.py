@@ -7,6 +7,7 @@ import os
 import sys
 
 from rag_core.settings import settings_or_exit
+from rag_core.tenants import TENANT_PATTERN, InvalidTenant, validate_tenant
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +23,16 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes (default: up to 2, one per core; each loads the in-memory index)",
     )
     create = commands.add_parser("create-key", help="create an API key for a tenant")
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, help=f"the tenant the key belongs to ({TENANT_PATTERN})")
     create.add_argument("--name", default="")
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its id (the part after rag_)")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
+    if args.command == "create-key":
+        try:
+            validate_tenant(args.tenant, "--tenant")
+        except InvalidTenant as error:
+            create.error(str(error))  # exit status 2, before any database is opened
 
     settings = settings_or_exit()
     if args.command == "serve":

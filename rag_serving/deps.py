@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import email.message
+import json
+import math
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, params, status
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from rag_serving.state import IndexNotReady, IndexSnapshot, ServingState
 
@@ -27,11 +36,26 @@ def _presented_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many_failures(retry_after_s: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        "too many failed API key attempts from this address; try again later",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def caller(request: Request, state: ServingState = Depends(get_state)) -> Caller:
-    """The authenticated caller, after its rate limit. 401 without a valid key, 429 over the limit."""
+    """The authenticated caller, after its rate limit. 401 without a valid key, 429 over the limit, and
+    429 for an address over RAG_AUTH_FAILURES_PER_MINUTE failed key attempts (before its key is looked up)."""
+    if (checked := getattr(request.state, "caller", None)) is not None:
+        return checked  # KeyFirstRoute checked it already, before the body was read
     if state.settings.auth_disabled:
         who = Caller(None, state.settings.default_tenant)
-        subject = f"anonymous:{request.client.host if request.client else 'unknown'}"
+        subject = f"anonymous:{_client_address(request)}"
     else:
         presented = _presented_key(request)
         if not presented:
@@ -41,8 +65,13 @@ def caller(request: Request, state: ServingState = Depends(get_state)) -> Caller
                 "(create one with `rag-serve create-key --tenant <name>`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        address = _client_address(request)
+        if refused_for := state.failed_auth.refused_for(address):
+            raise _too_many_failures(refused_for)
         key = state.db.authenticate(presented)
         if key is None:
+            if refused_for := state.failed_auth.failed(address):
+                raise _too_many_failures(refused_for)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -57,8 +86,76 @@ def caller(request: Request, state: ServingState = Depends(get_state)) -> Caller
     return who
 
 
+def optional_caller(request: Request, state: ServingState = Depends(get_state)) -> Caller | None:
+    """The caller when a key is presented (checked like `caller`), None for an anonymous probe."""
+    if not state.settings.auth_disabled and _presented_key(request) is None:
+        return None
+    return caller(request, state)
+
+
+OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
+
+
+def unavailable(state: ServingState, reason: str) -> HTTPException:
+    """503 for what comes back by itself (Milvus, the served index, the serving database), saying when to
+    try again: the follower looks again every RAG_ALIAS_POLL_S."""
+    retry_after_s = max(1, math.ceil(state.settings.alias_poll_s))
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, reason, headers={"Retry-After": str(retry_after_s)})
+
+
 async def index_snapshot(state: ServingState = Depends(get_state)) -> IndexSnapshot:
     try:
         return state.index.current()
     except IndexNotReady as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+        raise unavailable(state, str(error)) from error
+
+
+def _needs_key(dependant: Dependant) -> bool:
+    return any(d.call is caller or _needs_key(d) for d in dependant.dependencies)
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the caller's key (and rate limit) before it reads the request body.
+
+    FastAPI reads and parses the body before it solves dependencies, so a plain route would parse a
+    keyless request's JSON, or spool its upload to disk, before answering 401. Here the key comes first;
+    then a JSON body is read (capped by `limits.RequestBodyLimit`) and must be UTF-8 JSON, else 422 (FastAPI
+    would guess another encoding from NUL bytes, or answer 400 to a body nested too deep)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        keyed = _needs_key(self.dependant)
+        json_body = self.body_field is not None and not isinstance(self.body_field.field_info, params.Form)
+
+        async def key_first(request: Request) -> Response:
+            if keyed:
+                request.state.caller = await run_in_threadpool(caller, request, await get_state(request))
+            if json_body and _declares_json(request.headers.get("content-type")):
+                _require_json_text(await request.body())  # cached on the request: FastAPI parses these bytes
+            return await handler(request)
+
+        return key_first
+
+
+def _declares_json(content_type: str | None) -> bool:
+    """What FastAPI parses as JSON: application/json or application/*+json."""
+    if not content_type:
+        return False
+    header = email.message.Message()
+    header["content-type"] = content_type
+    subtype = header.get_content_subtype()
+    return header.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _require_json_text(body: bytes) -> None:
+    if not body:
+        return  # FastAPI answers "Field required"
+    try:
+        json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        problem = {"type": "utf8", "msg": f"the body is not valid UTF-8 (byte {error.start}) — encode JSON as UTF-8"}
+    except (ValueError, RecursionError) as error:
+        problem = {"type": "json_invalid", "msg": f"the body is not valid JSON ({error})"}
+    else:
+        return
+    raise RequestValidationError([{**problem, "loc": ("body",)}])

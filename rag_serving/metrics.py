@@ -46,3 +46,9 @@ class Metrics:
         self.degraded = Counter(
             "rag_degraded_answers_total", "Answers that fell back to sources", registry=self.registry
         )
+        self.screened = Counter(
+            "rag_injection_screened_total",
+            "Retrieved passages dropped or flagged, and questions flagged, by the injection screen",
+            ["target", "action"],
+            registry=self.registry,
+        )

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
+
+from rag_core.search.filters import FILTERABLE, MAX_FILTER_VALUES
+from rag_core.settings import Settings
+
+# Text a person typed: no control characters but tab and line breaks. A pattern (not a Python check) so the
+# OpenAPI schema states it, and so pydantic also refuses a lone surrogate (it cannot be matched as UTF-8).
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# An identifier or a filter value: no control characters at all.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+MAX_NAME_CHARS = 512
+MAX_COMMENT_CHARS = 4000
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)]
+FilterField = Literal[FILTERABLE]  # type: ignore[valid-type]
+FilterValues = Name | Annotated[list[Name], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
 
 
 class RetrieveRequest(BaseModel):
-    query: str = Field(..., description="The question or search text.")
+    query: str = Field(..., min_length=1, pattern=TEXT_PATTERN, description="The question or search text.")
     top_k: int = Field(5, ge=1, description="Chunks to return (bounded by RAG_MAX_TOP_K).")
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
-    filters: dict[str, str | list[str]] = Field(
+    filters: dict[FilterField, FilterValues] = Field(
         default_factory=dict, description="Exact-match filters on doc_id, source, source_key or title."
     )
     fusion: Literal["rrf", "convex"] | None = Field(None, description="Hybrid fusion (default from settings).")
@@ -29,6 +44,28 @@ class RetrieveRequest(BaseModel):
 
 class QueryRequest(RetrieveRequest):
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
+
+
+def bounded_requests(settings: Settings) -> dict[type[BaseModel], type[BaseModel]]:
+    """The request bodies with this deployment's limits (RAG_MAX_QUERY_CHARS, RAG_MAX_TOP_K) as field
+    constraints, so validation and the OpenAPI schema state the same limits. Built per app (`create_app`)."""
+    limits: dict[str, Any] = {
+        "query": (
+            str,
+            Field(
+                ...,
+                min_length=1,
+                max_length=settings.max_query_chars,
+                pattern=TEXT_PATTERN,
+                description="The question or search text.",
+            ),
+        ),
+        "top_k": (int, Field(5, ge=1, le=settings.max_top_k, description="Chunks to return.")),
+    }
+    return {
+        base: create_model(base.__name__, __base__=base, __module__=__name__, **limits)
+        for base in (RetrieveRequest, QueryRequest)
+    }
 
 
 class ChunkOut(BaseModel):
@@ -59,6 +96,13 @@ class Citation(BaseModel):
     source: str
 
 
+class ScreenedSource(BaseModel):
+    number: int = Field(..., description="The source's number in `sources`.")
+    chunk_id: str
+    action: Literal["dropped", "flagged"]
+    rules: list[str] = Field(..., description="The injection rules it tripped (rag_core.injection).")
+
+
 class QueryResponse(BaseModel):
     query_id: str
     answer: str
@@ -69,13 +113,19 @@ class QueryResponse(BaseModel):
     reason: str
     index_version: str
     timings_ms: dict[str, float]
+    screened: list[ScreenedSource] = Field(
+        default_factory=list, description="Sources the injection screen kept out of the prompt or flagged in it."
+    )
+    question_flags: list[str] = Field(
+        default_factory=list, description="Injection rules the question tripped (reported; it is still answered)."
+    )
 
 
 class FeedbackRequest(BaseModel):
-    query_id: str
+    query_id: Name
     rating: int | None = Field(None, ge=1, le=5)
     is_relevant: bool | None = None
-    comment: str = Field("", max_length=4000)
+    comment: str = Field("", max_length=MAX_COMMENT_CHARS, pattern=TEXT_PATTERN)
 
 
 class DocumentStatus(BaseModel):
@@ -88,3 +138,85 @@ class DocumentStatus(BaseModel):
     index_version: str = Field("", description="The served index version, when its build is the published one.")
     collection: str = ""
     embedding_version: str = ""
+
+
+class FeedbackCreated(BaseModel):
+    feedback_id: int
+    query_id: str
+
+
+class WorstQuery(BaseModel):
+    query_id: str
+    question: str
+    mean_rating: float
+
+
+class FeedbackAnalytics(BaseModel):
+    queries: int
+    feedback: int
+    feedback_rate: float
+    mean_rating: float | None
+    relevance_rate: float | None
+    worst_queries: list[WorstQuery]
+
+
+class UploadedDocument(BaseModel):
+    doc_id: str
+    source: str = Field(..., description="Where it was stored: the sanitised, unique file name in the tenant's folder.")
+    filename: str = Field(..., description="The name it was uploaded with.")
+    status: Literal["pending"]
+    bytes: int
+
+
+class UploadResponse(BaseModel):
+    documents: list[UploadedDocument] = Field(..., description="Every file of the request, in request order.")
+
+
+class DocumentDeletion(BaseModel):
+    doc_id: str
+    status: Literal["deleting"]
+
+
+class Health(BaseModel):
+    status: Literal["alive"]
+
+
+class ErrorBody(BaseModel):
+    """Every error response: one line that says what is wrong and how to fix it."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(..., description="Where: `body`, `query` or `path`, then the field path.")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """422: `detail` sums the problems up in one line; `errors` lists them per field (empty when the request
+    is well-formed but refused as a whole, e.g. an empty file)."""
+
+    errors: list[FieldError]
+
+
+ERROR_MEANINGS = {
+    400: "The multipart body cannot be parsed.",
+    401: "Missing, invalid or revoked API key.",
+    403: "The key's tenant may not do this.",
+    404: "Not found for the caller's tenant.",
+    409: "The request conflicts with the resource's state.",
+    413: "The request body (or a file in it) is over its limit.",
+    415: "The file type is not supported.",
+    422: "The request is not valid: see `errors`.",
+    429: "Too many requests; retry after `Retry-After` seconds.",
+    503: "The search index is not available yet.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that can answer with these error codes."""
+    return {
+        code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": ERROR_MEANINGS[code]}
+        for code in codes
+    }

@@ -89,4 +89,5 @@ def llm_config(state: ServingState) -> LLMConfig:
         api_key=settings.llm_api_key,
         timeout_s=settings.llm_timeout_s,
         max_tokens=settings.llm_max_tokens,
+        injection_screen=settings.injection_screen,
     )

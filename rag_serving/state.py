@@ -1,5 +1,7 @@
 """What a serving process holds: the embedder, a Milvus connection, the view of the published index,
-the serving database, the cache and the rate limiter. Built once per app in the lifespan."""
+the serving database, the cache and the rate limiters. Built once per app in the lifespan; the slow part
+(resolving the index, loading and warming the embedder and the answerer) runs in the background, and
+`readiness()` says what it still waits for."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from dataclasses import dataclass, field
 from rag_core.cache import Cache, make_cache
 from rag_core.catalog import Catalog
 from rag_core.embedding import Embedder
+from rag_core.generation import warm_up
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
 from rag_core.promotion import spec_of
 from rag_core.querylog import ServingDatabase
-from rag_core.ratelimit import RateLimiter
+from rag_core.ratelimit import FailedAttempts, RateLimiter
 from rag_core.search.engines import IndexConnection, IndexNotReady, MemoryEngine, MilvusEngine, Searcher
 from rag_core.settings import Settings
 from rag_core.store import MilvusUnavailable
@@ -40,7 +43,11 @@ class IndexSnapshot:
 
 class IndexView:
     """Follows the alias through the search engine: a background thread re-resolves it every `poll_s`, so
-    an alias move or a reindex is served without a restart, and requests never wait for a reload."""
+    an alias move or a reindex is served without a restart, and requests never wait for a reload.
+
+    It also probes Milvus each time (`probe_milvus` raises MilvusUnavailable): `milvus_error` is why Milvus
+    did not answer the last look, "" while it answers. The memory engine serves without Milvus, so only
+    the Milvus engine's snapshot goes away with it; writes and new builds wait for it either way."""
 
     def __init__(
         self,
@@ -48,18 +55,22 @@ class IndexView:
         embedder_for: Callable[[dict[str, str]], Embedder],
         poll_s: float,
         metrics: Metrics,
+        probe_milvus: Callable[[], None],
     ) -> None:
         self.engine = engine
         self.embedder_for = embedder_for
         self.poll_s = poll_s
         self.metrics = metrics
+        self.probe_milvus = probe_milvus
+        self.milvus_error = ""
         self._lock = threading.Lock()
         self._snapshot: IndexSnapshot | None = None
-        self._error = "not resolved yet"
+        self._error = "warming up: resolving the served index and loading its embedding model"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
+        self._probe()
         try:
             served = self.engine.served()
             built_with = served.properties.get("rag.embedding_version", "")
@@ -78,7 +89,9 @@ class IndexView:
             )
         except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
-        except Exception as error:  # Milvus unreachable or failing
+        except MilvusUnavailable as error:  # logged once per outage by _probe
+            snapshot, self._error = None, str(error)
+        except Exception as error:  # Milvus failing
             log.warning("the served index could not be read: %s", error, exc_info=log.isEnabledFor(logging.DEBUG))
             snapshot, self._error = None, f"Milvus is not answering ({type(error).__name__}: {error})"
         with self._lock:
@@ -89,6 +102,19 @@ class IndexView:
                 if self._snapshot and snapshot.collection != self._snapshot.collection:
                     log.info("alias moved to %s", snapshot.collection)
             self._snapshot = snapshot
+
+    def _probe(self) -> None:
+        try:
+            self.probe_milvus()
+            error = ""
+        except MilvusUnavailable as unavailable:
+            error = str(unavailable)
+        if error and not self.milvus_error:
+            meanwhile = "searches answer from memory" if self.engine.name == "memory" else "requests get 503"
+            log.warning("%s; %s until it is back", error, meanwhile)
+        elif self.milvus_error and not error:
+            log.info("Milvus answers again")
+        self.milvus_error = error
 
     def current(self) -> IndexSnapshot:
         snapshot = self._snapshot
@@ -119,11 +145,14 @@ class ServingState:
         self.resolver = ModelResolver.from_settings(settings)
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
         self.pinned_model = settings.embedding_model
-        self.db = ServingDatabase(settings.resolved_serving_db_url, auth_cache_ttl_s=settings.auth_cache_ttl_s)
+        self.db = ServingDatabase(
+            settings.resolved_serving_db_url, auth_cache_ttl_s=settings.auth_cache_ttl_s, redact_pii=settings.redact_pii
+        )
         self.catalog = Catalog(settings.resolved_catalog_url)
         self.cache: Cache = make_cache(settings.redis_url)
         self.query_encoder = QueryBatcher()
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
+        self.failed_auth = FailedAttempts(RateLimiter(settings.auth_failures_per_minute, settings.redis_url))
         self._stack = contextlib.ExitStack()
         self.connection = IndexConnection.from_settings(settings)
         try:
@@ -133,9 +162,44 @@ class ServingState:
             self._stack.close()
             raise
         log.info("search engine: %s (RAG_SEARCH_ENGINE=%s)", self.engine.name, settings.search_engine)
-        self.index = IndexView(self.engine, self.embedder_for, settings.alias_poll_s, self.metrics)
+        self.index = IndexView(
+            self.engine, self.embedder_for, settings.alias_poll_s, self.metrics, self.connection.probe
+        )
+        self.answerer_warm = threading.Event()
+        self.cache_healthy = True  # refreshed in the background: a readiness probe never waits on Redis
+        self._stop = threading.Event()
+        self._background = threading.Thread(target=self._warm_up_then_watch, name="warm-up", daemon=True)
+        self._background.start()
+
+    def _warm_up_then_watch(self) -> None:
+        """Resolve the served index (loading and warming its embedder) and follow the alias; warm the
+        answerer; then check the cache's health every `alias_poll_s` until `close()`."""
+        from rag_serving.service import llm_config  # service imports this module
+
         self.index.refresh()
         self.index.follow()
+        try:
+            answer = warm_up(llm_config(self))
+            if answer is not None and answer.degraded:
+                log.warning("the answerer %s failed its warm-up: %s", self.settings.llm_model, answer.reason)
+        except Exception as error:  # answers degrade to the sources; serving must not depend on the warm-up
+            log.warning("warming up the answerer %s failed: %s", self.settings.llm_model, error)
+        self.answerer_warm.set()
+        while True:
+            self.cache_healthy = self.cache.healthy()
+            if self._stop.wait(self.settings.alias_poll_s):
+                return
+
+    def readiness(self) -> tuple[IndexSnapshot | None, str]:
+        """(the served snapshot, "") when ready, else (None, what it waits for), from what the background
+        threads saw last: no I/O, for probes."""
+        try:
+            snapshot = self.index.current()
+        except IndexNotReady as error:
+            return None, str(error)
+        if not self.answerer_warm.is_set():
+            return None, f"warming up the answerer ({self.settings.llm_model})"
+        return snapshot, ""
 
     def embedder_for(self, properties: dict[str, str]) -> Embedder:
         spec = spec_of(properties, BUNDLED_MODEL)  # queries embed with the served build's backend
@@ -145,10 +209,13 @@ class ServingState:
             self.settings.embedding_device,
             self.settings.embedding_batch_size,
             spec.backend,
-        )
-        return embedder.load()  # load now: the first request should not pay for it
+        ).load()
+        embedder.encode(["warm-up"])  # loaded and run once now: the first request should not pay for either
+        return embedder
 
     def close(self) -> None:
+        self._stop.set()
+        self._background.join(timeout=30)
         self.index.stop()
         self.db.close()  # writes every queued query-log row
         self._stack.close()

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from tests.support.waiting import wait_for
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -28,16 +30,23 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120) -> ServerThread:
+    @property
+    def app(self):
+        return self.server.config.app
+
+    def start(self, timeout_s: float = 120, ready: bool = True) -> ServerThread:
+        """Listening, and with `ready` also warmed up: GET /ready answers 200 (the app warms in the background)."""
         self.thread.start()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.server.started:
-                return self
+        while not self.server.started:
             if not self.thread.is_alive():
                 raise RuntimeError("the app failed to start; see the log above")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app did not start within {timeout_s} s")
             time.sleep(0.1)
-        raise TimeoutError(f"the app did not start within {timeout_s} s")
+        if ready:
+            wait_for("the app is ready", lambda: httpx.get(f"{self.url}/ready").status_code == 200, timeout_s)
+        return self
 
     def stop(self) -> None:
         self.server.should_exit = True

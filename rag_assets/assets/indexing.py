@@ -41,7 +41,7 @@ def raw_documents(context: AssetExecutionContext, sources: SourcesResource) -> M
     units, missing = sources.units_for(context.partition_keys)
     parsed = {
         source.unit.partition_key: source
-        for source in parse_units(units.values(), sources.max_file_mb, sources.redact_pii)
+        for source in parse_units(units.values(), sources.limits(), sources.redact_pii)
     }
     parsed.update({key: missing_source(key) for key in missing})
     quarantined = [item for source in parsed.values() for item in source.quarantined]

@@ -217,7 +217,7 @@ def candidate_index(
             model,
             embedder.cache(),
             chunking,
-            sources.max_file_mb,
+            sources.limits(),
             sources.redact_pii,
         )
         store.set_properties(collection, {STATUS: CANDIDATE, "rag.expected_rows": str(stats.chunks)})

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
 from rag_core.search.memory import ROW_FIELDS, MemoryIndex, rows_table
-from rag_core.store import Hit, MilvusStore, is_lite_uri, milvus_client
+from rag_core.store import Hit, MilvusStore, is_lite_uri, milvus_client, probe
 
 log = logging.getLogger(__name__)
 COMPACT_AFTER_ROWS = 5_000  # changes applied since the base before a process writes a new base
@@ -99,6 +99,12 @@ class IndexConnection:
         changes = SearchLog(self.search_dir) if self.lite() else None
         with milvus_client(self.uri, self.token, self.lock_timeout_s) as client:
             yield MilvusStore(client, self.alias, changes)
+
+    def probe(self) -> None:
+        """Raise MilvusUnavailable unless the Milvus server answers now. A Lite file is not probed: opening
+        it would take the lock its writers need, and it cannot be down while its disk is there."""
+        if not is_lite_uri(self.uri):
+            probe(self.uri, self.token)
 
     @property
     def engine(self) -> str:

@@ -3,7 +3,6 @@ each engine renders its own way — a boolean expression for Milvus, masks for t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +37,14 @@ class SearchFilter:
 
     def expression(self) -> str:
         """The Milvus boolean expression: the tenant clause first, then one `in` clause per field."""
-        clauses = [f"tenant == {json.dumps(self.tenant)}"] if self.tenant is not None else []
-        clauses += [f"{name} in {json.dumps(list(values))}" for name, values in self.fields]
+        clauses = [f"tenant == {milvus_string(self.tenant)}"] if self.tenant is not None else []
+        clauses += [f"{name} in [{', '.join(map(milvus_string, values))}]" for name, values in self.fields]
         return " and ".join(clauses)
+
+
+def milvus_string(value: str) -> str:
+    """A Milvus expression string literal. Non-ASCII stays as it is: Milvus reads no `\\uXXXX` escapes (JSON's
+    `ensure_ascii` output made `Café` a filter nothing matched, or an error). Backslash and double quote are
+    escaped the way Milvus unescapes them, and line breaks and tabs as `\\n`, `\\r`, `\\t`."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'

@@ -105,6 +105,14 @@ class SearchLog:
         if chunk_ids:
             self._append(name, None, None, list(chunk_ids))
 
+    def replaced(self, name: str, rows: Sequence[dict], chunk_ids: Sequence[str]) -> None:
+        """New rows and the ids they supersede as one change: a follower applies both or neither."""
+        if rows:
+            table, vectors = rows_table(rows)
+            self._append(name, table, vectors, list(chunk_ids))
+        elif chunk_ids:
+            self._append(name, None, None, list(chunk_ids))
+
     def _append(self, name: str, table: pa.Table | None, vectors: np.ndarray | None, deleted: list[str]) -> None:
         with self._locked(name) as folder:
             seq = self._last_seq(folder) + 1
@@ -208,24 +216,30 @@ def _split_vectors(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
 
 
 def _write_change(target: Path, table: pa.Table | None, vectors: np.ndarray | None, deleted: list[str]) -> None:
-    if table is None:
-        table = pa.Table.from_pylist([{"chunk_id": chunk_id} for chunk_id in deleted], schema=row_schema())
-        vectors = np.zeros((len(deleted), 1), np.float32)
-        table = table.append_column("deleted", pa.array([True] * len(deleted)))
-    else:
-        table = table.append_column("deleted", pa.array([False] * len(table)))
-    table = _with_vectors(table, vectors)
-    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    """One Arrow file: upserted rows (flag `deleted` false) and deleted ids (flag true, other fields null)."""
+    width = vectors.shape[1] if table is not None and vectors is not None and vectors.size else 1
+    parts, dense = [], []
+    if table is not None and len(table):
+        parts.append(table.append_column("deleted", pa.array([False] * len(table))))
+        dense.append(vectors)
+    if deleted:
+        tombstones = pa.Table.from_pylist([{"chunk_id": chunk_id} for chunk_id in deleted], schema=row_schema())
+        parts.append(tombstones.append_column("deleted", pa.array([True] * len(deleted))))
+        dense.append(np.zeros((len(deleted), width), np.float32))
+    combined = _with_vectors(pa.concat_tables(parts), np.concatenate(dense))
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_file(sink, combined.schema) as writer:
+        writer.write_table(combined)
 
 
 def _read_change(path: Path, seq: int) -> Change:
     table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # buffers keep the map alive
     deleted_mask = table.column("deleted").to_numpy(zero_copy_only=False)
+    deleted = table.filter(pa.array(deleted_mask)).column("chunk_id").to_pylist()
     if deleted_mask.all():
-        return Change(seq, None, None, table.column("chunk_id").to_pylist())
-    table, vectors = _split_vectors(table.drop_columns(["deleted"]))
-    return Change(seq, table, vectors, [])
+        return Change(seq, None, None, deleted)
+    upserted = table.filter(pa.array(~deleted_mask)) if deleted else table
+    rows, vectors = _split_vectors(upserted.drop_columns(["deleted"]))
+    return Change(seq, rows, vectors, deleted)
 
 
 def _write_base(folder: Path, index: MemoryIndex) -> None:

@@ -3,67 +3,144 @@ The serving process never indexes — the Dagster sensor picks every change up."
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, UploadFile, status
+from fastapi import Path as PathParam
 
 from rag_core.documents import SUPPORTED_SUFFIXES, TENANT_DIR_PREFIX, decode_text, suffix_of
 from rag_core.ids import source_key
-from rag_serving.deps import Caller, caller, get_state
-from rag_serving.schemas import DocumentStatus
+from rag_core.tenants import InvalidTenant, validate_tenant
+from rag_serving.deps import Caller, KeyFirstRoute, caller, get_state
+from rag_serving.schemas import (
+    MAX_NAME_CHARS,
+    NAME_PATTERN,
+    DocumentDeletion,
+    DocumentStatus,
+    UploadedDocument,
+    UploadResponse,
+    error_responses,
+)
 from rag_serving.state import IndexNotReady, ServingState
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+router = APIRouter(
+    prefix="/v1/documents", tags=["documents"], route_class=KeyFirstRoute, responses=error_responses(401, 403, 429)
+)
+DocId = Annotated[str, PathParam(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)]
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+# A stored name in bytes: with its temporary `.<name>.<8 hex>.uploading` it stays under the usual 255-byte limit.
+MAX_NAME_BYTES = 200
+COPY_CHUNK_BYTES = 1 << 20
 MAGIC = {".pdf": (b"%PDF",), ".docx": (b"PK\x03\x04",), ".jsonl.gz": (b"\x1f\x8b",)}
 
 
 def _tenant_folder(state: ServingState, tenant: str) -> tuple[Path, str]:
-    """(folder, relative prefix) for a tenant's files inside the watched folder."""
+    """(folder, relative prefix) for a tenant's files inside the watched folder. 403 for a key whose
+    tenant is not a valid name (created before names were checked): its folder could be anywhere."""
     root = state.settings.documents_dir.resolve()
     if tenant == state.settings.default_tenant:
         return root, ""
+    try:
+        validate_tenant(tenant, "this API key's tenant")
+    except InvalidTenant as error:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"{error} — revoke the key and create one for a valid tenant name"
+        ) from error
     return root / f"{TENANT_DIR_PREFIX}{tenant}", f"{TENANT_DIR_PREFIX}{tenant}/"
 
 
-def _validate_upload(name: str, content: bytes, limit_mb: float) -> None:
-    suffix = suffix_of(Path(name))
+def stored_name(filename: str) -> str:
+    """The name an upload is stored under: safe characters only, at most MAX_NAME_BYTES, its extension kept.
+    When sanitising changes the name, a short hash of the original is added, so two different names (say
+    `Café.md` and `Cafè.md`) never become the same file. 415 for an unsupported extension."""
+    original = Path(filename).name
+    suffix = suffix_of(Path(original))
     if suffix not in SUPPORTED_SUFFIXES:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
             f"{suffix or 'no extension'} is not supported; upload one of {', '.join(SUPPORTED_SUFFIXES)}",
         )
-    if len(content) > limit_mb * 1e6:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"file is over the {limit_mb:g} MB upload limit")
+    stem, extension = original[: -len(suffix)], original[-len(suffix) :]
+    safe = SAFE_NAME.sub("_", stem).strip(" .")
+    if safe and safe == stem and len(original.encode()) <= MAX_NAME_BYTES:
+        return original
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    room = MAX_NAME_BYTES - len(digest) - len(extension) - 1
+    return f"{safe[:room]}-{digest}{extension}" if safe else f"{digest}{extension}"
+
+
+async def _stage(upload: UploadFile, temporary: Path, limit_bytes: int) -> int:
+    """Copy the upload to `temporary` a chunk at a time, refusing it (413) as soon as it passes the limit."""
+    size = 0
+    with temporary.open("wb") as target:
+        while chunk := await upload.read(COPY_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit_bytes:
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE,
+                    f"{upload.filename} is over the {limit_bytes / 1e6:g} MB upload limit (RAG_UPLOAD_MAX_MB)",
+                )
+            target.write(chunk)
+    return size
+
+
+def _validate_upload(name: str, staged: Path) -> None:
+    suffix = suffix_of(Path(name))
+    content = staged.read_bytes()  # at most the upload limit
     if not content.strip():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file is empty")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the file is empty")
     if suffix in MAGIC and not content.startswith(MAGIC[suffix]):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the content is not a valid {suffix} file")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: the content is not a valid {suffix} file")
     if suffix not in MAGIC:
         try:
             decode_text(content)
         except Exception as error:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from error
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {error}") from error
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
-async def upload_document(
-    file: UploadFile, who: Caller = Depends(caller), state: ServingState = Depends(get_state)
-) -> dict:
-    """Store a file in the watched folder (the tenant's folder); the sensor indexes it. Same name = new version."""
-    name = SAFE_NAME.sub("_", Path(file.filename or "").name).strip(" .")
-    if not name:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the upload needs a file name")
-    content = await file.read(int(state.settings.upload_max_mb * 1e6) + 1)
-    _validate_upload(name, content, state.settings.upload_max_mb)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400, 413, 415, 422))
+async def upload_documents(
+    file: list[UploadFile], who: Caller = Depends(caller), state: ServingState = Depends(get_state)
+) -> UploadResponse:
+    """Store every `file` part of the request in the watched folder (the tenant's folder); the sensor indexes
+    them. Same name = new version. One refused file refuses the request: then nothing is stored."""
+    names = [stored_name(upload.filename or "") for upload in file]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"more than one file of this request is named {repeated[0]}"
+        )
     folder, prefix = _tenant_folder(state, who.tenant)
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.uploading"
-    temporary.write_bytes(content)
-    temporary.replace(folder / name)  # atomic: the sensor never sees half a file
-    doc_id = source_key(prefix + name)
-    return {"doc_id": doc_id, "source": prefix + name, "status": "pending", "bytes": len(content)}
+    limit_bytes = int(state.settings.upload_max_mb * 1e6)
+    temporaries: list[Path] = []
+    sizes: list[int] = []
+    try:
+        for upload, name in zip(file, names, strict=True):
+            temporaries.append(folder / f".{name}.{uuid.uuid4().hex[:8]}.uploading")  # the sensor skips dot files
+            sizes.append(await _stage(upload, temporaries[-1], limit_bytes))
+            _validate_upload(name, temporaries[-1])
+    except BaseException:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, name in zip(temporaries, names, strict=True):
+        temporary.replace(folder / name)  # atomic: the sensor never sees half a file
+    return UploadResponse(
+        documents=[
+            UploadedDocument(
+                doc_id=source_key(prefix + name),
+                source=prefix + name,
+                filename=upload.filename or "",
+                status="pending",
+                bytes=size,
+            )
+            for upload, name, size in zip(file, names, sizes, strict=True)
+        ]
+    )
 
 
 def _locate(doc_id: str, who: Caller, state: ServingState) -> tuple[Path | None, DocumentStatus | None]:
@@ -109,8 +186,8 @@ def _is_newer(path: Path, indexed_at) -> bool:
     return indexed_at is not None and path.stat().st_mtime > indexed_at.timestamp()
 
 
-@router.get("/{doc_id}", response_model=DocumentStatus)
-def document_status(doc_id: str, who: Caller = Depends(caller), state: ServingState = Depends(get_state)):
+@router.get("/{doc_id}", response_model=DocumentStatus, responses=error_responses(404, 422))
+def document_status(doc_id: DocId, who: Caller = Depends(caller), state: ServingState = Depends(get_state)):
     """pending (uploaded, not yet indexed) / indexed / quarantined (with the reason) / stale."""
     _path, found = _locate(doc_id, who, state)
     if found is None:
@@ -118,8 +195,10 @@ def document_status(doc_id: str, who: Caller = Depends(caller), state: ServingSt
     return found
 
 
-@router.delete("/{doc_id}", status_code=status.HTTP_202_ACCEPTED)
-def delete_document(doc_id: str, who: Caller = Depends(caller), state: ServingState = Depends(get_state)) -> dict:
+@router.delete("/{doc_id}", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409, 422))
+def delete_document(
+    doc_id: DocId, who: Caller = Depends(caller), state: ServingState = Depends(get_state)
+) -> DocumentDeletion:
     """Delete the file from the watched folder; the sensor then deletes its vectors."""
     path, found = _locate(doc_id, who, state)
     if found is None or path is None:
@@ -127,4 +206,4 @@ def delete_document(doc_id: str, who: Caller = Depends(caller), state: ServingSt
     if suffix_of(path) in (".jsonl", ".jsonl.gz"):
         raise HTTPException(status.HTTP_409_CONFLICT, f"{found.source} is a corpus file; remove records by editing it")
     path.unlink(missing_ok=True)
-    return {"doc_id": doc_id, "status": "deleting"}
+    return DocumentDeletion(doc_id=doc_id, status="deleting")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, HTTPException, status
@@ -10,27 +11,41 @@ from fastapi.responses import StreamingResponse
 
 from rag_core.generation import Answer, generate, stream
 from rag_core.retrieval import InvalidFilter, RetrievedChunk
-from rag_serving.deps import Caller, caller, get_state, index_snapshot
-from rag_serving.schemas import ChunkOut, Citation, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse
+from rag_serving.deps import Caller, KeyFirstRoute, caller, get_state, index_snapshot
+from rag_serving.schemas import (
+    ChunkOut,
+    Citation,
+    QueryRequest,
+    QueryResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+    ScreenedSource,
+    error_responses,
+)
 from rag_serving.service import Timings, llm_config, retrieve
 from rag_serving.state import IndexSnapshot, ServingState
 
-router = APIRouter(prefix="/v1", tags=["query"])
-
-
-def _validate(request: RetrieveRequest, state: ServingState) -> None:
-    settings = state.settings
-    if len(request.query) > settings.max_query_chars:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"query is {len(request.query)} characters; the limit is {settings.max_query_chars}",
-        )
-    if request.top_k > settings.max_top_k:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"top_k must be between 1 and {settings.max_top_k}")
+log = logging.getLogger("rag_serving")
+# The request models' limits (RAG_MAX_QUERY_CHARS, RAG_MAX_TOP_K) are set per app: schemas.bounded_requests.
+router = APIRouter(
+    prefix="/v1", tags=["query"], route_class=KeyFirstRoute, responses=error_responses(401, 413, 422, 429, 503)
+)
+EVENT_STREAM = {
+    "description": "The answer (`QueryResponse`), or with `stream: true` server-sent events: `sources`, "
+    "`delta`…, then `done` — or `error` if the answer failed part-way.",
+    "content": {
+        "text/event-stream": {
+            "schema": {  # one event; its `data` is JSON: the sources, {"text"}, the answer, or {"detail"}
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {"event": {"enum": ["sources", "delta", "done", "error"]}, "data": {"type": "string"}},
+            }
+        }
+    },
+}
 
 
 def _retrieve(request: RetrieveRequest, who: Caller, state: ServingState, snapshot: IndexSnapshot, timings: Timings):
-    _validate(request, state)
     try:
         return retrieve(state, request, who.tenant, snapshot, timings)
     except InvalidFilter as error:
@@ -64,6 +79,22 @@ def _citations(answer: Answer, chunks: list[RetrievedChunk]) -> list[Citation]:
         )
         for n in answer.citations
     ]
+
+
+def _screened(answer: Answer) -> list[ScreenedSource]:
+    return [
+        ScreenedSource(number=s.number, chunk_id=s.chunk_id, action=s.action, rules=list(s.rules))
+        for s in answer.screened
+    ]
+
+
+def _count(state: ServingState, answer: Answer) -> None:
+    if answer.degraded:
+        state.metrics.degraded.inc()
+    for screened in answer.screened:
+        state.metrics.screened.labels("source", screened.action).inc()
+    if answer.question_flags:
+        state.metrics.screened.labels("question", "flagged").inc()
 
 
 def _log(state: ServingState, who: Caller, request: RetrieveRequest, chunks, timings, snapshot, **extra) -> str:
@@ -101,7 +132,7 @@ def retrieve_chunks(
     )
 
 
-@router.post("/query", response_model=QueryResponse)
+@router.post("/query", response_model=QueryResponse, responses={200: EVENT_STREAM})
 def answer_query(
     request: QueryRequest,
     who: Caller = Depends(caller),
@@ -115,14 +146,13 @@ def answer_query(
     config = llm_config(state)
     if request.stream:
         return StreamingResponse(
-            _event_stream(request, who, state, snapshot, chunks, timings, cached),
+            _ending_with_error(_event_stream(request, who, state, snapshot, chunks, timings, cached)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     with timings.stage("generate", state):
         answer = generate(request.query, chunks, config)
-    if answer.degraded:
-        state.metrics.degraded.inc()
+    _count(state, answer)
     query_id = _log(
         state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
     )
@@ -136,11 +166,23 @@ def answer_query(
         reason=answer.reason,
         index_version=snapshot.index_version,
         timings_ms=dict(timings),
+        screened=_screened(answer),
+        question_flags=list(answer.question_flags),
     )
 
 
 def _sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _ending_with_error(events: Iterator[str]) -> Iterator[str]:
+    """The status line (200) is sent with the first event: a failure after it cannot change the status, so
+    the stream ends with an `error` event instead of stopping without a `done`."""
+    try:
+        yield from events
+    except Exception as error:
+        log.exception("a streamed answer failed part-way")
+        yield _sse("error", {"detail": f"the answer failed part-way ({type(error).__name__}); ask again"})
 
 
 def _event_stream(request, who, state, snapshot, chunks, timings, cached) -> Iterator[str]:
@@ -152,8 +194,7 @@ def _event_stream(request, who, state, snapshot, chunks, timings, cached) -> Ite
                 yield _sse("delta", {"text": delta})
             if final is not None:
                 answer = final
-    if answer.degraded:
-        state.metrics.degraded.inc()
+    _count(state, answer)
     query_id = _log(
         state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
     )
@@ -168,5 +209,7 @@ def _event_stream(request, who, state, snapshot, chunks, timings, cached) -> Ite
             "model": answer.model,
             "index_version": snapshot.index_version,
             "timings_ms": dict(timings),
+            "screened": [s.model_dump() for s in _screened(answer)],
+            "question_flags": list(answer.question_flags),
         },
     )

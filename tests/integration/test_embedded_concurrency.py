@@ -64,7 +64,8 @@ def test_the_api_serves_while_rag_index_writes_the_same_lite_file(tmp_path):
             return any(chunk["source"] == "otters.md" for chunk in response.json()["chunks"])
 
         assert wait_for("the new document is served without a restart", otters_served, timeout_s=30, every_s=0.2)
-        assert httpx.get(f"{url}/ready", timeout=10).json()["search_engine"] == "memory"
+        ready = httpx.get(f"{url}/ready", headers={"X-API-Key": key}, timeout=10)  # details need a key
+        assert ready.json()["search_engine"] == "memory"
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -4,6 +4,7 @@ the database (and never lost on close), and a rate-limit hit is one Redis round 
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import RateLimiter
 from tests.served import redis_available
+from tests.unit.test_rate_limit_window import most_in_any_minute
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -342,6 +344,21 @@ def test_a_rate_limit_hit_is_one_redis_round_trip():
         assert [d.remaining for d in decisions] == [2, 1, 0, 0, 0] and decisions[-1].retry_after_s == 60
     finally:
         relay.close()
+
+
+def test_in_redis_at_most_n_pass_in_any_60_second_span_across_replicas():
+    redis_available(REDIS_URL)
+    clock = Clock()
+    clock.now = 60.0 * 30_000_000 + 50  # ten seconds before a clock minute starts
+    replicas = [RateLimiter(per_minute=10, redis_url=REDIS_URL, clock=clock) for _ in range(2)]
+    subject = f"test:{uuid.uuid4().hex}"
+    rng = random.Random(3)
+    allowed = []
+    for n in range(600):  # two replicas share the window through Redis
+        clock.now += rng.choice([0.0, 0.05, 0.5, 2.0])
+        if replicas[n % 2].hit(subject).allowed:
+            allowed.append(clock.now)
+    assert most_in_any_minute(allowed) == 10 and len(allowed) >= 10 * 5
 
 
 def test_a_redis_that_does_not_answer_lets_requests_through_without_waiting_on_each():

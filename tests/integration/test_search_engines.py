@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag_core.indexing import sync_partitions
 from rag_core.retrieval import FusionConfig, Retriever
 from rag_core.search.analyzer import term_counts, term_matrix
 from rag_core.search.engines import IndexConnection, MemoryEngine, MilvusEngine
@@ -239,6 +240,47 @@ def test_writes_are_searchable_within_the_freshness_bound_while_another_thread_q
     assert added[0]["chunk_id"] in {
         hit.chunk_id for hit in index.memory.served().searcher.search_dense(vectors[300], 5, SearchFilter("default"))
     }
+
+
+def test_a_reindexed_document_is_served_whole_old_or_whole_new_never_a_part(tmp_path):
+    """The indexer writes a changed document's new chunks before it deletes the old ones, and the search log
+    carries both as one change: a filtered reader counts 7 chunks (old) or 9 (new), never a part."""
+    index = Index(tmp_path)
+    records = scifact(16)
+    vectors = unit_vectors(len(records), seed=11)
+
+    def version(records_slice: list[dict], vectors_slice: np.ndarray, tag: str) -> list[dict]:
+        rows = rows_for(records_slice, vectors_slice, lambda _: "default")
+        for position, row in enumerate(rows):
+            row.update(chunk_id=f"doc-{tag}#{position}", doc_id="doc", source_key="doc-source", position=position)
+        return rows
+
+    old, new = version(records[:7], vectors[:7], "old"), version(records[7:], vectors[7:], "new")
+    index.write(old)
+    index.memory.served()
+    counts: list[int] = []
+    stop = threading.Event()
+    only_doc = SearchFilter.parse({"doc_id": "doc"}, "default")
+
+    def reader() -> None:
+        while not stop.is_set():
+            hits = index.memory.served().searcher.search_dense(vectors[0], 50, only_doc)
+            counts.append(len(hits))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with index.connection.store() as store:
+            name = store.alias_target()
+            for rows in (new, old, new):  # reindex three times while the reader queries
+                stats = sync_partitions(store, name, {"doc-source": rows})
+                assert stats.inserted == len(rows) and stats.deleted == 16 - len(rows)
+                wanted = len(rows)
+                wait_for(f"the reader sees {wanted} chunks", lambda wanted=wanted: counts[-1] == wanted, 10, 0.01)
+    finally:
+        stop.set()
+        thread.join()
+    assert set(counts) == {7, 9}, sorted(set(counts))
 
 
 def test_an_alias_swap_under_load_serves_one_build_or_the_other_never_a_mix(tmp_path):

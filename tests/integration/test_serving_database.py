@@ -51,6 +51,17 @@ def test_serving_database_on_postgres(postgres_database):
     _exercise(ServingDatabase(postgres_database))
 
 
+@pytest.mark.postgres
+def test_a_nul_in_a_question_or_comment_is_stored_on_postgres_not_retried_forever(postgres_database):
+    database = ServingDatabase(postgres_database)
+    query_id = _log(database, "acme", "embedding\x00cache")
+    database.add_feedback(query_id, 2, False, "bad\x00answer")
+    database.flush()
+    worst = database.analytics("acme")["worst_queries"]
+    assert worst[0]["question"] == "embedding\ufffdcache"
+    assert database.query_exists(query_id, "acme")
+
+
 def test_create_key_command_prints_a_working_key(tmp_path):
     url = f"sqlite:///{tmp_path / 'serving.sqlite'}"
     result = subprocess.run(

@@ -67,3 +67,31 @@ def test_window_always_advances():
         (5, 9),
         (6, 10),
     ]
+
+
+def test_a_run_without_spaces_is_split_to_fit_the_milvus_text_field(tokenizer):
+    from rag_core.chunking import PASSAGE_MAX_CHARS, TEXT_MAX_BYTES
+
+    run = "é" * 70_000  # one token to the tokenizer; 140 KB in UTF-8
+    document = _document(f"Before the run. {run} After the run.")
+    chunks = chunk_documents([document], tokenizer, ChunkingConfig())
+    assert len(chunks) >= 70_000 // PASSAGE_MAX_CHARS
+    for chunk in chunks:
+        assert len(chunk.search_text.encode()) <= TEXT_MAX_BYTES and len(chunk.text) <= PASSAGE_MAX_CHARS
+        assert document.text[chunk.start_char : chunk.end_char] == chunk.text
+    assert "".join(chunk.text for chunk in chunks).count("é") >= 70_000
+    assert len({chunk.chunk_id for chunk in chunks}) == len(chunks)
+
+
+def test_chunk_ids_are_scoped_by_tenant_and_source(tokenizer):
+    """The uploader picks `_id`: the same id and text in another tenant or file must be another row."""
+    from rag_core.documents import Document
+
+    def chunk_of(tenant: str, source: str) -> str:
+        document = Document("same-id", "key", tenant, source, "Title", "the same text", "jsonl", 0.0, "h")
+        return chunk_documents([document], tokenizer, ChunkingConfig())[0].chunk_id
+
+    ids = {chunk_of("default", "a.jsonl"), chunk_of("acme", "tenant=acme/a.jsonl"), chunk_of("default", "b.jsonl")}
+    assert len(ids) == 3
+    assert chunk_of("default", "a.jsonl") == chunk_of("default", "a.jsonl")  # still deterministic
+    assert all(len(chunk_id.encode()) <= 256 for chunk_id in ids)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from rag_core.documents import (
+    ParseLimits,
     decode_text,
     discover_sources,
     jsonl_shard_count,
@@ -122,7 +123,7 @@ def test_unreadable_and_oversized_files_are_quarantined(tmp_path):
     (tmp_path / "huge.txt").write_text("x" * 3_000_000)
     units = {unit.relative_path: unit for unit in discover_sources(tmp_path, "default", 10)}
     assert "cannot read" in parse_source(units["dangling.md"]).quarantined[0].reason
-    assert "RAG_MAX_FILE_MB" in parse_source(units["huge.txt"], max_file_mb=1).quarantined[0].reason
+    assert "RAG_MAX_FILE_MB" in parse_source(units["huge.txt"], ParseLimits(max_file_mb=1)).quarantined[0].reason
 
 
 def test_bad_jsonl_records_are_quarantined_and_the_rest_kept(tmp_path):
@@ -156,3 +157,94 @@ def test_missing_folder_names_the_fix(tmp_path):
 
 def test_docx_fixture_is_a_real_zip():
     assert zipfile.is_zipfile(FIXTURES / "data-protection-policy.docx")
+
+
+def _gzip_bomb(path: Path, expanded_mb: int) -> int:
+    line = json.dumps({"_id": "x", "title": "t", "text": "a" * 1000}).encode() + b"\n"
+    with gzip.open(path, "wb") as handle:
+        for _ in range(expanded_mb * 1000):
+            handle.write(line)
+    return path.stat().st_size
+
+
+def test_a_gzip_bomb_is_quarantined_before_it_expands(tmp_path):
+    compressed = _gzip_bomb(tmp_path / "bomb.jsonl.gz", expanded_mb=30)
+    assert compressed < 200_000  # a few hundred KB on disk, 30 MB expanded
+    limits = ParseLimits(max_expanded_mb=25)
+    [unit] = discover_sources(tmp_path, "default", 10, limits)
+    [item] = parse_source(unit, limits).quarantined
+    assert "decompression bomb" in item.reason and "RAG_MAX_EXPANDED_MB" in item.reason
+    # the ratio limit catches it below the absolute cap, once past the free 20 MB
+    [item] = parse_source(unit, ParseLimits(max_compression_ratio=10)).quarantined
+    assert "RAG_MAX_COMPRESSION_RATIO" in item.reason
+
+
+def test_a_multi_member_gzip_within_the_limits_parses(tmp_path):
+    path = tmp_path / "two.jsonl.gz"
+    path.write_bytes(
+        gzip.compress(b'{"_id": "a", "text": "first"}\n') + gzip.compress(b'{"_id": "b", "text": "second"}\n')
+    )
+    [unit] = discover_sources(tmp_path, "default", 10)
+    assert [document.doc_id for document in parse_source(unit).documents] == ["a", "b"]
+
+
+def test_a_docx_that_expands_enormously_is_quarantined_before_parsing(tmp_path):
+    source = FIXTURES / "data-protection-policy.docx"
+    target = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for member in original.infolist():
+            data = original.read(member)
+            if member.filename == "word/document.xml":
+                paragraph = b"<w:p><w:r><w:t>" + b"spam " * 200 + b"</w:t></w:r></w:p>"
+                data = data.replace(b"<w:body>", b"<w:body>" + paragraph * 30_000, 1)
+            bomb.writestr(member, data)
+    assert target.stat().st_size < 1_000_000
+    [unit] = discover_sources(tmp_path, "default", 10)
+    [item] = parse_source(unit, ParseLimits(max_compression_ratio=50)).quarantined
+    assert "decompression bomb" in item.reason
+
+
+def test_a_document_over_the_character_limit_is_quarantined(tmp_path):
+    (tmp_path / "long.txt").write_text("word " * 5000)
+    (tmp_path / "records.jsonl").write_text(
+        json.dumps({"_id": "big", "text": "word " * 5000}) + "\n" + json.dumps({"_id": "small", "text": "ok"}) + "\n"
+    )
+    limits = ParseLimits(max_document_chars=10_000)
+    units = {unit.relative_path: unit for unit in discover_sources(tmp_path, "default", 10)}
+    assert "RAG_MAX_DOCUMENT_CHARS" in parse_source(units["long.txt"], limits).quarantined[0].reason
+    records = parse_source(units["records.jsonl"], limits)
+    assert [document.doc_id for document in records.documents] == ["small"]
+    assert "RAG_MAX_DOCUMENT_CHARS" in records.quarantined[0].reason
+
+
+def test_an_id_over_the_milvus_field_limit_is_quarantined_not_the_file(tmp_path):
+    (tmp_path / "ids.jsonl").write_text(
+        json.dumps({"_id": "x" * 600, "text": "too long an id"})
+        + "\n"
+        + json.dumps({"_id": "é" * 300, "text": "600 bytes in UTF-8"})
+        + "\n"
+        + json.dumps({"_id": "fine", "text": "kept"})
+        + "\n"
+    )
+    [unit] = discover_sources(tmp_path, "default", 10)
+    parsed = parse_source(unit)
+    assert [document.doc_id for document in parsed.documents] == ["fine"]
+    assert len(parsed.quarantined) == 2 and all("limit is 512" in item.reason for item in parsed.quarantined)
+
+
+def test_symlinks_out_of_the_folder_are_quarantined_and_never_read(tmp_path):
+    documents, outside = tmp_path / "documents", tmp_path / "outside"
+    documents.mkdir()
+    outside.mkdir()
+    (outside / "secret.md").write_text("the root password is hunter2")
+    (documents / "inside.md").write_text("# Inside\n\nan ordinary file")
+    (documents / "passwd.txt").symlink_to("/etc/passwd")
+    (documents / "secret.md").symlink_to(outside / "secret.md")
+    (documents / "alias.md").symlink_to(documents / "inside.md")  # a link that stays inside is fine
+    (documents / "linked-folder").symlink_to(outside, target_is_directory=True)
+    units = {unit.relative_path: unit for unit in discover_sources(documents, "default", 10)}
+    assert set(units) == {"inside.md", "passwd.txt", "secret.md", "alias.md"}  # linked folders are not walked
+    for name in ("passwd.txt", "secret.md"):
+        parsed = parse_source(units[name])
+        assert parsed.documents == [] and "outside the documents folder" in parsed.quarantined[0].reason
+    assert parse_source(units["alias.md"]).documents[0].text.endswith("an ordinary file")
