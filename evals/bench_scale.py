@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def build(work: Path, size: int, milvus_rows: int, sentences: list[str], backend
         milvus_seconds = time.perf_counter() - started
     else:
         collection = f"{ALIAS}__synthetic_{size}"
-        properties = {**build_record.properties(), "rag.index_version": "synthetic"}
+        properties = replace(build_record.record(), index_version="synthetic").to_properties()
         log.created(collection, properties)
         tables = []
         for start in range(0, size, batch):

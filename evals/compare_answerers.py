@@ -1,4 +1,4 @@
-"""Which offline answerer should be the first-run default? Both run through `litellm.completion`.
+"""Which offline answerer should be the first-run default? Both run here (rag_core.answerers).
 
 For SciFact *train* claims (never test), the sources are the claim's cited abstract plus two other
 abstracts, shuffled. Per answerer: how often it cites the cited abstract, how grounded the answer is
@@ -27,8 +27,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["extractive/best-sentences", "local-gguf/gemma-3-270m"])
     args = parser.parse_args()
 
-    from rag_core.generation import CITATION, LLMConfig, generate
+    from rag_core.generation import LLMConfig, generate
+    from rag_core.prompt import CITATION
     from rag_core.retrieval import RetrievedChunk
+    from rag_core.settings import settings_or_exit
+
+    settings = settings_or_exit()  # the data dir a local model is converted into
 
     with gzip.open(DATA / "corpus.jsonl.gz") as handle:
         corpus = {record["_id"]: record for record in map(json.loads, handle)}
@@ -53,7 +57,7 @@ def main() -> None:
     print("| answerer | cites the cited abstract | grounded words | invalid citations | s / answer |")
     print("|---|---|---|---|---|")
     for model in args.models:
-        config = LLMConfig(model=model, timeout_s=600)
+        config = LLMConfig(model=model, timeout_s=600, data_dir=settings.data_dir.resolve())
         generate(cases[0][0], cases[0][1], config)  # load / convert outside the timing
         hits, grounded, invalid, seconds = 0, [], 0, []
         for question, sources, gold in cases:

@@ -1,4 +1,5 @@
-"""Retrieval quality of a built index on a BEIR-layout dataset, per mode (bm25, dense, hybrid).
+"""Retrieval quality of a built index on a BEIR-layout dataset, per mode (bm25, dense, hybrid), through the
+query engine the API serves with (its fusion, from the same settings).
 
 Run: .venv/bin/python evals/eval_retrieval.py --data-dir /tmp/scifact-index [--split test]
 Prints nDCG@10, recall@10/100, MRR@10 and MAP@100 per mode (ranx), documents scored by their best chunk.
@@ -33,7 +34,8 @@ def main() -> None:
     from rag_core.evaluation import EvalDataset, document_run, ir_metrics
     from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
     from rag_core.promotion import spec_of
-    from rag_core.retrieval import FusionConfig, Retriever, SearchFilter
+    from rag_core.query import Query, QueryEngine
+    from rag_core.retrieval import SearchFilter
     from rag_core.search.engines import IndexConnection, MilvusEngine
     from rag_core.settings import Settings
 
@@ -49,7 +51,7 @@ def main() -> None:
     vectors = dict(zip(dataset.queries, embedder.encode(list(dataset.queries.values())), strict=True))
     by_text = {text: vectors[query_id] for query_id, text in dataset.queries.items()}
     search_filter = SearchFilter(settings.default_tenant)
-    fusion = FusionConfig.from_settings(settings)  # what the API serves
+    fusion = settings.fusion()  # what the API serves
     print(f"{collection} ({embedder.version})")
     print(f"{dataset.name}: {len(dataset.queries)} queries, fusion {fusion}\n")
     print("| engine | mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
@@ -60,13 +62,12 @@ def main() -> None:
                 searcher = connection.memory_engine().searcher(collection)
             else:
                 searcher = MilvusEngine(stack.enter_context(connection.store())).searcher(collection)
-            retriever = Retriever(searcher, fusion)
+            engine = QueryEngine(searcher, by_text.__getitem__, fusion)
             for mode in args.modes:
                 run = document_run(
                     dataset,
-                    lambda text, mode=mode, retriever=retriever: [
-                        (chunk.doc_id, chunk.score)
-                        for chunk in retriever.retrieve(text, by_text[text], 100, mode, search_filter)
+                    lambda text, mode=mode, engine=engine: [
+                        (chunk.doc_id, chunk.score) for chunk in engine.retrieve(Query(text, 100, mode, search_filter))
                     ],
                 )
                 means, _ = ir_metrics(dataset.qrels, run)

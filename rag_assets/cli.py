@@ -49,6 +49,7 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
     every partition (unchanged ones cost a parse and cache lookups, nothing is re-embedded)."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+    from rag_assets.assets.indexing import build_tags
     from rag_assets.definitions import build_definitions
     from rag_assets.partitions import documents_partitions
     from rag_assets.resources import build_resources
@@ -56,7 +57,8 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
     started = time.perf_counter()
     instance = instance or _instance(settings)
     definitions = build_definitions(settings)
-    keys = [unit.partition_key for unit in build_resources(settings)["sources"].discover()]
+    resources = build_resources(settings)
+    keys = [unit.partition_key for unit in resources["sources"].discover()]
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     gone = sorted(set(existing) - set(keys))
     if gone:
@@ -71,10 +73,11 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
     ordered = instance.get_dynamic_partitions(documents_partitions.name)
     if not ordered:
         raise SystemExit(f"no supported files in {settings.documents_dir} — add .md/.txt/.html/.pdf/.docx/.jsonl files")
+    range_tags = {ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]}
     result = definitions.resolve_job_def("index_documents_job").execute_in_process(
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        tags={ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]},
+        tags={**range_tags, **build_tags(resources["embedder"].decide_build())},  # the build, decided once
     )
     metadata = _materializations(result)
     # The in-memory engine's snapshot of what was just written: every API worker loads it in seconds.
@@ -99,7 +102,7 @@ def status(settings: Settings) -> dict[str, object]:
     with resources["milvus"].store() as store:
         served = store.alias_target()
         rows = store.count(served) if served else 0
-        properties = store.collection_properties(served) if served else {}
+        record = store.record(served) if served else None
     return {
         "documents_dir": str(settings.documents_dir.resolve()),
         "partitions": dict(Counter(entry.status for entry in entries.values())),
@@ -107,7 +110,7 @@ def status(settings: Settings) -> dict[str, object]:
         "alias": settings.collection_alias,
         "served_collection": served,
         "rows": rows,
-        "embedding_version": properties.get("rag.embedding_version"),
+        "embedding_version": record.embedding_version if record else None,
     }
 
 

@@ -62,7 +62,6 @@ class IndexMetricsCollector:
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from rag_core.promotion import EVAL_NDCG
         from rag_core.store import MilvusStore, milvus_client
 
         failed = CounterMetricFamily("rag_dagster_failed_runs", "Dagster runs that ended in failure")
@@ -83,9 +82,9 @@ class IndexMetricsCollector:
                 served = store.alias_target()
                 if served:
                     rows.add_metric([served], store.count(served))
-                    recorded = store.collection_properties(served).get(EVAL_NDCG)
-                    if recorded:
-                        ndcg.add_metric([], float(recorded))
+                    recorded = store.record(served).eval_ndcg_at_10
+                    if recorded is not None:
+                        ndcg.add_metric([], recorded)
             up.add_metric([], 1.0 if served else 0.0)
         except Exception as error:  # noqa: BLE001 - a scrape reports Milvus being down, it does not fail
             log.warning("index metrics: Milvus is not answering (%s)", error)

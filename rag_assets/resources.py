@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field
 
 from rag_core.catalog import Catalog
 from rag_core.chunking import ChunkingConfig
@@ -96,10 +96,11 @@ class TrackingResource(ConfigurableResource):
 
 
 class EmbedderResource(ConfigurableResource):
-    """The embedding model, backend and chunking a build uses. Empty `model` / `backend` /
+    """The embedding model, backend and chunking new builds use. Empty `model` / `backend` /
     `follow_served_chunking` mean "what the served collection was built with", so after a fine-tuned model
     (or an onnx-int8 build) is promoted, incremental indexing keeps writing the served build with it; an
-    explicit model, backend or chunking is a candidate build."""
+    explicit model, backend or chunking is a candidate build. `decide_build` turns this into the one
+    BuildSpec an indexing run carries."""
 
     milvus: MilvusResource
     model: str = ""
@@ -113,47 +114,43 @@ class EmbedderResource(ConfigurableResource):
     models_dir: str
     tracking: TrackingResource
 
-    _spec: BuildSpec | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._spec = None  # each run resolves the served build afresh
-
     def resolver(self) -> ModelResolver:
         return ModelResolver(Path(self.models_dir), self.tracking.tracker())
 
     def load(self, reference: str, backend: str = "") -> Embedder:
-        """Any model by reference (a candidate, the one a collection was built with), on this device, with
-        `backend` — pass the collection's (`spec_of(...).backend`); empty: RAG_EMBEDDING_BACKEND if set, else
-        the one this run resolved in `spec`, else torch. Never opens Milvus."""
-        backend = backend or self.backend or (self._spec.backend if self._spec else "torch")
+        """Any model by reference (a candidate, the one a build records), on this device, with `backend` —
+        pass the build's (`BuildSpec.backend`); empty: RAG_EMBEDDING_BACKEND if set, else torch."""
+        backend = backend or self.backend or "torch"
         return load_embedder(reference, self.resolver(), self.device, self.batch_size, backend)
 
-    def spec(self) -> BuildSpec:
-        if self._spec is None:
-            served = None
-            if not self.model or not self.backend or self.follow_served_chunking:
-                with self.milvus.store() as store:
-                    served = served_spec(store, BUNDLED_MODEL)
-            model = self.model or (served.model if served else BUNDLED_MODEL)
-            backend = self.backend or (served.backend if served else "torch")
+    def decide_build(self) -> BuildSpec:
+        """The build a new indexing run writes, decided where the run is requested (the sensor, `rag index`)
+        and carried with the run, so no step resolves it again. The embedding version is the one the model
+        loads as now (only its weights are hashed: nothing is loaded into memory); the collection is the one
+        that version and chunking make — the served one unless a model, backend or chunking is pinned."""
+        with self.milvus.store() as store:
+            served = served_spec(store, BUNDLED_MODEL)
+            embedder = self.load(
+                self.model or (served.model if served else BUNDLED_MODEL),
+                self.backend or (served.backend if served else "torch"),
+            )
             if self.follow_served_chunking and served:
                 sizes = (served.chunk_max_tokens, served.chunk_overlap_tokens)
             else:
                 sizes = (self.chunk_max_tokens, self.chunk_overlap_tokens)
-            self._spec = BuildSpec(model, *sizes, backend)
-        return self._spec
-
-    def get(self) -> Embedder:
-        spec = self.spec()
-        return self.load(spec.model, spec.backend)
+            collection = store.collection_named(embedder.version, ChunkingConfig(*sizes).describe())
+        return BuildSpec(
+            model=embedder.reference,
+            chunk_max_tokens=sizes[0],
+            chunk_overlap_tokens=sizes[1],
+            backend=embedder.backend,
+            embedding_version=embedder.version,
+            collection=collection,
+            served=served.collection if served else "",
+        )
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(Path(self.cache_path))
-
-    def chunking(self) -> ChunkingConfig:
-        """Chunks (with their title) fit the model's sequence length less its two special tokens."""
-        spec = self.spec()
-        return ChunkingConfig(spec.chunk_max_tokens, spec.chunk_overlap_tokens, self.get().max_seq_length - 2)
 
 
 class CatalogResource(ConfigurableResource):
@@ -174,21 +171,24 @@ class EvaluationResource(ConfigurableResource):
     gate_margin: float = 0.01
     max_queries: int = 0
     tenant: str = "default"
-    fusion_method: str = "convex"
-    rrf_k: int = 60
-    dense_weight: float = 0.55
-    bm25_weight: float = 0.45
-    fusion_candidates: int = 100
+    # The served query config: no defaults here, build_resources copies them from the settings, and
+    # `fusion()` / `llm()` build the config objects as the API does (FusionConfig and LLMConfig hold the defaults).
+    fusion_method: str
+    rrf_k: int
+    dense_weight: float
+    bm25_weight: float
+    fusion_candidates: int
+    llm_model: str
+    llm_api_base: str
+    llm_api_key: str = Field("", description="An EnvVar (RAG_LLM_API_KEY): read at run time, never shown.")
+    llm_timeout_s: float
+    llm_max_tokens: int
+    injection_screen: str
+    data_dir: str
     rag_queries: int = 20
-    llm_model: str = "extractive/best-sentences"
-    llm_api_base: str = ""
-    llm_api_key: str = ""
-    llm_timeout_s: float = 30.0
-    llm_max_tokens: int = 400
-    injection_screen: str = "drop"
     judge_model: str = ""
     judge_api_base: str = ""
-    judge_api_key: str = ""
+    judge_api_key: str = Field("", description="An EnvVar (RAG_JUDGE_API_KEY): read at run time, never shown.")
     reports_dir: str
     serving_db_url: str
 
@@ -199,14 +199,13 @@ class EvaluationResource(ConfigurableResource):
         return FusionConfig.from_settings(self)
 
     def llm(self) -> LLMConfig:
-        return LLMConfig(
-            self.llm_model,
-            self.llm_api_base,
-            self.llm_api_key,
-            self.llm_timeout_s,
-            self.llm_max_tokens,
-            injection_screen=self.injection_screen,
-        )
+        return LLMConfig.from_settings(self)
+
+
+def _secret(value: str, variable: str) -> str:
+    """A secret as the environment variable it came from, read at run time: Dagster shows the variable's name
+    in the resource config, never its value. Unset, there is nothing to hide."""
+    return EnvVar(variable) if value else ""
 
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
@@ -266,13 +265,14 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             rag_queries=settings.rag_eval_queries,
             llm_model=settings.llm_model,
             llm_api_base=settings.llm_api_base,
-            llm_api_key=settings.llm_api_key,
+            llm_api_key=_secret(settings.llm_api_key, "RAG_LLM_API_KEY"),
             llm_timeout_s=settings.llm_timeout_s,
             llm_max_tokens=settings.llm_max_tokens,
             injection_screen=settings.injection_screen,
+            data_dir=str(settings.data_dir.resolve()),
             judge_model=settings.judge_model,
             judge_api_base=settings.judge_api_base,
-            judge_api_key=settings.judge_api_key,
+            judge_api_key=_secret(settings.judge_api_key, "RAG_JUDGE_API_KEY"),
             reports_dir=str(settings.data_dir.resolve() / "reports"),
             serving_db_url=settings.resolved_serving_db_url,
         ),

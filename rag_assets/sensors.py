@@ -1,10 +1,12 @@
 """The documents sensor: the watched folder drives the partitions and the runs.
 
 New or changed file → its partition is added and a run is requested with a run key of partition (doc
-id) + content hash + catalog generation: an unchanged file never re-runs, an in-flight change is never
-requested twice, and a file reverted to an earlier content still re-runs. More changes than the batch
-threshold in one tick → one batched run over the partition range instead of a run each. Deleted file →
-its partition is dropped and a run deletes its vectors.
+id) + content hash + catalog generation + build: an unchanged file never re-runs, an in-flight change is
+never requested twice, a file reverted to an earlier content still re-runs, and a run refused because the
+served build changed after it was requested is requested again for the new build. The build (model,
+chunking, target collection) is decided here, once per tick, and travels with each run as a tag.
+More changes than the batch threshold in one tick → one batched run over the partition range instead of a
+run each. Deleted file → its partition is dropped and a run deletes its vectors.
 """
 
 from dagster import (
@@ -21,10 +23,10 @@ from dagster import (
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG
+from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG, build_tags
 from rag_assets.maintenance import remove_documents_job
 from rag_assets.partitions import documents_partitions
-from rag_assets.resources import CatalogResource, SourcesResource
+from rag_assets.resources import CatalogResource, EmbedderResource, SourcesResource
 from rag_assets.schedules import evaluation_job
 from rag_core.ids import content_hash
 
@@ -43,7 +45,7 @@ index_documents_job = define_asset_job(
     default_status=DefaultSensorStatus.RUNNING,
 )
 def documents_sensor(
-    context: SensorEvaluationContext, sources: SourcesResource, catalog: CatalogResource
+    context: SensorEvaluationContext, sources: SourcesResource, catalog: CatalogResource, embedder: EmbedderResource
 ) -> SensorResult | SkipReason:
     units = {unit.partition_key: unit for unit in sources.discover()}
     partitions = set(context.instance.get_dynamic_partitions(documents_partitions.name))
@@ -55,6 +57,12 @@ def documents_sensor(
         for key, unit in sorted(units.items())
         if key not in entries or entries[key].content_hash != unit.content_hash
     }
+    tags: dict[str, str] = {}
+    if changed:
+        spec = embedder.decide_build()
+        tags = build_tags(spec)
+        build = content_hash(spec.to_json(), 12)
+        changed = {key: f"{run_key}:{build}" for key, run_key in changed.items()}
     if len(changed) > sources.batch_threshold:
         # Many changes at once (a bulk drop): one batched run over the partition range that spans them,
         # instead of a run each; unchanged partitions inside the range cost a parse and cache lookups.
@@ -68,12 +76,13 @@ def documents_sensor(
                 tags={
                     ASSET_PARTITION_RANGE_START_TAG: order[positions[0]],
                     ASSET_PARTITION_RANGE_END_TAG: order[positions[-1]],
+                    **tags,
                 },
             )
         ]
     else:
         run_requests = [
-            RunRequest(job_name=index_documents_job.name, partition_key=key, run_key=run_key)
+            RunRequest(job_name=index_documents_job.name, partition_key=key, run_key=run_key, tags=tags)
             for key, run_key in changed.items()
         ]
 

@@ -210,8 +210,10 @@ def evaluate_collection(
     max_queries: int = 0,
     depth: int = 100,
 ) -> RetrievalEvaluation:
-    """The dataset's queries against one collection of the live index, in each mode."""
-    from rag_core.retrieval import Retriever, SearchFilter
+    """The dataset's queries against one collection of the live index, in each mode, through the query
+    engine the API serves with."""
+    from rag_core.query import Query, QueryEngine
+    from rag_core.retrieval import SearchFilter
 
     judged = restrict_to_documents(dataset, searcher.doc_ids())
     if max_queries and len(judged.queries) > max_queries:
@@ -227,11 +229,11 @@ def evaluate_collection(
             f"none of the {len(dataset.queries)} queries of {dataset.name} has a relevant document in {collection} — "
             "point RAG_EVAL_DATASET_DIR at a labelled set for the documents you index"
         )
-    retriever = Retriever(searcher, fusion)
+    engine = QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), fusion)
     search_filter = SearchFilter(tenant)
 
     def search(text: str, vector: list[float] | None, mode: str) -> list[tuple[str, float]]:
-        chunks = retriever.retrieve(text, vector, depth, mode, search_filter)  # type: ignore[arg-type]
+        chunks = engine.retrieve(Query(text, depth, mode, search_filter), vector)  # type: ignore[arg-type]
         return [(chunk.doc_id, chunk.score) for chunk in chunks]
 
     return evaluate_retrieval(

@@ -1,18 +1,21 @@
-"""The indexing steps the Dagster assets are made of: parse, chunk, turn chunks into Milvus rows, and
-synchronise one source partition's rows with the collection (insert what is new, then delete what is gone —
-an unchanged chunk has the same id and is left alone, so re-running changes nothing)."""
+"""The one indexing pipeline: parse → chunk → embed → rows → sync. The partitioned Dagster assets run it a
+step per asset; candidate builds, experiment grids and benchmarks run it in one pass (`build_from_sources`).
+
+Sync makes a collection hold exactly a partition's rows: insert what is new, then delete what is gone — an
+unchanged chunk has the same id and is left alone, so re-running changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rag_core.chunking import Chunk, ChunkingConfig, chunk_documents
-from rag_core.documents import ParsedSource, ParseLimits, Quarantined, SourceUnit, parse_source
-from rag_core.embedding import Embedder, EmbeddingCache, embed_with_cache
+from rag_core.documents import Document, ParsedSource, ParseLimits, Quarantined, SourceUnit, parse_source
+from rag_core.embedding import Embedder, EmbeddingCache, EmbeddingStats, embed_with_cache
 from rag_core.pii import redact
 from rag_core.store import IndexBuild, MilvusStore
 
@@ -35,7 +38,66 @@ def missing_source(key: str) -> ParsedSource:
     return ParsedSource(unit, [], [Quarantined(key, "the source file no longer exists")])
 
 
-def milvus_rows(chunks: Sequence[Chunk], vectors: np.ndarray, extra: dict[str, dict]) -> list[dict]:
+def chunk_sources(
+    sources: Iterable[ParsedSource], tokenizer: Any, chunking: ChunkingConfig
+) -> dict[str, list[Chunk]]:
+    """Chunks per source partition (a partition that parsed to nothing has none)."""
+    sources = list(sources)
+    by_partition: dict[str, list[Chunk]] = {source.unit.partition_key: [] for source in sources}
+    documents = [document for source in sources for document in source.documents]
+    for chunk in chunk_documents(documents, tokenizer, chunking):
+        by_partition[chunk.partition_key].append(chunk)
+    return by_partition
+
+
+@dataclass(frozen=True)
+class PartitionVectors:
+    """One partition's chunk vectors, with the embedding version that made them: a collection accepts
+    only vectors of the version it was built with."""
+
+    embedding_version: str
+    vectors: np.ndarray
+
+
+def embed_chunks(
+    embedder: Embedder, cache: EmbeddingCache, chunks: Mapping[str, Sequence[Chunk]], show_progress: bool = False
+) -> tuple[dict[str, PartitionVectors], EmbeddingStats]:
+    """Vectors per partition, from one batched encode over every chunk the cache does not hold."""
+    ordered = [chunk for partition in chunks.values() for chunk in partition]
+    vectors, stats = embed_with_cache(
+        embedder,
+        cache,
+        [chunk.search_text for chunk in ordered],
+        [chunk.content_hash for chunk in ordered],
+        show_progress=show_progress,
+    )
+    by_partition, offset = {}, 0
+    for key, partition in chunks.items():
+        by_partition[key] = PartitionVectors(embedder.version, vectors[offset : offset + len(partition)])
+        offset += len(partition)
+    return by_partition, stats
+
+
+def foreign_vectors(vectors: Mapping[str, PartitionVectors], embedding_version: str) -> dict[str, str]:
+    """{partition: its version} for the partitions whose vectors were not embedded with `embedding_version`."""
+    return {
+        key: partition.embedding_version
+        for key, partition in vectors.items()
+        if partition.embedding_version != embedding_version
+    }
+
+
+def row_metadata(document: Document) -> dict[str, Any]:
+    """What every row records about its document, whichever build writes it."""
+    return {
+        "parser": document.parser,
+        "modified_at": document.modified_at,
+        "doc_hash": document.content_hash,
+        "redactions": document.redactions,
+    }
+
+
+def milvus_rows(chunks: Sequence[Chunk], vectors: np.ndarray, documents: Mapping[str, Document]) -> list[dict]:
     return [
         {
             "chunk_id": chunk.chunk_id,
@@ -50,10 +112,23 @@ def milvus_rows(chunks: Sequence[Chunk], vectors: np.ndarray, extra: dict[str, d
             "start_char": chunk.start_char,
             "end_char": chunk.end_char,
             "dense": vector.tolist(),
-            "metadata": {"token_count": chunk.token_count, **extra.get(chunk.doc_id, {})},
+            "metadata": {"token_count": chunk.token_count, **row_metadata(documents[chunk.doc_id])},
         }
         for chunk, vector in zip(chunks, vectors, strict=True)
     ]
+
+
+def partition_rows(
+    sources: Mapping[str, ParsedSource],
+    chunks: Mapping[str, Sequence[Chunk]],
+    vectors: Mapping[str, PartitionVectors],
+) -> dict[str, list[dict]]:
+    """Milvus rows per partition that parsed to documents; one that parsed to nothing keeps its old rows."""
+    return {
+        key: milvus_rows(chunks[key], vectors[key].vectors, {d.doc_id: d for d in source.documents})
+        for key, source in sources.items()
+        if source.documents
+    }
 
 
 @dataclass
@@ -138,6 +213,48 @@ def plan_reconcile(
     )
 
 
+@dataclass(frozen=True)
+class RowCheck:
+    """Whether a collection holds exactly the rows the pipeline produced for it."""
+
+    passed: bool
+    reason: str
+    rows: int
+    expected_rows: int
+    mismatched_sources: list[str]
+    sources_not_in_catalog: list[str]
+
+
+def check_rows(
+    rows_by_source: Mapping[str, int], catalog_chunks: Mapping[str, int], expected_rows: int | None
+) -> RowCheck:
+    """Rows per source in Milvus against the row count a one-pass build recorded (`expected_rows`), else
+    against the chunk counts the catalog recorded per source for this collection. Nothing to compare with
+    fails: a collection no build vouches for could hold anything."""
+    total = sum(rows_by_source.values())
+    if expected_rows is not None:
+        if expected_rows == 0:
+            return RowCheck(False, "the build recorded no rows: nothing was indexed", total, 0, [], [])
+        reason = f"{total} rows; the build recorded {expected_rows}"
+        return RowCheck(total == expected_rows, reason, total, expected_rows, [], [])
+    orphans = sorted(set(rows_by_source) - set(catalog_chunks))
+    if not catalog_chunks:
+        reason = (
+            f"the catalog records no indexed source for this collection ({total} rows in Milvus) — re-index it "
+            "(`rag index`), or promote it with `rag promote` so the catalog tracks it"
+        )
+        return RowCheck(False, reason, total, 0, [], orphans)
+    mismatched = sorted(key for key, chunks in catalog_chunks.items() if rows_by_source.get(key, 0) != chunks)
+    expected = sum(catalog_chunks.values())
+    passed = not mismatched and not orphans
+    reason = (
+        f"{total} rows match the catalog's {expected} chunks"
+        if passed
+        else f"{len(mismatched)} sources differ from the catalog, {len(orphans)} sources are not in it"
+    )
+    return RowCheck(passed, reason, total, expected, mismatched, orphans)
+
+
 @dataclass
 class BuildStats:
     documents: int
@@ -159,21 +276,18 @@ def build_from_sources(
     redact_pii: bool,
     collection: str | None = None,
 ) -> tuple[str, BuildStats]:
-    """A whole collection from the source folder in one pass (a candidate build or an experiment): the
-    same parse → chunk → cached embed → rows as the partitioned assets, in one batched encode."""
+    """A whole collection from the source folder in one pass (a candidate build, an experiment, a
+    benchmark): the pipeline the partitioned assets run step by step, with one batched encode."""
     collection = store.ensure_collection(build, name=collection)
-    parsed = parse_units(units, limits, redact_pii)
-    documents = [document for source in parsed for document in source.documents]
-    chunks = chunk_documents(documents, embedder.tokenizer, chunking)
-    vectors, stats = embed_with_cache(
-        embedder, cache, [chunk.search_text for chunk in chunks], [chunk.content_hash for chunk in chunks]
-    )
-    rows: dict[str, list[dict]] = {source.unit.partition_key: [] for source in parsed if source.documents}
-    extra = {d.doc_id: {"parser": d.parser, "doc_hash": d.content_hash} for d in documents}
-    for row in milvus_rows(chunks, vectors, extra):
-        rows[row["source_key"]].append(row)
-    sync_partitions(store, collection, rows)
-    quarantined = sum(len(source.quarantined) for source in parsed)
+    parsed = {source.unit.partition_key: source for source in parse_units(units, limits, redact_pii)}
+    chunks = chunk_sources(parsed.values(), embedder.tokenizer, chunking)
+    vectors, stats = embed_chunks(embedder, cache, chunks)
+    sync_partitions(store, collection, partition_rows(parsed, chunks, vectors))
     return collection, BuildStats(
-        len(documents), quarantined, len(chunks), stats.computed, stats.cached, store.count(collection)
+        documents=sum(len(source.documents) for source in parsed.values()),
+        quarantined=sum(len(source.quarantined) for source in parsed.values()),
+        chunks=sum(len(partition) for partition in chunks.values()),
+        computed=stats.computed,
+        cached=stats.cached,
+        rows=store.count(collection),
     )

@@ -8,27 +8,46 @@ replicas, the CLI) sees the same history without another database.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from rag_core.build_record import BuildRecord
 from rag_core.chunking import ChunkingConfig
 from rag_core.embedding import Embedder, backend_of
 from rag_core.store import IndexBuild, MilvusStore
 
-STATUS = "rag.status"
 CANDIDATE, PROMOTED, REJECTED, RETIRED, ROLLED_BACK = "candidate", "promoted", "rejected", "retired", "rolled_back"
-EVAL_NDCG = "rag.eval.ndcg_at_10"
-PROMOTED_FROM = "rag.promoted_from"
 
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build with: a model reference (rag_core.models), the chunk sizes and the embedding backend."""
+    """What a run builds with, decided once where the run is requested and carried with it: the model
+    reference (rag_core.models) and the embedding version it loads as, the embedding backend, the chunk
+    sizes, the collection the run writes, and the collection the alias served when it was decided."""
 
     model: str
     chunk_max_tokens: int
     chunk_overlap_tokens: int
     backend: str = "torch"
+    embedding_version: str = ""
+    collection: str = ""
+    served: str = ""  # "" = nothing was served: the build is the first, and is published
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildSpec:
+        return cls(**json.loads(text))
+
+    def chunking(self, model_limit: int) -> ChunkingConfig:
+        """Chunks (with their title) fit `model_limit`: the model's sequence length less its special tokens."""
+        return ChunkingConfig(self.chunk_max_tokens, self.chunk_overlap_tokens, model_limit)
+
+    def describe(self) -> str:
+        chunking = ChunkingConfig(self.chunk_max_tokens, self.chunk_overlap_tokens).describe()
+        return f"{self.embedding_version or self.model}, {chunking} → {self.collection or 'no collection yet'}"
 
 
 def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
@@ -43,20 +62,23 @@ def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
     )
 
 
-def spec_of(properties: dict[str, str], default_model: str) -> BuildSpec:
+def spec_of(properties: dict[str, str], default_model: str, collection: str = "") -> BuildSpec:
     """The spec a collection was built with (collections from before these properties: the base model).
     The backend is the one its embedding version names (`…@hash+onnx-int8`; a bare `…@hash` is torch)."""
+    record = BuildRecord.from_properties(properties)
     return BuildSpec(
-        properties.get("rag.embedding_model_uri") or default_model,
-        int(properties.get("rag.chunk_max_tokens") or 256),
-        int(properties.get("rag.chunk_overlap_tokens") or 32),
-        backend_of(properties.get("rag.embedding_version", "")),
+        record.model_reference or default_model,
+        256 if record.chunk_max_tokens is None else record.chunk_max_tokens,
+        32 if record.chunk_overlap_tokens is None else record.chunk_overlap_tokens,
+        backend_of(record.embedding_version),
+        record.embedding_version,
+        collection,
     )
 
 
 def served_spec(store: MilvusStore, default_model: str) -> BuildSpec | None:
     served = store.alias_target()
-    return spec_of(store.collection_properties(served), default_model) if served else None
+    return spec_of(store.collection_properties(served), default_model, served) if served else None
 
 
 @dataclass(frozen=True)
@@ -85,8 +107,7 @@ def gate(candidate_ndcg: float, baseline_ndcg: float | None, margin: float) -> G
 
 
 def recorded_ndcg(store: MilvusStore, collection: str) -> float | None:
-    value = store.collection_properties(collection).get(EVAL_NDCG)
-    return float(value) if value else None
+    return store.record(collection).eval_ndcg_at_10
 
 
 def promote(store: MilvusStore, collection: str, ndcg: float | None) -> str | None:
@@ -95,22 +116,22 @@ def promote(store: MilvusStore, collection: str, ndcg: float | None) -> str | No
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if previous == collection:
         if ndcg is not None:
-            store.set_properties(collection, {EVAL_NDCG: f"{ndcg:.6f}"})
+            store.update_record(collection, eval_ndcg_at_10=ndcg)
         return previous
-    properties = {STATUS: PROMOTED, "rag.promoted_at": stamp}
+    promoted: dict[str, object] = {"status": PROMOTED, "promoted_at": stamp}
     if previous:
-        properties[PROMOTED_FROM] = previous
+        promoted["promoted_from"] = previous
     if ndcg is not None:
-        properties[EVAL_NDCG] = f"{ndcg:.6f}"
-    store.set_properties(collection, properties)
+        promoted["eval_ndcg_at_10"] = ndcg
+    store.update_record(collection, **promoted)
     store.point_alias(collection)
     if previous:
-        store.set_properties(previous, {STATUS: RETIRED, "rag.retired_at": stamp})
+        store.update_record(previous, status=RETIRED, retired_at=stamp)
     return previous
 
 
 def reject(store: MilvusStore, collection: str, reason: str) -> None:
-    store.set_properties(collection, {STATUS: REJECTED, "rag.rejected_reason": reason[:500]})
+    store.update_record(collection, status=REJECTED, rejected_reason=reason[:500])
 
 
 def rollback(store: MilvusStore) -> tuple[str, str]:
@@ -118,15 +139,15 @@ def rollback(store: MilvusStore) -> tuple[str, str]:
     current = store.alias_target()
     if current is None:
         raise RuntimeError(f"the alias {store.alias} does not exist — nothing to roll back")
-    previous = store.collection_properties(current).get(PROMOTED_FROM)
+    previous = store.record(current).promoted_from
     if not previous:
-        raise RuntimeError(f"{current} records no previous build (rag.promoted_from) — nothing to roll back to")
+        raise RuntimeError(f"{current} records no previous build (promoted_from) — nothing to roll back to")
     if not store.has_collection(previous):
         raise RuntimeError(f"the previous build {previous} was dropped — rollback needs it; rebuild it instead")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     store.point_alias(previous)
-    store.set_properties(previous, {STATUS: PROMOTED, "rag.promoted_at": stamp})
-    store.set_properties(current, {STATUS: ROLLED_BACK, "rag.rolled_back_at": stamp})
+    store.update_record(previous, status=PROMOTED, promoted_at=stamp)
+    store.update_record(current, status=ROLLED_BACK, rolled_back_at=stamp)
     return current, previous
 
 
@@ -135,16 +156,17 @@ def builds(store: MilvusStore) -> list[dict[str, str]]:
     served = store.alias_target()
     rows = []
     for name in store.list_collections():
-        properties = store.collection_properties(name)
+        record = store.record(name)
+        ndcg = "" if record.eval_ndcg_at_10 is None else f"{record.eval_ndcg_at_10:.6f}"
         rows.append(
             {
                 "collection": name,
                 "served": str(name == served),
-                "status": properties.get(STATUS, PROMOTED if name == served else CANDIDATE),
-                "model": properties.get("rag.embedding_version", ""),
-                "chunking": properties.get("rag.chunking", ""),
-                "ndcg_at_10": properties.get(EVAL_NDCG, ""),
-                "promoted_at": properties.get("rag.promoted_at", ""),
+                "status": record.status or (PROMOTED if name == served else CANDIDATE),
+                "model": record.embedding_version,
+                "chunking": record.chunking,
+                "ndcg_at_10": ndcg,
+                "promoted_at": record.promoted_at,
             }
         )
     rows.sort(key=lambda row: row["promoted_at"], reverse=True)

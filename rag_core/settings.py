@@ -14,8 +14,13 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
+from rag_core.retrieval import FusionConfig
 from rag_core.tenants import validate_tenant
+
+FUSION = FusionConfig()  # the served defaults are written once, on the config objects
+LLM = LLMConfig()
 
 
 def bundled_model_dir() -> Path:
@@ -103,24 +108,25 @@ class Settings(BaseSettings):
         "", validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RAG_MLFLOW_TRACKING_URI")
     )
 
-    # Retrieval and generation (serving).
-    # Hybrid fusion. The defaults were tuned on SciFact *train* (evals/bench_finetune.py): a convex
-    # combination of min-max-normalised scores beat weighted RRF by ~0.03 nDCG@10 for both base and fine-tuned.
-    fusion_method: str = Field("convex", pattern="^(rrf|convex)$", description="`convex` or `rrf`.")
-    rrf_k: int = Field(60, ge=1)
-    dense_weight: float = Field(0.55, ge=0)
-    bm25_weight: float = Field(0.45, ge=0)
-    fusion_candidates: int = Field(100, ge=1, le=1000, description="Hits per list before fusion.")
+    # Retrieval and generation (serving): `fusion()` and `llm()` build the config objects from these.
+    # Hybrid fusion; the defaults (and why) are FusionConfig's.
+    fusion_method: str = Field(FUSION.method, pattern="^(rrf|convex)$", description="`convex` or `rrf`.")
+    rrf_k: int = Field(FUSION.rrf_k, ge=1)
+    dense_weight: float = Field(FUSION.dense_weight, ge=0)
+    bm25_weight: float = Field(FUSION.bm25_weight, ge=0)
+    fusion_candidates: int = Field(FUSION.candidates, ge=1, le=1000, description="Hits per list before fusion.")
     max_top_k: int = Field(50, ge=1, le=1000)
     max_query_chars: int = Field(2000, ge=10)
-    llm_model: str = Field("extractive/best-sentences", description="Any litellm model string.")
-    llm_api_base: str = ""
-    llm_api_key: str = ""
-    llm_timeout_s: float = Field(30.0, gt=0)
-    llm_max_tokens: int = Field(400, ge=1)
+    llm_model: str = Field(
+        LLM.model, description="`extractive/…` or `local-gguf/…` (they run here), or any litellm model string."
+    )
+    llm_api_base: str = LLM.api_base
+    llm_api_key: str = LLM.api_key
+    llm_timeout_s: float = Field(LLM.timeout_s, gt=0)
+    llm_max_tokens: int = Field(LLM.max_tokens, ge=1)
     # drop by default: the default answerer quotes sentences verbatim and cannot be told to distrust one
     injection_screen: str = Field(
-        "drop",
+        LLM.injection_screen,
         description="Retrieved passages that read like instructions to the model (rag_core.injection): `drop` "
         "them before generation, `flag` them in the prompt (a generative model is told not to follow them; the "
         "extractive answerer does not quote them) or `off`. Either way they are reported with the answer.",
@@ -212,6 +218,12 @@ class Settings(BaseSettings):
                 f"RAG_CHUNK_MAX_TOKENS ({self.chunk_max_tokens})"
             )
         return self
+
+    def fusion(self) -> FusionConfig:
+        return FusionConfig.from_settings(self)
+
+    def llm(self) -> LLMConfig:
+        return LLMConfig.from_settings(self)
 
     @property
     def resolved_milvus_uri(self) -> str:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +27,8 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.client.types import Status
 from pymilvus.exceptions import MilvusException
 
+from rag_core.build_record import BuildRecord
+from rag_core.build_record import changes as record_changes
 from rag_core.chunking import TEXT_MAX_BYTES
 from rag_core.documents import DOC_ID_MAX_BYTES, SOURCE_MAX_BYTES, TENANT_MAX_BYTES
 from rag_core.search.analyzer import BM25_B, BM25_K1
@@ -217,23 +219,31 @@ class IndexBuild:
     chunk_max_tokens: int = 0
     chunk_overlap_tokens: int = 0
 
+    def record(self) -> BuildRecord:
+        return BuildRecord(
+            embedding_model=self.embedding_model,
+            embedding_version=self.embedding_version,
+            model_reference=self.model_reference,
+            dimension=self.dimension,
+            chunking=self.chunking,
+            chunk_max_tokens=self.chunk_max_tokens,
+            chunk_overlap_tokens=self.chunk_overlap_tokens,
+            schema_version=SCHEMA_VERSION,
+        )
+
     def properties(self) -> dict[str, str]:
-        return {
-            "rag.embedding_model": self.embedding_model,
-            "rag.embedding_version": self.embedding_version,
-            "rag.embedding_model_uri": self.model_reference,
-            "rag.dimension": str(self.dimension),
-            "rag.chunking": self.chunking,
-            "rag.chunk_max_tokens": str(self.chunk_max_tokens),
-            "rag.chunk_overlap_tokens": str(self.chunk_overlap_tokens),
-            "rag.schema_version": SCHEMA_VERSION,
-        }
+        return self.record().to_properties()
 
     @property
     def collection_name(self) -> str:
-        weights, _, backend = self.embedding_version.split("@")[-1].partition("+")  # hash[+onnx|+onnx-int8]
-        version = f"{weights[:10]}_{backend}" if backend else weights[:10]
-        return milvus_name(f"{self.embedding_model}_{version}_{self.chunking}_s{SCHEMA_VERSION}")
+        return collection_name(self.embedding_model, self.embedding_version, self.chunking)
+
+
+def collection_name(model: str, embedding_version: str, chunking: str) -> str:
+    """The collection of a build: its model, weights hash, backend, chunking and schema version."""
+    weights, _, backend = embedding_version.split("@")[-1].partition("+")  # hash[+onnx|+onnx-int8]
+    version = f"{weights[:10]}_{backend}" if backend else weights[:10]
+    return milvus_name(f"{model}_{version}_{chunking}_s{SCHEMA_VERSION}")
 
 
 @dataclass(frozen=True)
@@ -309,14 +319,18 @@ class MilvusStore:
     def collection_for(self, build: IndexBuild) -> str:
         return f"{self.alias}__{build.collection_name}"
 
+    def collection_named(self, embedding_version: str, chunking: str) -> str:
+        """This alias' collection for a build of `embedding_version` (`model@hash[+backend]`) with `chunking`."""
+        return f"{self.alias}__{collection_name(embedding_version.split('@')[0], embedding_version, chunking)}"
+
     # ---- schema
     def ensure_collection(self, build: IndexBuild, name: str | None = None) -> str:
         name = name or self.collection_for(build)
         if self.client.has_collection(name):
-            stored = self.collection_properties(name)
-            if stored.get("rag.embedding_version") != build.embedding_version:
+            stored = self.record(name).embedding_version
+            if stored != build.embedding_version:
                 raise RuntimeError(
-                    f"collection {name} was built with {stored.get('rag.embedding_version')}, not "
+                    f"collection {name} was built with {stored}, not "
                     f"{build.embedding_version} — drop it or change RAG_COLLECTION_ALIAS"
                 )
             return name
@@ -354,7 +368,8 @@ class MilvusStore:
             metric_type="BM25",
             params={"bm25_k1": BM25_K1, "bm25_b": BM25_B},  # every engine scores with the same constants
         )
-        properties = {**build.properties(), "rag.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        created = replace(build.record(), created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        properties = created.to_properties()
         self.client.create_collection(name, schema=schema, index_params=index_params, properties=properties)
         if self.changes:
             self.changes.created(name, properties)
@@ -365,13 +380,21 @@ class MilvusStore:
         with self._answering():
             return dict(self.client.describe_collection(name).get("properties", {}))
 
+    def record(self, name: str) -> BuildRecord:
+        """What the collection records about itself (rag_core.build_record)."""
+        return BuildRecord.from_properties(self.collection_properties(name))
+
+    def update_record(self, name: str, **fields: object) -> None:
+        """Set (None clears) these fields of the collection's record."""
+        self.set_properties(name, record_changes(**fields))
+
     def index_version(self, name: str) -> str:
         """Changes whenever the collection's rows change; caches key on it so a reindex invalidates them."""
-        return self.collection_properties(name).get("rag.index_version", "0")
+        return self.record(name).index_version
 
     def bump_index_version(self, name: str) -> str:
         version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-        self.set_properties(name, {"rag.index_version": version})
+        self.update_record(name, index_version=version)
         return version
 
     def set_properties(self, name: str, properties: dict[str, str]) -> None:

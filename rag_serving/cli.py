@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
         default=min(2, os.cpu_count() or 1),
         help="worker processes (default: up to 2, one per core; each loads the in-memory index)",
     )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies whose X-Forwarded-For is trusted as the client address (failed-key throttling keys on it); "
+        "default: $FORWARDED_ALLOW_IPS or 127.0.0.1 — set it to the ingress' address behind a load balancer",
+    )
     create = commands.add_parser("create-key", help="create an API key for a tenant")
     create.add_argument("--tenant", required=True, help=f"the tenant the key belongs to ({TENANT_PATTERN})")
     create.add_argument("--name", default="")
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             access_log=False,
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
         )
         return 0
     from rag_core.querylog import ServingDatabase

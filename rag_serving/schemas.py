@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
+from rag_core.query import DEFAULT_MODE, DEFAULT_TOP_K
 from rag_core.search.filters import FILTERABLE, MAX_FILTER_VALUES
 from rag_core.settings import Settings
 
@@ -24,8 +25,8 @@ FilterValues = Name | Annotated[list[Name], Field(min_length=1, max_length=MAX_F
 
 class RetrieveRequest(BaseModel):
     query: str = Field(..., min_length=1, pattern=TEXT_PATTERN, description="The question or search text.")
-    top_k: int = Field(5, ge=1, description="Chunks to return (bounded by RAG_MAX_TOP_K).")
-    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, description="Chunks to return (bounded by RAG_MAX_TOP_K).")
+    mode: Literal["dense", "bm25", "hybrid"] = DEFAULT_MODE
     filters: dict[FilterField, FilterValues] = Field(
         default_factory=dict, description="Exact-match filters on doc_id, source, source_key or title."
     )
@@ -60,7 +61,7 @@ def bounded_requests(settings: Settings) -> dict[type[BaseModel], type[BaseModel
                 description="The question or search text.",
             ),
         ),
-        "top_k": (int, Field(5, ge=1, le=settings.max_top_k, description="Chunks to return.")),
+        "top_k": (int, Field(DEFAULT_TOP_K, ge=1, le=settings.max_top_k, description="Chunks to return.")),
     }
     return {
         base: create_model(base.__name__, __base__=base, __module__=__name__, **limits)

@@ -1,5 +1,6 @@
-"""The query path: cached query embedding → retrieval on one index snapshot → (optional) answer.
-Every stage is timed into the Prometheus histograms and the query log."""
+"""The query path as served: the query engine (rag_core.query) on one index snapshot, with the cached query
+embedding and retrieval results around it. Every stage is timed into the Prometheus histograms and the
+query log."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 from rag_core.cache import cache_key
-from rag_core.generation import LLMConfig
-from rag_core.retrieval import FusionConfig, RetrievedChunk, Retriever, SearchFilter
+from rag_core.query import Query, QueryEngine
+from rag_core.retrieval import FusionConfig, RetrievedChunk, SearchFilter
 from rag_serving.schemas import RetrieveRequest
 from rag_serving.state import IndexSnapshot, ServingState
 
@@ -27,7 +28,8 @@ class Timings(dict):
 
 
 def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
-    defaults = FusionConfig.from_settings(state.settings)
+    """The deployment's fusion, with what the request overrides."""
+    defaults = state.fusion
     return replace(
         defaults,
         rrf_k=request.rrf_k or defaults.rrf_k,
@@ -51,8 +53,19 @@ def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timin
     return vector
 
 
+def engine_for(state: ServingState, snapshot: IndexSnapshot, timings: Timings) -> QueryEngine:
+    """The query engine over this snapshot, embedding through the cache and timing into `timings`."""
+    return QueryEngine(
+        snapshot.searcher,
+        lambda query: query_vector(state, snapshot, query, timings),
+        state.fusion,
+        state.llm,
+        lambda stage: timings.stage(stage, state),
+    )
+
+
 def retrieve(
-    state: ServingState, request: RetrieveRequest, tenant: str, snapshot: IndexSnapshot, timings: Timings
+    state: ServingState, engine: QueryEngine, request: RetrieveRequest, tenant: str, snapshot: IndexSnapshot
 ) -> tuple[list[RetrievedChunk], bool]:
     """(chunks, served from cache). The caller's tenant is always part of the search filter."""
     search_filter = SearchFilter.parse(request.filters, tenant)
@@ -72,22 +85,6 @@ def retrieve(
     state.metrics.cache.labels("results", "hit" if cached is not None else "miss").inc()
     if cached is not None:
         return [RetrievedChunk(**item) for item in cached], True
-    vector = query_vector(state, snapshot, request.query, timings) if request.mode != "bm25" else None
-    with timings.stage("search", state):
-        chunks = Retriever(snapshot.searcher, fusion).retrieve(
-            request.query, vector, request.top_k, request.mode, search_filter, fusion
-        )
+    chunks = engine.retrieve(Query(request.query, request.top_k, request.mode, search_filter, fusion))
     state.cache.set(key, [asdict(chunk) for chunk in chunks], state.settings.cache_ttl_s)
     return chunks, False
-
-
-def llm_config(state: ServingState) -> LLMConfig:
-    settings = state.settings
-    return LLMConfig(
-        model=settings.llm_model,
-        api_base=settings.llm_api_base,
-        api_key=settings.llm_api_key,
-        timeout_s=settings.llm_timeout_s,
-        max_tokens=settings.llm_max_tokens,
-        injection_screen=settings.injection_screen,
-    )

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rag_core.build_record import BuildRecord
 from rag_core.cache import Cache, make_cache
 from rag_core.catalog import Catalog
 from rag_core.embedding import Embedder
@@ -73,7 +74,7 @@ class IndexView:
         self._probe()
         try:
             served = self.engine.served()
-            built_with = served.properties.get("rag.embedding_version", "")
+            built_with = BuildRecord.from_properties(served.properties).embedding_version
             current = self._snapshot
             # Resolve the model only when the served build changed model: polling stays cheap.
             unchanged = current is not None and current.embedding_version == built_with
@@ -141,6 +142,8 @@ class IndexView:
 class ServingState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.fusion = settings.fusion()  # the deployment's query config, built once
+        self.llm = settings.llm()
         self.metrics = Metrics()
         self.resolver = ModelResolver.from_settings(settings)
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
@@ -174,12 +177,10 @@ class ServingState:
     def _warm_up_then_watch(self) -> None:
         """Resolve the served index (loading and warming its embedder) and follow the alias; warm the
         answerer; then check the cache's health every `alias_poll_s` until `close()`."""
-        from rag_serving.service import llm_config  # service imports this module
-
         self.index.refresh()
         self.index.follow()
         try:
-            answer = warm_up(llm_config(self))
+            answer = warm_up(self.llm)
             if answer is not None and answer.degraded:
                 log.warning("the answerer %s failed its warm-up: %s", self.settings.llm_model, answer.reason)
         except Exception as error:  # answers degrade to the sources; serving must not depend on the warm-up

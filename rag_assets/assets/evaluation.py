@@ -6,7 +6,6 @@ served one, or the served one alone after an index change. Its blocking check fa
 more than the configured margin below the promoted index, so `promoted_index` never runs on a worse build.
 """
 
-
 import contextlib
 import json
 import time
@@ -34,13 +33,13 @@ from rag_assets.resources import (
     MilvusResource,
     TrackingResource,
 )
+from rag_core.build_record import BuildRecord
 from rag_core.catalog import INDEXED
 from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, write_report
+from rag_core.indexing import RowCheck, check_rows
 from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import (
     CANDIDATE,
-    EVAL_NDCG,
-    STATUS,
     gate,
     promote,
     recorded_ndcg,
@@ -67,9 +66,9 @@ def waiting_candidate(store: MilvusStore) -> str | None:
     """The newest collection built for promotion and not yet judged."""
     candidates = []
     for name in store.list_collections():
-        properties = store.collection_properties(name)
-        if properties.get(STATUS) == CANDIDATE:
-            candidates.append((properties.get("rag.created_at", ""), name))
+        record = store.record(name)
+        if record.status == CANDIDATE:
+            candidates.append((record.created_at, name))
     return max(candidates)[1] if candidates else None
 
 
@@ -102,7 +101,7 @@ def metric_name(metric: str) -> str:
 def log_retrieval_runs(
     tracker: Tracker,
     evaluations: dict[str, RetrievalEvaluation],
-    properties: dict[str, dict[str, str]],
+    records: dict[str, BuildRecord],
     evaluation: EvaluationResource,
     report: Path,
     experiment: str = "retrieval",
@@ -110,16 +109,16 @@ def log_retrieval_runs(
     """One MLflow run per (build, mode), so MLflow's compare view lines them up; the report rides along."""
     run_ids = []
     for role, result in evaluations.items():
-        built = properties[result.collection]
+        built = records[result.collection]
         for mode, scores in result.modes.items():
             with tracker.run(experiment, f"{role}:{mode}:{result.collection[-24:]}", {"role": role}) as run:
                 mlflow = tracker.mlflow()
                 mlflow.log_params(
                     {
                         "collection": result.collection,
-                        "model": built.get("rag.embedding_version", ""),
-                        "model_uri": built.get("rag.embedding_model_uri", ""),
-                        "chunking": built.get("rag.chunking", ""),
+                        "model": built.embedding_version,
+                        "model_uri": built.model_reference,
+                        "chunking": built.chunking,
                         "mode": mode,
                         "fusion": str(evaluation.fusion()),
                         "dataset": result.dataset,
@@ -132,30 +131,15 @@ def log_retrieval_runs(
     return run_ids
 
 
-def _row_check(
-    store: MilvusStore, collection: str, catalog: CatalogResource
-) -> tuple[bool, dict[str, object]]:
-    """Rows per source in Milvus against the chunk counts the catalog recorded for this build."""
-    entries = {
-        key: entry
+def _row_check(store: MilvusStore, collection: str, catalog: CatalogResource) -> RowCheck:
+    """Rows per source in Milvus against the row count a one-pass build recorded, else against the chunk
+    counts the catalog recorded for this collection; a collection neither vouches for fails."""
+    catalog_chunks = {
+        key: entry.chunks
         for key, entry in catalog.get().entries().items()
         if entry.status == INDEXED and entry.collection == collection
     }
-    rows = store.rows_by_source(collection)
-    total = sum(rows.values())
-    expected_property = store.collection_properties(collection).get("rag.expected_rows")
-    if expected_property:  # a build made in one pass (candidate_index) records its own chunk count
-        expected = int(expected_property)
-        return total == expected, {"rows": total, "expected_rows": expected}
-    mismatched = sorted(key for key, entry in entries.items() if rows.get(key, 0) != entry.chunks)
-    orphans = sorted(set(rows) - set(entries)) if entries else []
-    expected = sum(entry.chunks for entry in entries.values())
-    return not mismatched and not orphans, {
-        "rows": total,
-        "expected_rows": expected,
-        "mismatched_sources": MetadataValue.json(mismatched[:50]),
-        "sources_not_in_catalog": MetadataValue.json(orphans[:50]),
-    }
+    return check_rows(store.rows_by_source(collection), catalog_chunks, store.record(collection).expected_rows)
 
 
 @asset(
@@ -221,14 +205,14 @@ def retrieval_eval_report(
         if not decision.passed and target != served:
             reject(store, target, decision.reason)
         if target == served and baseline is None:  # the first measurement becomes the baseline to hold
-            store.set_properties(served, {EVAL_NDCG: f"{score:.6f}"})
-        rows_ok, rows_metadata = _row_check(store, target, catalog)
-        properties = {name: store.collection_properties(name) for name in {target, served}}
+            store.update_record(served, eval_ndcg_at_10=score)
+        rows = _row_check(store, target, catalog)
+        records = {name: store.record(name) for name in {target, served}}
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     report = write_report(
         evaluations, Path(evaluation.reports_dir) / f"{stamp}-{target}", f"Retrieval evaluation of {target}"
     )
-    run_ids = log_retrieval_runs(tracking.tracker(), evaluations, properties, evaluation, report)
+    run_ids = log_retrieval_runs(tracking.tracker(), evaluations, records, evaluation, report)
     (context.log.info if decision.passed else context.log.error)(f"quality gate: {decision.reason}")
     per_mode = {
         f"{role}_{mode}_{metric_name(metric)}": value
@@ -267,7 +251,16 @@ def retrieval_eval_report(
                 },
             ),
             AssetCheckResult(
-                check_name=ROWS_CHECK, passed=rows_ok, severity=AssetCheckSeverity.ERROR, metadata=rows_metadata
+                check_name=ROWS_CHECK,
+                passed=rows.passed,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={
+                    "rows": rows.rows,
+                    "expected_rows": rows.expected_rows,
+                    "reason": rows.reason,
+                    "mismatched_sources": MetadataValue.json(rows.mismatched_sources[:50]),
+                    "sources_not_in_catalog": MetadataValue.json(rows.sources_not_in_catalog[:50]),
+                },
             ),
         ],
     )
@@ -297,12 +290,12 @@ def promoted_index(
             raise Failure(f"the evaluated build {target} no longer exists")
         previous = promote(store, target, float(report["ndcg_at_10"]))
         served = store.alias_target()
-        properties = store.collection_properties(target)
-        if previous != target and properties.get("rag.expected_rows"):
+        record = store.record(target)
+        if previous != target and record.expected_rows is not None:
             # A one-pass build: the catalog now tracks its rows, and incremental runs keep it current.
             rows = dict(store.rows_by_source(target))
-            catalog.get().retarget(target, properties.get("rag.embedding_version", ""), rows)
-            store.set_properties(target, {"rag.expected_rows": ""})
+            catalog.get().retarget(target, record.embedding_version, rows)
+            store.update_record(target, expected_rows=None)
     moved = previous != target
     context.log.info(f"alias {milvus.alias} → {served}" + (f" (was {previous})" if moved else " (unchanged)"))
     return MaterializeResult(
@@ -329,8 +322,8 @@ def rag_eval_report(
     relevancy when a judge model is configured. Logged to MLflow (experiment `rag`)."""
     from rag_core.answer_eval import RagSample, evaluate_answers
     from rag_core.evaluation import restrict_to_documents
-    from rag_core.generation import generate
-    from rag_core.retrieval import Retriever, SearchFilter
+    from rag_core.query import Query, QueryEngine
+    from rag_core.retrieval import SearchFilter
 
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -347,13 +340,16 @@ def rag_eval_report(
         query_ids = sorted(dataset.queries)[: evaluation.rag_queries]
         if not query_ids:
             raise Failure(f"no query of {dataset.name} has a relevant document in {served} — set RAG_EVAL_DATASET_DIR")
-        retriever = Retriever(searcher, evaluation.fusion())
+        # the served query path: its fusion, answerer, top_k and mode
+        engine = QueryEngine(
+            searcher, lambda text: model.encode([text])[0].tolist(), evaluation.fusion(), evaluation.llm()
+        )
         vectors = model.encode([dataset.queries[q] for q in query_ids])
         samples = []
         for query_id, vector in zip(query_ids, vectors, strict=True):
             question = dataset.queries[query_id]
-            chunks = retriever.retrieve(question, vector.tolist(), 5, "hybrid", SearchFilter(evaluation.tenant))
-            answer = generate(question, chunks, evaluation.llm())
+            chunks = engine.retrieve(Query(question, search_filter=SearchFilter(evaluation.tenant)), vector.tolist())
+            answer = engine.answer(question, chunks)
             samples.append(
                 RagSample(
                     query_id=query_id,

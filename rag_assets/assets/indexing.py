@@ -3,24 +3,37 @@ the Dagster UI tells the story of a build: counts, tokens, seconds, model versio
 
 All four are partitioned by source file and use a single-run backfill policy: a build over thousands
 of partitions is one run, and the embedding step sees every chunk of the run in one batched encode.
+
+The build a run writes (model, embedding version, backend, chunk sizes, target collection) is decided once,
+where the run is requested (the documents sensor, `rag index`), and travels with the run as its
+`rag/build` tag; every step reads it from there, and the vectors carry the version they were embedded with.
 """
 
 import time
 from collections import Counter
 
-import numpy as np
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, Failure, MaterializeResult, MetadataValue, asset
 
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, MilvusResource, SourcesResource
 from rag_core.catalog import INDEXED, QUARANTINED, CatalogEntry
-from rag_core.chunking import Chunk, chunk_documents
+from rag_core.chunking import Chunk
 from rag_core.documents import ParsedSource
-from rag_core.embedding import embed_with_cache
-from rag_core.indexing import SyncStats, milvus_rows, missing_source, parse_units, sync_partitions
-from rag_core.promotion import CANDIDATE, STATUS, index_build, promote
+from rag_core.embedding import Embedder
+from rag_core.indexing import (
+    PartitionVectors,
+    chunk_sources,
+    embed_chunks,
+    foreign_vectors,
+    missing_source,
+    parse_units,
+    partition_rows,
+    sync_partitions,
+)
+from rag_core.promotion import CANDIDATE, BuildSpec, index_build, promote
 
 INDEX_WRITER_TAG = {"rag/index-writer": "milvus"}
+BUILD_TAG = "rag/build"
 PARTITIONED = dict(
     partitions_def=documents_partitions,
     backfill_policy=BackfillPolicy.single_run(),
@@ -31,6 +44,35 @@ PARTITIONED = dict(
 
 def _seconds(started: float) -> MetadataValue:
     return MetadataValue.float(round(time.perf_counter() - started, 3))
+
+
+def build_tags(spec: BuildSpec) -> dict[str, str]:
+    """The run tags that carry a build to every step of an indexing run."""
+    return {BUILD_TAG: spec.to_json()}
+
+
+def run_build(context: AssetExecutionContext, embedder: EmbedderResource) -> BuildSpec:
+    """The build this run writes, as the run carries it. A run launched without one (Materialize in the
+    UI, `dagster asset materialize`) has it decided by the first step that needs it, which records it on
+    the run so that every later step reads the same."""
+    run = context.instance.get_run_by_id(context.run_id)
+    carried = run.tags.get(BUILD_TAG) if run else None
+    if carried:
+        return BuildSpec.from_json(carried)
+    spec = embedder.decide_build()
+    context.instance.add_run_tags(context.run_id, build_tags(spec))
+    context.log.info(f"the run carried no {BUILD_TAG} tag; it now writes {spec.describe()}")
+    return spec
+
+
+def _model(spec: BuildSpec, embedder: EmbedderResource) -> Embedder:
+    model = embedder.load(spec.model, spec.backend)
+    if model.version != spec.embedding_version:
+        raise Failure(
+            f"{spec.model} now loads as {model.version}, not {spec.embedding_version} as when this run was "
+            "requested (its weights changed) — launch a new run (`rag index`, or the sensor's next tick)"
+        )
+    return model
 
 
 @asset(**PARTITIONED, kinds={"python"})
@@ -72,23 +114,22 @@ def raw_documents(context: AssetExecutionContext, sources: SourcesResource) -> M
 def document_chunks(
     context: AssetExecutionContext, raw_documents: dict[str, ParsedSource], embedder: EmbedderResource
 ) -> MaterializeResult:
-    """Token-aware chunks (measured with the embedder's tokenizer) with overlap and character offsets."""
+    """Token-aware chunks (measured with the build's tokenizer) with overlap and character offsets."""
     started = time.perf_counter()
-    config = embedder.chunking()
-    documents = [document for source in raw_documents.values() for document in source.documents]
-    by_partition: dict[str, list[Chunk]] = {key: [] for key in raw_documents}
-    for chunk in chunk_documents(documents, embedder.get().tokenizer, config):
-        by_partition[chunk.partition_key].append(chunk)
-    chunks = [chunk for partition in by_partition.values() for chunk in partition]
-    tokens = [chunk.token_count for chunk in chunks]
+    spec = run_build(context, embedder)
+    model = _model(spec, embedder)
+    config = spec.chunking(model.max_seq_length - 2)
+    by_partition = chunk_sources(raw_documents.values(), model.tokenizer, config)
+    tokens = [chunk.token_count for partition in by_partition.values() for chunk in partition]
     return MaterializeResult(
         value=by_partition,
         metadata={
-            "chunks": len(chunks),
-            "documents": len(documents),
+            "chunks": len(tokens),
+            "documents": sum(len(source.documents) for source in raw_documents.values()),
             "tokens": sum(tokens),
             "max_chunk_tokens": max(tokens, default=0),
             "chunking": config.describe(),
+            "build": spec.describe(),
             "seconds": _seconds(started),
         },
     )
@@ -98,21 +139,13 @@ def document_chunks(
 def chunk_embeddings(
     context: AssetExecutionContext, document_chunks: dict[str, list[Chunk]], embedder: EmbedderResource
 ) -> MaterializeResult:
-    """One normalised vector per chunk, from one batched encode over every uncached chunk of the run."""
-    chunks = [chunk for partition in document_chunks.values() for chunk in partition]
-    model = embedder.get()
-    vectors, stats = embed_with_cache(
-        model,
-        embedder.cache(),
-        [chunk.search_text for chunk in chunks],
-        [chunk.content_hash for chunk in chunks],
-        show_progress=True,
-    )
-    by_partition, offset = {}, 0
-    for key, partition in document_chunks.items():
-        by_partition[key] = vectors[offset : offset + len(partition)]
-        offset += len(partition)
+    """One normalised vector per chunk, from one batched encode over every uncached chunk of the run; each
+    partition's vectors carry the embedding version that made them."""
+    spec = run_build(context, embedder)
+    model = _model(spec, embedder)
+    by_partition, stats = embed_chunks(model, embedder.cache(), document_chunks, show_progress=True)
     context.log.info(f"embedded {stats.computed} chunks, {stats.cached} from the cache, in {stats.seconds:.1f} s")
+    widths = {int(partition.vectors.shape[1]) for partition in by_partition.values() if len(partition.vectors)}
     return MaterializeResult(
         value=by_partition,
         metadata={
@@ -120,7 +153,7 @@ def chunk_embeddings(
             "computed": stats.computed,
             "from_cache": stats.cached,
             "model_version": model.version,
-            "dimension": int(vectors.shape[1]) if len(vectors) else model.dimension,
+            "dimension": widths.pop() if widths else model.dimension,
             "chunks_per_second": round(stats.computed / stats.seconds, 1) if stats.computed else 0.0,
             "seconds": round(stats.seconds, 3),
         },
@@ -142,57 +175,75 @@ def _catalog_entry(source: ParsedSource, chunks: int, collection: str, model_ver
     )
 
 
+def _refuse_mixed_write(
+    spec: BuildSpec, vectors: dict[str, PartitionVectors], served: str | None, built_with: str
+) -> None:
+    """Nothing is written unless the vectors, the target collection and the alias all agree with the build
+    the run was requested for."""
+    foreign = foreign_vectors(vectors, spec.embedding_version)
+    if foreign:
+        listed = ", ".join(f"{key} ({version})" for key, version in sorted(foreign.items())[:5])
+        raise Failure(
+            f"{len(foreign)} partitions hold vectors embedded with another model than this run's "
+            f"{spec.embedding_version}: {listed} — nothing was written; materialize chunk_embeddings in the same "
+            "run (select raw_documents → milvus_collection together, or `rag index`)"
+        )
+    if built_with and built_with != spec.embedding_version:
+        raise Failure(
+            f"{spec.collection} holds vectors of {built_with}, not this run's {spec.embedding_version} — nothing "
+            "was written; launch a new run (`rag index`) so the build is decided again, or drop the collection"
+        )
+    if (served or "") != spec.served:
+        raise Failure(
+            f"the alias now serves {served or 'nothing'}, but this run was requested while it served "
+            f"{spec.served or 'nothing'} ({spec.describe()}) — nothing was written; the documents sensor requests "
+            "these files again for the build now served (or run `rag index`)"
+        )
+
+
 @asset(**PARTITIONED, kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
 def milvus_collection(
     context: AssetExecutionContext,
     raw_documents: dict[str, ParsedSource],
     document_chunks: dict[str, list[Chunk]],
-    chunk_embeddings: dict[str, np.ndarray],
+    chunk_embeddings: dict[str, PartitionVectors],
     embedder: EmbedderResource,
     milvus: MilvusResource,
     catalog: CatalogResource,
 ) -> MaterializeResult:
     """The Milvus collection: dense vectors (HNSW, cosine), a BM25 sparse field computed by a Milvus
-    Function over the text, a tenant partition key, published under the serving alias."""
+    Function over the text, a tenant partition key, published under the serving alias. Writes only the
+    run's build, and only vectors embedded with its model."""
     started = time.perf_counter()
-    model = embedder.get()
-    build = index_build(model, embedder.chunking())
+    spec = run_build(context, embedder)
     indexable = {key: source for key, source in raw_documents.items() if source.documents}
     kept = sorted(set(raw_documents) - set(indexable))
     for key in kept:
         context.log.warning(f"{key}: nothing parsed; its previously indexed chunks (if any) are kept")
-    stats = SyncStats()
+    rows = partition_rows(raw_documents, document_chunks, chunk_embeddings)
     with milvus.store() as store:
-        collection = store.ensure_collection(build)
-        rows = {}
-        for key, source in indexable.items():
-            extra = {
-                d.doc_id: {
-                    "parser": d.parser,
-                    "modified_at": d.modified_at,
-                    "doc_hash": d.content_hash,
-                    "redactions": d.redactions,
-                }
-                for d in source.documents
-            }
-            rows[key] = milvus_rows(document_chunks[key], chunk_embeddings[key], extra)
-        stats.add(sync_partitions(store, collection, rows))
-        if stats.inserted or stats.deleted:  # a one-pass build's recorded size no longer holds
-            store.set_properties(collection, {"rag.expected_rows": ""})
+        collection = spec.collection
         served = store.alias_target()
+        built_with = store.record(collection).embedding_version if store.has_collection(collection) else ""
+        _refuse_mixed_write(spec, chunk_embeddings, served, built_with)
+        if not built_with:
+            model = _model(spec, embedder)
+            store.ensure_collection(index_build(model, spec.chunking(model.max_seq_length - 2)), name=collection)
+        stats = sync_partitions(store, collection, rows)
+        if stats.inserted or stats.deleted:  # a one-pass build's recorded size no longer holds
+            store.update_record(collection, expected_rows=None)
         if served is None:  # the first build has nothing to be compared with: publish it
             promote(store, collection, ndcg=None)
         elif served != collection:
-            store.set_properties(collection, {STATUS: CANDIDATE})
+            store.update_record(collection, status=CANDIDATE)
             context.log.warning(
-                f"alias {store.alias} keeps serving {served}; {collection} (model {model.version}, "
-                f"{build.chunking}) is a candidate build — `rag promote` evaluates it and moves the alias "
-                "only if it passes the quality gate"
+                f"alias {store.alias} keeps serving {served}; {collection} ({spec.describe()}) is a candidate "
+                "build — `rag promote` evaluates it and moves the alias only if it passes the quality gate"
             )
         total_rows = store.count(collection)
         alias_after = store.alias_target()
     catalog.get().record(
-        _catalog_entry(source, len(document_chunks.get(key, [])), collection, model.version)
+        _catalog_entry(source, len(document_chunks.get(key, [])), collection, spec.embedding_version)
         for key, source in raw_documents.items()
         if source.unit.content_hash != "missing"
     )
@@ -200,7 +251,7 @@ def milvus_collection(
         metadata={
             "collection": collection,
             "alias": f"{milvus.alias} → {alias_after}",
-            "embedding_model": model.version,
+            "embedding_model": spec.embedding_version,
             "rows_inserted": stats.inserted,
             "rows_deleted": stats.deleted,
             "rows_unchanged": stats.unchanged,

@@ -35,11 +35,11 @@ from rag_core.finetune import (
     pairs_from_feedback,
     pairs_from_qrels,
 )
-from rag_core.generation import synthetic_questions
 from rag_core.indexing import build_from_sources
 from rag_core.models import BUNDLED_MODEL
-from rag_core.promotion import CANDIDATE, STATUS, index_build, served_spec
+from rag_core.promotion import CANDIDATE, index_build, served_spec
 from rag_core.querylog import ServingDatabase
+from rag_core.synthetic_questions import synthetic_questions
 
 
 class FinetuneRunConfig(Config):
@@ -220,7 +220,7 @@ def candidate_index(
             sources.limits(),
             sources.redact_pii,
         )
-        store.set_properties(collection, {STATUS: CANDIDATE, "rag.expected_rows": str(stats.chunks)})
+        store.update_record(collection, status=CANDIDATE, expected_rows=stats.chunks)
     context.log.info(f"candidate {collection}: {stats.rows} rows; served {served_collection} is untouched")
     return MaterializeResult(
         metadata={

@@ -25,6 +25,7 @@ from typing import Protocol
 from pymilvus import MilvusClient
 from threadpoolctl import threadpool_limits
 
+from rag_core.build_record import BuildRecord
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
 from rag_core.search.memory import ROW_FIELDS, MemoryIndex, rows_table
@@ -165,7 +166,7 @@ class MilvusEngine:
         return Served(
             collection,
             properties,
-            properties.get("rag.index_version", "0"),
+            BuildRecord.from_properties(properties).index_version,
             self.store.count(collection),
             self.searcher(collection),
         )
@@ -206,7 +207,11 @@ class MemoryEngine:
         properties = self.log.properties(collection)
         properties = properties[0] if properties else {}
         return Served(
-            collection, properties, f"{properties.get('rag.index_version', '0')}~{index.seq}", index.rows, index
+            collection,
+            properties,
+            f"{BuildRecord.from_properties(properties).index_version}~{index.seq}",
+            index.rows,
+            index,
         )
 
     def searcher(self, collection: str) -> MemoryIndex:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import StreamingResponse
 
-from rag_core.generation import Answer, generate, stream
+from rag_core.generation import Answer
+from rag_core.query import QueryEngine
 from rag_core.retrieval import InvalidFilter, RetrievedChunk
 from rag_serving.deps import Caller, KeyFirstRoute, caller, get_state, index_snapshot
 from rag_serving.schemas import (
@@ -22,7 +23,7 @@ from rag_serving.schemas import (
     ScreenedSource,
     error_responses,
 )
-from rag_serving.service import Timings, llm_config, retrieve
+from rag_serving.service import Timings, engine_for, retrieve
 from rag_serving.state import IndexSnapshot, ServingState
 
 log = logging.getLogger("rag_serving")
@@ -45,9 +46,9 @@ EVENT_STREAM = {
 }
 
 
-def _retrieve(request: RetrieveRequest, who: Caller, state: ServingState, snapshot: IndexSnapshot, timings: Timings):
+def _retrieve(request: RetrieveRequest, who: Caller, state: ServingState, snapshot: IndexSnapshot, engine: QueryEngine):
     try:
-        return retrieve(state, request, who.tenant, snapshot, timings)
+        return retrieve(state, engine, request, who.tenant, snapshot)
     except InvalidFilter as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from error
 
@@ -120,7 +121,7 @@ def retrieve_chunks(
 ) -> RetrieveResponse:
     """Dense, BM25 or hybrid (convex or RRF fusion) retrieval over the published index, within the caller's tenant."""
     timings = Timings()
-    chunks, cached = _retrieve(request, who, state, snapshot, timings)
+    chunks, cached = _retrieve(request, who, state, snapshot, engine_for(state, snapshot, timings))
     query_id = _log(state, who, request, chunks, timings, snapshot, model="", degraded=False, cached=cached)
     return RetrieveResponse(
         query_id=query_id,
@@ -142,16 +143,20 @@ def answer_query(
     """Retrieve, then answer through litellm with numbered citations `[n]` that map to `sources`.
     With `stream: true` the answer arrives as server-sent events: `sources`, `delta`…, `done`."""
     timings = Timings()
-    chunks, cached = _retrieve(request, who, state, snapshot, timings)
-    config = llm_config(state)
+    engine = engine_for(state, snapshot, timings)
+    chunks, cached = _retrieve(request, who, state, snapshot, engine)
     if request.stream:
         return StreamingResponse(
-            _ending_with_error(_event_stream(request, who, state, snapshot, chunks, timings, cached)),
+            _ending_with_error(_event_stream(request, who, state, snapshot, engine, chunks, timings, cached)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    with timings.stage("generate", state):
-        answer = generate(request.query, chunks, config)
+    answer = engine.answer(request.query, chunks)
+    return _answered(request, who, state, snapshot, chunks, timings, cached, answer)
+
+
+def _answered(request, who, state, snapshot, chunks, timings, cached, answer: Answer) -> QueryResponse:
+    """The tail of every answer, JSON or streamed: counted, logged, and given its query id."""
     _count(state, answer)
     query_id = _log(
         state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
@@ -185,31 +190,13 @@ def _ending_with_error(events: Iterator[str]) -> Iterator[str]:
         yield _sse("error", {"detail": f"the answer failed part-way ({type(error).__name__}); ask again"})
 
 
-def _event_stream(request, who, state, snapshot, chunks, timings, cached) -> Iterator[str]:
+def _event_stream(request, who, state, snapshot, engine, chunks, timings, cached) -> Iterator[str]:
     yield _sse("sources", [chunk.model_dump() for chunk in _chunks_out(chunks)])
     answer = None
-    with timings.stage("generate", state):
-        for delta, final in stream(request.query, chunks, llm_config(state)):
-            if delta:
-                yield _sse("delta", {"text": delta})
-            if final is not None:
-                answer = final
-    _count(state, answer)
-    query_id = _log(
-        state, who, request, chunks, timings, snapshot, model=answer.model, degraded=answer.degraded, cached=cached
-    )
-    yield _sse(
-        "done",
-        {
-            "query_id": query_id,
-            "answer": answer.text,
-            "citations": [c.model_dump() for c in _citations(answer, chunks)],
-            "degraded": answer.degraded,
-            "reason": answer.reason,
-            "model": answer.model,
-            "index_version": snapshot.index_version,
-            "timings_ms": dict(timings),
-            "screened": [s.model_dump() for s in _screened(answer)],
-            "question_flags": list(answer.question_flags),
-        },
-    )
+    for delta, final in engine.stream(request.query, chunks):
+        if delta:
+            yield _sse("delta", {"text": delta})
+        if final is not None:
+            answer = final
+    response = _answered(request, who, state, snapshot, chunks, timings, cached, answer)
+    yield _sse("done", response.model_dump(exclude={"sources"}))

@@ -19,6 +19,8 @@ from dagster import (
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
 from rag_core.evaluation import EvalDataset, restrict_to_documents
+from rag_core.models import BUNDLED_MODEL
+from rag_core.promotion import served_spec
 from rag_core.settings import Settings, vendored_eval_dataset
 from rag_core.store import Hit
 from tests.conftest import FIXTURES
@@ -50,7 +52,7 @@ def apply_sensor_result(settings: Settings, instance: DagsterInstance, result: S
             )
         elif run_request.partition_key is not None:
             outcome = definitions.resolve_job_def("index_documents_job").execute_in_process(
-                partition_key=run_request.partition_key, instance=instance
+                partition_key=run_request.partition_key, tags=run_request.tags, instance=instance
             )
         else:  # a batched run over a partition range, described by its tags
             outcome = definitions.resolve_job_def("index_documents_job").execute_in_process(
@@ -63,8 +65,9 @@ def apply_sensor_result(settings: Settings, instance: DagsterInstance, result: S
 
 def search(settings: Settings, query: str, limit: int = 5) -> list[Hit]:
     resources = build_resources(settings)
-    vector = resources["embedder"].get().encode([query])[0]
     with resources["milvus"].store() as store:
+        spec = served_spec(store, BUNDLED_MODEL)
+        vector = resources["embedder"].load(spec.model, spec.backend).encode([query])[0]
         return store.search_dense(store.alias, vector, limit)
 
 

@@ -23,6 +23,7 @@ from rag_core.tracking import REGISTERED_EMBEDDER, Tracker
 from rag_serving.state import ServingState
 from tests.conftest import FIXTURES
 from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,8 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         )
         feedback.add_feedback(query_id, 5, True, "exactly this")
         serving = ServingState(settings)  # a running server: it must follow the promotion without a restart
-        assert serving.index.current().embedding_version.startswith("damaged-minilm@")
+        ready = wait_for("the server resolves the served build", lambda: serving.readiness()[0], timeout_s=120)
+        assert ready.embedding_version.startswith("damaged-minilm@")
 
         # Fine-tune (real training steps) → registered model → candidate build → gate → promotion.
         finetuned = definitions.resolve_job_def("finetune_and_promote_job").execute_in_process(

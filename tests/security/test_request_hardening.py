@@ -14,7 +14,6 @@ import pytest
 from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
-from rag_core.generation import register_offline_providers
 from rag_serving.app import create_app
 from tests.serving_server import ServerThread
 
@@ -264,7 +263,6 @@ class PathologicalLLM(CustomLLM):
 def pathological(hardened):
     import litellm
 
-    register_offline_providers()
     litellm.custom_provider_map = [
         *litellm.custom_provider_map,
         {"provider": "pathological", "custom_handler": PathologicalLLM()},

@@ -2,19 +2,11 @@ import re
 
 import pytest
 
-from rag_core.generation import (
-    LLMConfig,
-    PromptSource,
-    Screened,
-    build_messages,
-    clean_citations,
-    extractive_answer,
-    generate,
-    parse_prompt,
-    screen,
-    stream,
-)
+from rag_core.answerers.extractive import extractive_answer
+from rag_core.generation import LLMConfig, generate, stream
+from rag_core.prompt import PromptSource, Screened, build_messages, clean_citations, screen
 from rag_core.retrieval import RetrievedChunk
+from tests.support.prompts import parse_prompt
 
 
 def _chunk(number: int, title: str, text: str) -> RetrievedChunk:
@@ -46,13 +38,13 @@ def test_citations_of_sources_not_returned_are_dropped():
 
 
 def test_extractive_answer_cites_the_supporting_sentence():
-    answer = extractive_answer("Why do dogs bark?", [(n, s.title, s.text) for n, s in enumerate(SOURCES, 1)])
+    answer = extractive_answer("Why do dogs bark?", [PromptSource(n, s) for n, s in enumerate(SOURCES, 1)])
     assert answer.startswith("Dogs bark at strangers to warn their owners. [2]")
     assert "[1]" not in answer
 
 
 def test_extractive_answer_says_when_nothing_supports_it():
-    assert "do not contain" in extractive_answer("quantum chromodynamics?", [(1, "Cats", SOURCES[0].text)])
+    assert "do not contain" in extractive_answer("quantum chromodynamics?", [PromptSource(1, SOURCES[0])])
 
 
 def test_generate_through_litellm_offline_provider():
@@ -82,7 +74,7 @@ def test_synthetic_questions_go_through_litellm_and_only_questions_are_kept():
     import litellm
     from litellm import CustomLLM
 
-    from rag_core.generation import synthetic_questions
+    from rag_core.synthetic_questions import synthetic_questions
 
     class QuestionWriter(CustomLLM):  # stands in for an external generative model
         def completion(self, model: str, messages: list, *args, **kwargs):
@@ -193,7 +185,5 @@ def test_a_generative_model_never_sees_a_dropped_passage_and_cannot_cite_one():
 
 
 def test_a_bracketed_run_of_digits_is_not_a_citation():
-    from rag_core.generation import clean_citations
-
     text, used = clean_citations("Files are indexed [1] and [" + "9" * 5000 + "].", {1})
     assert used == [1] and "[1]" in text and "9" * 5000 in text

@@ -8,7 +8,6 @@ from rag_core.promotion import (
     PROMOTED,
     REJECTED,
     RETIRED,
-    STATUS,
     builds,
     gate,
     promote,
@@ -46,15 +45,15 @@ def test_promote_reject_and_rollback_keep_a_history_in_collection_properties(sto
     blue, green, red = _build(store, "blue"), _build(store, "green"), _build(store, "red")
     assert promote(store, blue, 0.61) is None and store.alias_target() == blue
     assert recorded_ndcg(store, blue) == pytest.approx(0.61)
-    store.set_properties(green, {STATUS: CANDIDATE})
+    store.update_record(green, status=CANDIDATE)
     assert promote(store, green, 0.66) == blue
     assert store.alias_target() == green
-    assert store.collection_properties(blue)[STATUS] == RETIRED
+    assert store.record(blue).status == RETIRED
     reject(store, red, "nDCG@10 too low")
     statuses = {row["collection"]: row["status"] for row in builds(store)}
     assert statuses == {blue: RETIRED, green: PROMOTED, red: REJECTED}
     assert rollback(store) == (green, blue)
-    assert store.alias_target() == blue and store.collection_properties(blue)[STATUS] == PROMOTED
+    assert store.alias_target() == blue and store.record(blue).status == PROMOTED
     with pytest.raises(RuntimeError, match="records no previous build"):
         rollback(store)  # blue was the first build
     with pytest.raises(RuntimeError, match="is served by the alias"):

@@ -1,0 +1,86 @@
+"""The query engine: retrieve, then answer. The API serves this path and the evaluations measure it
+(`rag_eval_report`, `evals/eval_retrieval.py`), so what is measured is what is served.
+
+`Query` carries what a caller may choose, with the served defaults; `QueryEngine` holds what the deployment
+decided once (the searcher of one build, how queries are embedded, the fusion and the answerer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rag_core.generation import Answer, LLMConfig, generate, stream
+from rag_core.retrieval import FusionConfig, Mode, RetrievedChunk, Retriever
+from rag_core.search.filters import SearchFilter
+
+if TYPE_CHECKING:
+    from rag_core.search.engines import Searcher
+
+DEFAULT_TOP_K = 5
+DEFAULT_MODE: Mode = "hybrid"
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    top_k: int = DEFAULT_TOP_K
+    mode: Mode = DEFAULT_MODE
+    search_filter: SearchFilter = field(default_factory=SearchFilter)
+    fusion: FusionConfig | None = None  # None: the engine's (the deployment's)
+
+
+def _untimed(stage: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+class QueryEngine:
+    """Retrieval over one build's searcher, then an answer from what was retrieved.
+
+    `encode` embeds a query with the model the build was made with (the API caches and batches it).
+    `llm` answers; an engine that only retrieves (a retrieval evaluation) has none. `stage(name)` times the
+    `search` and `generate` stages when the caller keeps timings."""
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        encode: Callable[[str], Sequence[float]],
+        fusion: FusionConfig,
+        llm: LLMConfig | None = None,
+        stage: Callable[[str], AbstractContextManager[object]] = _untimed,
+    ) -> None:
+        self.retriever = Retriever(searcher, fusion)
+        self.encode = encode
+        self.llm = llm
+        self.stage = stage
+
+    def retrieve(self, query: Query, vector: Sequence[float] | None = None) -> list[RetrievedChunk]:
+        """The query's chunks, best first. `vector`: its embedding, when the caller encoded it already (an
+        evaluation encodes all its queries in one batch)."""
+        if vector is None and query.mode != "bm25":
+            vector = self.encode(query.text)
+        with self.stage("search"):
+            return self.retriever.retrieve(
+                query.text, vector, query.top_k, query.mode, query.search_filter, query.fusion
+            )
+
+    def answer(self, question: str, chunks: Sequence[RetrievedChunk]) -> Answer:
+        with self.stage("generate"):
+            return generate(question, chunks, self._llm())
+
+    def stream(self, question: str, chunks: Sequence[RetrievedChunk]) -> Iterator[tuple[str, Answer | None]]:
+        """(text delta, None)… then ('', the final Answer), like `answer` but in pieces."""
+        llm = self._llm()
+        with self.stage("generate"):
+            yield from stream(question, chunks, llm)
+
+    def _llm(self) -> LLMConfig:
+        if self.llm is None:
+            raise ValueError("this query engine only retrieves — build it with llm=settings.llm() to answer")
+        return self.llm
+
+    def run(self, query: Query) -> tuple[list[RetrievedChunk], Answer]:
+        chunks = self.retrieve(query)
+        return chunks, self.answer(query.text, chunks)
