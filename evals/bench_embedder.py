@@ -1,4 +1,4 @@
-"""Embedding backends on SciFact: torch, onnx (fp32) and onnx-int8 (RAG_EMBEDDING_BACKEND).
+"""Embedding backends on SciFact: torch, onnx (fp32), onnx-int8 and openvino (RAG_EMBEDDING_BACKEND).
 
 For the first N abstracts (title + text, as the pipeline embeds them; long ones are truncated at the
 model's 256 tokens) each backend's `Embedder.encode` is timed and compared with the floor, a plain
@@ -6,12 +6,15 @@ model's 256 tokens) each backend's `Embedder.encode` is timed and compared with 
 of each vector with the torch backend's. Query latency is one `encode([query])` per SciFact test query
 (300), after a warm-up. chunks/CPU-s divides by this process's CPU time instead of wall time: on a
 machine shared with other jobs it is the steadier number (idle onnxruntime threads sleep, not spin).
-The ONNX export/quantization happens once, before timing, into --onnx-dir (its seconds are the
-`load s` column on a first run).
+The ONNX export/quantization/OpenVINO conversion happens once, before timing, into --onnx-dir (its seconds
+are the `load s` column on a first run).
+
+--extras adds rows that are not backends, for comparison: `torch-bf16` is sentence-transformers with the
+weights in bfloat16 (torch's oneDNN AMX kernels on a CPU that has them).
 
 With --repeat R every measurement runs R times, interleaved across backends, and the best run is kept
 (this machine may be shared). Prints a markdown table.
-Run: .venv/bin/python evals/bench_embedder.py [--limit 1000] [--batch-size 64] [--repeat 1]
+Run: .venv/bin/python evals/bench_embedder.py [--limit 1000] [--batch-size 64] [--repeat 1] [--extras torch-bf16]
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 SCIFACT = Path(__file__).parent / "datasets" / "scifact"
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
+EXTRAS = ("torch-bf16",)
 
 
 def load_texts(limit: int) -> list[str]:
@@ -74,11 +78,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N abstracts (0 = all 5,183)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best is kept")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from torch,onnx,onnx-int8")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {','.join(BACKENDS)}")
+    parser.add_argument("--extras", default="", help=f"comma-separated rows that are not backends: {','.join(EXTRAS)}")
     parser.add_argument("--onnx-dir", type=Path, help="export cache (default: a temporary folder)")
     args = parser.parse_args()
 
     import onnxruntime
+    import openvino
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -87,13 +93,17 @@ def main() -> None:
     from rag_core.settings import bundled_model_dir
 
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    extras = [name.strip() for name in args.extras.split(",") if name.strip()]
+    if unknown := set(extras) - set(EXTRAS):
+        parser.error(f"unknown --extras {', '.join(sorted(unknown))}")
     texts, queries = load_texts(args.limit), load_queries()
     model_dir = bundled_model_dir()
     onnx_dir = args.onnx_dir or Path(tempfile.mkdtemp(prefix="bench-embedder-"))
     print(
         f"{len(texts)} SciFact abstracts, {len(queries)} queries, batch size {args.batch_size}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__} "
-        f"({default_threads()} threads), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        f"({default_threads()} threads), openvino {openvino.get_version().split('-')[0]}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
 
@@ -108,6 +118,21 @@ def main() -> None:
         embedders[backend] = Embedder(model_dir, batch_size=args.batch_size, backend=backend, onnx_dir=onnx_dir).load()
         load_seconds[backend] = time.perf_counter() - started
     encoders = {"floor": floor_encode, **{name: embedder.encode for name, embedder in embedders.items()}}
+    if "torch-bf16" in extras:
+        started = time.perf_counter()
+        bf16 = SentenceTransformer(
+            str(model_dir), device="cpu", local_files_only=True, model_kwargs={"torch_dtype": torch.bfloat16}
+        )
+        load_seconds["torch-bf16"] = time.perf_counter() - started
+
+        def bf16_encode(batch: list[str]) -> np.ndarray:
+            vectors = bf16.encode(batch, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            vectors = vectors.astype(np.float32)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)  # normalised in bf16, again in fp32
+
+        encoders["torch-bf16"] = bf16_encode
+    if "openvino" in embedders:
+        print(f"openvino runs in {embedders['openvino'].onnx.model.precision}", flush=True)
     for encode in encoders.values():
         encode(texts[:16])
 

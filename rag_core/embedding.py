@@ -5,7 +5,8 @@ model we saved): nothing is fetched from a hub. All texts of a run go to one `en
 length internally; that is what makes a full build fast.
 
 The backend (RAG_EMBEDDING_BACKEND) runs the same model with torch, or exported to ONNX Runtime in fp32
-(`onnx`) or dynamically quantized to int8 (`onnx-int8`, see rag_core.onnx_embedding). The backend is part
+(`onnx`) or dynamically quantized to int8 (`onnx-int8`), or the same export converted to OpenVINO, which
+runs it in bf16 on CPUs with AMX/AVX512-BF16 (`openvino`; see rag_core.onnx_embedding). The backend is part
 of the version (`all-MiniLM-L6-v2@<hash>+onnx-int8`; torch keeps the bare `name@hash`), so vectors of
 different backends never share a cache entry or a collection.
 """
@@ -122,17 +123,18 @@ class Embedder:
 
     @cached_property
     def onnx(self):
-        """The onnxruntime encoder of an `onnx`/`onnx-int8` embedder (exported and cached on first use)."""
-        from rag_core.onnx_embedding import OnnxEncoder, ensure_model_file
+        """The encoder of an `onnx`/`onnx-int8`/`openvino` embedder (exported and cached on first use)."""
+        from rag_core.onnx_embedding import OnnxEncoder, OpenVinoEncoder, ensure_model_file
 
         if self.backend == "torch":
             raise ValueError("this embedder runs with torch; it has no ONNX session")
         onnx_dir = self.onnx_dir or default_onnx_dir()
         path = ensure_model_file(self.model_dir, onnx_dir, self.weights_version, self.backend)
-        return OnnxEncoder(path, self.model_dir, self.batch_size)
+        encoder = OpenVinoEncoder if self.backend == "openvino" else OnnxEncoder
+        return encoder(path, self.model_dir, self.batch_size)
 
     def load(self) -> Embedder:
-        """Load what `encode` needs now (the torch model, or the ONNX session), so no request pays for it."""
+        """Load what `encode` needs now (the torch model, or the ONNX/OpenVINO model), so no request pays for it."""
         self.model if self.backend == "torch" else self.onnx  # noqa: B018
         return self
 

@@ -1,14 +1,17 @@
-"""The ONNX Runtime embedding backends (`RAG_EMBEDDING_BACKEND=onnx` and `onnx-int8`).
+"""The ONNX embedding backends (`RAG_EMBEDDING_BACKEND=onnx`, `onnx-int8` and `openvino`).
 
 A sentence-transformers model of the shape Transformer → mean Pooling → (Normalize) is exported once:
 the transformer to ONNX (torch.onnx.export), fused with onnxruntime's transformer optimizer (attention,
 layer norms, GELU), checked against the torch model on probe texts, and for `onnx-int8` dynamically
 quantized (int8 weights per output channel, int8 activations per tensor; the first encoder layer stays fp32,
-which is what keeps cosine ≥ 0.99 against the torch vectors on short queries too). The files are cached
-under the directory the caller passes (the data dir's `models/onnx/<model version>/`), never next to the
-model. Encoding tokenizes with the model's fast tokenizer exactly as sentence-transformers does (truncated
-at max_seq_length, special tokens, right padding), sorts by length, pads each batch only to its own longest
-text, runs one reused session, mean-pools with the attention mask and L2-normalises.
+which is what keeps cosine ≥ 0.99 against the torch vectors on short queries too). `openvino` converts the
+fp32 graph to OpenVINO IR (`model-openvino.xml` + `.bin`, fp32 weights), checks it against the torch model
+too, and runs it with OpenVINO's CPU plugin at the plugin's default precision: bf16 on CPUs with AMX or
+AVX512-BF16 (oneDNN's AMX kernels), fp32 elsewhere. The files are cached under the directory the caller
+passes (the data dir's `models/onnx/<model version>/`), never next to the model. Encoding tokenizes with the
+model's fast tokenizer exactly as sentence-transformers does (truncated at max_seq_length, special tokens,
+right padding), sorts by length, pads each batch only to its own longest text, runs one reused session
+(OpenVINO: one compiled model), mean-pools with the attention mask and L2-normalises.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import uuid
@@ -28,8 +32,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ONNX_BACKENDS = ("onnx", "onnx-int8")
-MODEL_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+ONNX_BACKENDS = ("onnx", "onnx-int8", "openvino")
+MODEL_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx", "openvino": "model-openvino.xml"}
 OPSET = 17
 PROBE_TEXTS = (
     "query",
@@ -107,7 +111,7 @@ def model_file(cache_dir: Path, version: str, backend: str) -> Path:
 
 
 def ensure_model_file(model_dir: Path, cache_dir: Path, version: str, backend: str) -> Path:
-    """The cached ONNX file for `backend`, exported (and quantized) on first use."""
+    """The cached model file for `backend`, exported (and quantized or converted) on first use."""
     target = model_file(cache_dir, version, backend)
     if target.is_file():
         return target
@@ -119,25 +123,21 @@ def ensure_model_file(model_dir: Path, cache_dir: Path, version: str, backend: s
             export_onnx(model_dir, fp32)
         if backend == "onnx-int8":
             quantize_int8(fp32, target, pipeline_config(model_dir).transformer_dir)
+        elif backend == "openvino":
+            convert_openvino(model_dir, fp32, target)
     return target
 
 
 def _temporary(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.onnx")
+    return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}{target.suffix}")
 
 
 def export_onnx(model_dir: Path, target: Path) -> Path:
     """The transformer of `model_dir` as one fused fp32 ONNX graph at `target` (written atomically)."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    pipeline = pipeline_config(model_dir)
-    source = str(pipeline.transformer_dir)
-    config = AutoConfig.from_pretrained(source, local_files_only=True)
-    model = AutoModel.from_pretrained(source, local_files_only=True, attn_implementation="eager").eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in tokenizer.model_input_names]
+    pipeline, config, model, tokenizer, names = _torch_transformer(model_dir)
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self) -> None:
@@ -159,13 +159,26 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
                 do_constant_folding=True,
             )
         _optimize(raw, staging, config)
-        _check_against_torch(staging, model.eval(), tokenizer, names, pipeline.max_seq_length)
+        _check_against_torch(_onnxruntime_runner(staging), model.eval(), tokenizer, names, pipeline.max_seq_length)
         os.replace(staging, target)
     finally:
         raw.unlink(missing_ok=True)
         staging.unlink(missing_ok=True)
     log.info("exported %s to %s", model_dir, target)
     return target
+
+
+def _torch_transformer(model_dir: Path):
+    """The pipeline config, HF config, torch model (eager attention), tokenizer and input names of `model_dir`."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    pipeline = pipeline_config(model_dir)
+    source = str(pipeline.transformer_dir)
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    model = AutoModel.from_pretrained(source, local_files_only=True, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in tokenizer.model_input_names]
+    return pipeline, config, model, tokenizer, names
 
 
 def _optimize(source: Path, target: Path, config) -> None:
@@ -183,23 +196,58 @@ def _optimize(source: Path, target: Path, config) -> None:
     optimized.save_model_to_file(str(target))  # also declares the com.microsoft opset of the fused ops
 
 
-def _check_against_torch(path: Path, model, tokenizer, names: list[str], max_seq_length: int) -> None:
-    """The exported graph must reproduce the torch model (an exporter or fusion bug fails here, not in an index)."""
+def _onnxruntime_runner(path: Path):
     import onnxruntime as ort
-    import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(None, feed)[0]
+
+
+def _check_against_torch(
+    run, model, tokenizer, names: list[str], max_seq_length: int, minimum: float = 0.9999, what: str = "ONNX export"
+) -> None:
+    """The exported graph (`run`: inputs → last hidden state) must reproduce the torch model: an exporter, fusion
+    or conversion bug fails here, not in an index."""
+    import torch
+
     batch = tokenizer(list(PROBE_TEXTS), padding=True, truncation=True, max_length=max_seq_length, return_tensors="pt")
     with torch.no_grad():
         expected = model(**{name: batch[name] for name in names}).last_hidden_state
     mask = batch["attention_mask"].numpy()[..., None].astype(np.float32)
-    got = _pool(session.run(None, {name: batch[name].numpy() for name in names})[0], mask)
+    got = _pool(np.asarray(run({name: batch[name].numpy() for name in names}), dtype=np.float32), mask)
     want = _pool(expected.numpy(), mask)
     worst = float(np.min(np.sum(got * want, axis=1)))
-    if worst < 0.9999:
+    if worst < minimum:
         raise RuntimeError(
-            f"the ONNX export disagrees with the torch model (cosine {worst:.5f}) — set RAG_EMBEDDING_BACKEND=torch"
+            f"the {what} disagrees with the torch model (cosine {worst:.5f}) — set RAG_EMBEDDING_BACKEND=torch"
         )
+
+
+# bf16 keeps 8 bits of mantissa: the probe texts stay above 0.9999 on a Sapphire Rapids; a conversion bug does not.
+OPENVINO_MIN_COSINE = 0.999
+
+
+def convert_openvino(model_dir: Path, source: Path, target: Path) -> Path:
+    """The fp32 ONNX graph `source` as OpenVINO IR at `target` (.xml, and its .bin beside it; fp32 weights),
+    checked against the torch model at the precision the CPU plugin will run it with."""
+    import openvino as ov
+
+    pipeline, _, model, tokenizer, names = _torch_transformer(model_dir)
+    staging = _temporary(target)
+    try:
+        ov.save_model(ov.convert_model(str(source)), str(staging), compress_to_fp16=False)
+        runner = _OpenVinoModel(staging, default_threads())
+        _check_against_torch(
+            lambda feed: runner.infer(feed, lambda hidden: hidden.copy()), model, tokenizer, names,
+            pipeline.max_seq_length, OPENVINO_MIN_COSINE, f"OpenVINO conversion ({runner.precision})",
+        )
+        os.replace(staging.with_suffix(".bin"), target.with_suffix(".bin"))
+        os.replace(staging, target)  # the .xml last: it is what ensure_model_file looks for
+    finally:
+        staging.unlink(missing_ok=True)
+        staging.with_suffix(".bin").unlink(missing_ok=True)
+    log.info("converted %s to OpenVINO IR at %s", source, target)
+    return target
 
 
 def quantize_int8(source: Path, target: Path, transformer_dir: Path) -> Path:
@@ -246,20 +294,11 @@ class OnnxEncoder:
     """One onnxruntime session and one tokenizer, reused for every call; safe to call from several threads."""
 
     def __init__(self, path: Path, model_dir: Path, batch_size: int = 64, threads: int | None = None) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         pipeline = pipeline_config(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: a serving process has other work for the cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.inputs = [item.name for item in self.session.get_inputs()]
+        self.inputs = self._open(path, threads or default_threads())
         hf = AutoTokenizer.from_pretrained(str(pipeline.transformer_dir), local_files_only=True)
         if not hf.is_fast:
             raise UnsupportedModel(f"{model_dir} has no fast tokenizer — set RAG_EMBEDDING_BACKEND=torch for it")
@@ -297,7 +336,67 @@ class OnnxEncoder:
             vectors[rows] = self._run(ids, mask)
         return vectors
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _open(self, path: Path, threads: int) -> list[str]:
+        """Load the model; its input names."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: a serving process has other work for the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [item.name for item in self.session.get_inputs()]
+
+    def _feed(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self.session.run(None, {name: feed[name] for name in self.inputs})[0]
+        return {name: feed[name] for name in self.inputs}
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        hidden = self.session.run(None, self._feed(ids, mask))[0]
         return _pool(hidden, mask[..., None].astype(np.float32)).astype(np.float32, copy=False)
+
+
+class _OpenVinoModel:
+    """An OpenVINO CPU compiled model with a pool of infer requests (one request serves one call at a time)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            hints.performance_mode: hints.PerformanceMode.LATENCY,  # one stream: each call uses every thread
+            props.inference_num_threads: threads,
+            props.num_streams: 1,
+            hints.enable_cpu_pinning: False,  # a serving process has other work for the cores
+        })
+        self.precision = self.compiled.get_property(hints.inference_precision).get_type_name()  # bf16 or f32
+        self.inputs = [port.any_name for port in self.compiled.inputs]
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def infer(self, feed: dict[str, np.ndarray], use):
+        """`use(last_hidden_state)` while the request still owns the output buffer (it is not copied)."""
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            return use(request.infer(feed, share_outputs=True)[0])
+        finally:
+            self._idle.put(request)
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """The `openvino` backend: OnnxEncoder's tokenization and batching, inference by OpenVINO's CPU plugin."""
+
+    def _open(self, path: Path, threads: int) -> list[str]:
+        self.model = _OpenVinoModel(path, threads)
+        return self.model.inputs
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        weights = mask[..., None].astype(np.float32)
+        return self.model.infer(self._feed(ids, mask), lambda hidden: _pool(hidden, weights).astype(np.float32))

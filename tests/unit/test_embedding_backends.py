@@ -1,6 +1,6 @@
-"""The embedding backends (RAG_EMBEDDING_BACKEND) with the real bundled MiniLM: the ONNX fp32 and int8
-vectors agree with torch on SciFact, each backend has its own version and collection, and a build's
-backend is what serving reads back from the collection."""
+"""The embedding backends (RAG_EMBEDDING_BACKEND) with the real bundled MiniLM: the ONNX fp32 and int8 and the
+OpenVINO (bf16 where the CPU has it) vectors agree with torch on SciFact, each backend has its own version and
+collection, and a build's backend is what serving reads back from the collection."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rag_core.settings import Settings, bundled_model_dir, vendored_eval_dataset
 from rag_core.store import SCHEMA_VERSION, milvus_name
 from rag_core.tracking import Tracker
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,32 @@ def test_onnx_vectors_match_torch(
     assert embedder.max_seq_length == 256 and embedder.dimension == 384
 
 
+@pytest.mark.slow
+def test_openvino_vectors_match_torch(scifact_texts: list[str], torch_vectors: np.ndarray, onnx_dir: Path) -> None:
+    embedder = Embedder(bundled_model_dir(), backend="openvino", onnx_dir=onnx_dir)
+    vectors = embedder.encode(scifact_texts)
+    assert embedder.version.endswith("+openvino") and embedder.onnx.model.precision in ("bf16", "f32")
+    assert vectors.shape == torch_vectors.shape and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(vectors * torch_vectors, axis=1)
+    assert cosines.min() >= 0.99 and cosines.mean() >= 0.999, f"min {cosines.min():.5f}, mean {cosines.mean():.5f}"
+    alone = np.vstack([embedder.encode([text]) for text in scifact_texts[:3]])  # queries: no batch, no padding
+    assert np.sum(alone * torch_vectors[:3], axis=1).min() >= 0.99
+    # Converted once from the cached fp32 ONNX export: the IR (xml + bin) beside it, nothing next to the model.
+    cached = {path.name for path in onnx_dir.rglob("*") if path.is_file()}
+    assert {"model.onnx", "model-openvino.xml", "model-openvino.bin"} <= cached
+    assert not [name for name in cached if name.startswith(".")]  # no staging files left
+    assert not list(bundled_model_dir().rglob("*.xml"))
+    assert embedder.max_seq_length == 256 and embedder.dimension == 384
+
+
 def test_version_names_the_backend_and_torch_keeps_todays() -> None:
     versions = {backend: Embedder(bundled_model_dir(), backend=backend).version for backend in BACKENDS}
     name, weights = versions["torch"].split("@")
     assert name == "all-MiniLM-L6-v2" and len(weights) == 12 and "+" not in weights
     assert versions["onnx"] == f"{versions['torch']}+onnx"
     assert versions["onnx-int8"] == f"{versions['torch']}+onnx-int8"
+    assert versions["openvino"] == f"{versions['torch']}+openvino"
     assert {backend: backend_of(version) for backend, version in versions.items()} == {b: b for b in BACKENDS}
 
 
@@ -77,12 +97,13 @@ def test_collection_name_and_recorded_spec_follow_the_backend() -> None:
         backend: index_build(Embedder(bundled_model_dir(), backend=backend), chunking) for backend in BACKENDS
     }
     names = {backend: build.collection_name for backend, build in builds.items()}
-    assert len(set(names.values())) == 3, names
+    assert len(set(names.values())) == len(BACKENDS), names
     model, weights = builds["torch"].embedding_model, builds["torch"].embedding_version.split("@")[1][:10]
     chunks = f"{chunking.describe()}_s{SCHEMA_VERSION}"
     assert names["torch"] == milvus_name(f"{model}_{weights}_{chunks}")  # today's name: existing indexes stay valid
     assert names["onnx"] == milvus_name(f"{model}_{weights}_onnx_{chunks}")
     assert names["onnx-int8"] == milvus_name(f"{model}_{weights}_onnx_int8_{chunks}")
+    assert names["openvino"] == milvus_name(f"{model}_{weights}_openvino_{chunks}")
     for backend, build in builds.items():  # what serving reads back from the collection's properties
         assert spec_of(build.properties(), BUNDLED_MODEL).backend == backend
     assert spec_of({}, BUNDLED_MODEL).backend == "torch"  # collections from before backends existed
@@ -101,11 +122,13 @@ def test_unknown_backend_names_the_setting(tmp_path: Path) -> None:
         Embedder(bundled_model_dir(), backend="tensorrt")
     resolver = ModelResolver(tmp_path / "models", Tracker("sqlite:///unused.db", None))
     with pytest.raises(ValueError, match="RAG_EMBEDDING_BACKEND"):
-        load_embedder(BUNDLED_MODEL, resolver, backend="openvino")
+        load_embedder(BUNDLED_MODEL, resolver, backend="tensorrt-int8")
     with pytest.raises(ValueError, match="RAG_EMBEDDING_BACKEND"):
         Settings(embedding_backend="int4")
     with pytest.raises(ValueError, match="RAG_EMBEDDING_BACKEND"):  # no GPU path for onnxruntime here
         Embedder(bundled_model_dir(), device="cuda", backend="onnx")
+    with pytest.raises(ValueError, match="RAG_EMBEDDING_BACKEND"):  # nor for OpenVINO (its CPU plugin only)
+        Embedder(bundled_model_dir(), device="cuda", backend="openvino")
 
 
 def test_onnx_backend_refuses_a_pipeline_it_cannot_reproduce(tmp_path: Path) -> None:
