@@ -140,7 +140,7 @@ def tune_fusion(store, index: Index, dev, vectors) -> list[tuple[float, object]]
 
         def search(text: str, fusion=fusion) -> list[tuple[str, float]]:
             fused = fuse(ranked[text], fusion)
-            return [(RetrievedChunk.from_hit(h, s, r).doc_id, s) for h, s, r in fused[:DEPTH]]
+            return [(RetrievedChunk.from_hit(h, s).doc_id, s) for h, s, _ranks in fused[:DEPTH]]
 
         scored.append((evaluate(dev, search)["ndcg@10"], fusion))
     return sorted(scored, key=lambda item: -item[0])

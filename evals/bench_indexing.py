@@ -41,6 +41,7 @@ def main() -> None:
     from rag_core.chunking import ChunkingConfig, chunk_documents
     from rag_core.documents import discover_sources, parse_source
     from rag_core.embedding import Embedder
+    from rag_core.models import ModelResolver
     from rag_core.settings import Settings
 
     with gzip.open(CORPUS) as corpus:
@@ -57,14 +58,15 @@ def main() -> None:
     settings = Settings(data_dir=work / "data", documents_dir=documents, dagster_home=work / "dagster")
 
     # The texts the pipeline will embed, computed with the pipeline's own parser and chunker (untimed).
-    embedder = Embedder(settings.resolved_model_dir)
+    model_dir = ModelResolver.from_settings(settings).model_dir(settings.embedding_model)
+    embedder = Embedder(model_dir)
     config = ChunkingConfig(settings.chunk_max_tokens, settings.chunk_overlap_tokens, embedder.max_seq_length - 2)
     units = discover_sources(documents, settings.default_tenant, settings.jsonl_shard_size)
     parsed = [document for unit in units for document in parse_source(unit).documents]
     texts = [chunk.search_text for chunk in chunk_documents(parsed, embedder.tokenizer, config)]
     print(f"{len(records)} documents → {len(units)} partitions, {len(texts)} chunks", flush=True)
 
-    model = SentenceTransformer(str(settings.resolved_model_dir), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     started = time.perf_counter()
     model.encode(texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True, show_progress_bar=True)
     baseline = time.perf_counter() - started

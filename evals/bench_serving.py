@@ -101,12 +101,14 @@ def floor_latencies(settings, queries: list[str]) -> list[float]:
     from floors import SearchFloor
     from sentence_transformers import SentenceTransformer
 
+    from rag_core.models import ModelResolver
     from rag_core.search.engines import IndexConnection
 
     engine = IndexConnection.from_settings(settings).memory_engine()
     (segment,) = engine.served().searcher.compacted().segments
     floor = SearchFloor(segment.vectors, segment.table.column("search_text").to_pylist(), segment.graph)
-    model = SentenceTransformer(str(settings.resolved_model_dir), device="cpu", local_files_only=True)
+    model_dir = ModelResolver.from_settings(settings).model_dir(settings.embedding_model)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
 
     def once(query: str) -> list[int]:
         vector = model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]

@@ -6,10 +6,10 @@ builds, evaluated in every mode, then dropped; nothing served is touched."""
 import itertools
 import time
 
-from dagster import Config, OpExecutionContext, job, op
+from dagster import Config, OpExecutionContext, op
 from pydantic import Field
 
-from rag_assets.assets.evaluation import metric_name
+from rag_assets.reporting import metric_name
 from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusResource, SourcesResource, TrackingResource
 from rag_core.chunking import ChunkingConfig
 from rag_core.evaluation import evaluate_collection
@@ -89,10 +89,3 @@ def experiment_grid(
         context.log.info(f"[{number}/{len(combos)}] {model.version} {chunking.describe()}: {evaluated.table()}")
     return results
 
-
-@job(
-    tags={"rag/experiment": "grid"},
-    description="models × chunk sizes × modes, one MLflow run each (experiment `retrieval-grid`).",
-)
-def experiment_grid_job() -> None:
-    experiment_grid()

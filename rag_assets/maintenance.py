@@ -9,7 +9,6 @@ from dagster import (
     OpExecutionContext,
     ResourceParam,
     asset,
-    job,
     op,
 )
 
@@ -43,11 +42,6 @@ def remove_documents(
     for key in keys:
         context.log_event(AssetObservation(asset_key="milvus_collection", partition=key, metadata={"removed": True}))
     context.log.info(f"removed {len(keys)} source partition(s): {removed_rows} Milvus rows, {staged} staged files")
-
-
-@job(tags=INDEX_WRITER_TAG, description="Deletes the vectors of source files that were deleted.")
-def remove_documents_job() -> None:
-    remove_documents()
 
 
 @asset(group_name="maintenance", kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)

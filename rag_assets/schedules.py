@@ -1,49 +1,8 @@
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+"""The schedules: a nightly reconcile and a weekly evaluation over every judged query."""
 
-from rag_assets.assets.indexing import INDEX_WRITER_TAG
+from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-search_index_job = define_asset_job(
-    "search_index_job",
-    selection=AssetSelection.assets("search_index"),
-    description="Snapshot the served build for the in-memory search engine (after `rag index`).",
-)
-reconcile_job = define_asset_job(
-    "reconcile_job",
-    selection=AssetSelection.assets("index_reconciliation"),
-    tags=INDEX_WRITER_TAG,
-    description="Compare the source folder, the partitions and Milvus; repair drift.",
-)
-
-evaluation_job = define_asset_job(
-    "evaluation_job",
-    selection=AssetSelection.assets("retrieval_eval_report", "rag_eval_report"),
-    description="Retrieval metrics (with the quality gate) and ragas on the served index, logged to MLflow.",
-)
-
-candidate_job = define_asset_job(
-    "candidate_job",
-    selection=AssetSelection.assets("candidate_index"),
-    tags=INDEX_WRITER_TAG,
-    description="Build a candidate collection (new model and/or chunking) next to the served one.",
-)
-
-promote_job = define_asset_job(
-    "promote_job",
-    selection=AssetSelection.assets("retrieval_eval_report", "promoted_index"),
-    config={"ops": {"retrieval_eval_report": {"config": {"target": "candidate"}}}},
-    tags=INDEX_WRITER_TAG,
-    description="Evaluate the waiting candidate build next to the served one; move the alias if it passes.",
-)
-
-finetune_and_promote_job = define_asset_job(
-    "finetune_and_promote_job",
-    selection=AssetSelection.assets(
-        "finetuned_embedding_model", "candidate_index", "retrieval_eval_report", "promoted_index"
-    ),
-    config={"ops": {"retrieval_eval_report": {"config": {"target": "candidate"}}}},
-    tags={**INDEX_WRITER_TAG, "rag/experiment": "finetune"},
-    description="Fine-tune, build the candidate collection, evaluate it, promote it only past the gate.",
-)
+from rag_assets.jobs import evaluation_job, reconcile_job
 
 nightly_reconcile = ScheduleDefinition(
     name="nightly_reconcile",

@@ -18,25 +18,15 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
     sensor,
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG, build_tags
-from rag_assets.maintenance import remove_documents_job
+from rag_assets.assets.indexing import build_tags
+from rag_assets.jobs import evaluation_job, index_documents_job, remove_documents_job
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, SourcesResource
-from rag_assets.schedules import evaluation_job
 from rag_core.ids import content_hash
-
-index_documents_job = define_asset_job(
-    "index_documents_job",
-    selection=INDEX_ASSETS,
-    partitions_def=documents_partitions,
-    tags=INDEX_WRITER_TAG,
-    description="Parse → chunk → embed → upsert into Milvus for the selected document partitions.",
-)
 
 
 @sensor(

@@ -106,6 +106,16 @@ def gate(candidate_ndcg: float, baseline_ndcg: float | None, margin: float) -> G
     )
 
 
+def waiting_candidate(store: MilvusStore) -> str | None:
+    """The newest collection built for promotion and not yet judged."""
+    candidates = []
+    for name in store.list_collections():
+        record = store.record(name)
+        if record.status == CANDIDATE:
+            candidates.append((record.created_at, name))
+    return max(candidates)[1] if candidates else None
+
+
 def recorded_ndcg(store: MilvusStore, collection: str) -> float | None:
     return store.record(collection).eval_ndcg_at_10
 

@@ -11,7 +11,7 @@ with a BM25 function) and lists can be weighted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from rag_core.search.filters import FILTERABLE as FILTERABLE  # re-exported: the API validates against it
@@ -69,10 +69,9 @@ class RetrievedChunk:
     start_char: int
     end_char: int
     tenant: str
-    ranks: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_hit(cls, hit: Hit, score: float, ranks: dict[str, int]) -> RetrievedChunk:
+    def from_hit(cls, hit: Hit, score: float) -> RetrievedChunk:
         fields = hit.fields
         return cls(
             chunk_id=hit.chunk_id,
@@ -84,7 +83,6 @@ class RetrievedChunk:
             start_char=int(fields.get("start_char", 0)),
             end_char=int(fields.get("end_char", 0)),
             tenant=fields.get("tenant", ""),
-            ranks=ranks,
         )
 
 
@@ -157,14 +155,14 @@ class Retriever:
         search_filter = search_filter or SearchFilter()
         if mode == "dense":
             hits = self.searcher.search_dense(query_vector, top_k, search_filter)
-            return [RetrievedChunk.from_hit(hit, hit.score, {"dense": rank}) for rank, hit in enumerate(hits, 1)]
+            return [RetrievedChunk.from_hit(hit, hit.score) for hit in hits]
         if mode == "bm25":
             hits = self.searcher.search_bm25(query, top_k, search_filter)
-            return [RetrievedChunk.from_hit(hit, abs(hit.score), {"bm25": rank}) for rank, hit in enumerate(hits, 1)]
+            return [RetrievedChunk.from_hit(hit, abs(hit.score)) for hit in hits]
         depth = max(top_k, fusion.candidates)
         ranked = {
             "dense": self.searcher.search_dense(query_vector, depth, search_filter),
             "bm25": self.searcher.search_bm25(query, depth, search_filter),
         }
         fused = fuse(ranked, fusion)
-        return [RetrievedChunk.from_hit(hit, score, ranks) for hit, score, ranks in fused[:top_k]]
+        return [RetrievedChunk.from_hit(hit, score) for hit, score, _ranks in fused[:top_k]]

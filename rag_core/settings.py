@@ -242,10 +242,6 @@ class Settings(BaseSettings):
         return (self.dagster_home or self.data_dir / "dagster").resolve()
 
     @property
-    def resolved_model_dir(self) -> Path:
-        return Path(self.embedding_model) if self.embedding_model else bundled_model_dir()
-
-    @property
     def embedding_cache_path(self) -> Path:
         return self.data_dir.resolve() / "embedding_cache.sqlite"
 

@@ -388,10 +388,6 @@ class MilvusStore:
         """Set (None clears) these fields of the collection's record."""
         self.set_properties(name, record_changes(**fields))
 
-    def index_version(self, name: str) -> str:
-        """Changes whenever the collection's rows change; caches key on it so a reindex invalidates them."""
-        return self.record(name).index_version
-
     def bump_index_version(self, name: str) -> str:
         version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         self.update_record(name, index_version=version)

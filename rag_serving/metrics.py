@@ -25,7 +25,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "rag_stage_seconds",
-            "Latency per pipeline stage (embed, search, rerank, generate)",
+            "Latency per pipeline stage (embed, search, generate)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=self.registry,

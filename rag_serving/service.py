@@ -71,7 +71,7 @@ def retrieve(
     search_filter = SearchFilter.parse(request.filters, tenant)
     fusion = fusion_for(request, state)
     key = cache_key(
-        "retrieve",
+        "retrieved",  # not "retrieve": entries of that name hold a field chunks no longer have (ranks)
         snapshot.index_version,
         snapshot.collection,
         request.query,

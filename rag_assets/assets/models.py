@@ -16,8 +16,8 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from rag_assets.assets.evaluation import latest_metadata, metric_name
 from rag_assets.assets.indexing import INDEX_WRITER_TAG
+from rag_assets.reporting import latest_metadata, metric_name
 from rag_assets.resources import (
     EmbedderResource,
     EvaluationResource,
@@ -190,7 +190,7 @@ def candidate_index(
     """A complete new collection (blue) from the source folder with the candidate model and/or chunking,
     built next to the served one (green), which keeps serving. The alias does not move here."""
     started = time.perf_counter()
-    model_ref = config.model or str(latest_metadata(context, "finetuned_embedding_model").get("model_uri", ""))
+    model_ref = config.model or str(latest_metadata(context.instance, "finetuned_embedding_model").get("model_uri", ""))
     with milvus.store() as store:
         served = served_spec(store, BUNDLED_MODEL)
     model_ref = model_ref or (served.model if served else BUNDLED_MODEL)

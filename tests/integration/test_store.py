@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from rag_core.indexing import plan_reconcile, sync_partitions
+from rag_core.indexing import sync_partitions
 from rag_core.store import IndexBuild, MilvusStore, MilvusUnavailable, milvus_client
 
 BUILD = IndexBuild("test-model", "test-model@abc123", 4, "tokens64-overlap8")
@@ -98,7 +98,7 @@ def test_lite_file_is_released_for_other_processes(uri):
     script = textwrap.dedent(f"""
         from rag_core.store import milvus_client, MilvusStore
         with milvus_client({uri!r}, lock_timeout_s=5) as client:
-            from tests.unit.test_store import BUILD
+            from tests.integration.test_store import BUILD
             print(client.has_collection(MilvusStore(client, "idx").collection_for(BUILD)))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -131,19 +131,3 @@ def test_unreachable_server_names_the_fix():
         milvus_client("http://127.0.0.1:1", lock_timeout_s=1),
     ):
         pass
-
-
-def test_reconcile_plan_finds_every_kind_of_drift():
-    plan = plan_reconcile(
-        source_keys={"a", "b", "c", "q"},
-        partitions={"a", "b", "z"},
-        catalog_chunks={"a": 2, "b": 3, "q": None, "gone": 1},
-        milvus_rows={"a": 2, "b": 1, "orphan": 4},
-    )
-    assert plan.add_partitions == ["c", "q"]
-    assert plan.delete_partitions == ["z"]
-    assert plan.orphan_sources == ["orphan"]
-    assert plan.reindex == ["b"]
-    assert plan.forget == ["gone"]
-    assert not plan.is_clean
-    assert plan_reconcile({"a"}, {"a"}, {"a": 1}, {"a": 1}).is_clean

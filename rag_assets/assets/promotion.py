@@ -1,0 +1,45 @@
+"""The promotion: moves the serving alias to the evaluated build, only past its quality gate."""
+
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+
+from rag_assets.assets.indexing import INDEX_WRITER_TAG
+from rag_assets.assets.retrieval_eval import retrieval_eval_report
+from rag_assets.reporting import latest_metadata
+from rag_assets.resources import CatalogResource, MilvusResource
+from rag_core.promotion import promote
+
+
+@asset(group_name="evaluation", deps=[retrieval_eval_report], kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
+def promoted_index(
+    context: AssetExecutionContext, milvus: MilvusResource, catalog: CatalogResource
+) -> MaterializeResult:
+    """Moves the serving alias to the evaluated build — only after its quality gate passed. The build it
+    replaces is kept, so `rag rollback` restores it in one command."""
+    report = latest_metadata(context.instance, "retrieval_eval_report")
+    if not report:
+        raise Failure("no retrieval_eval_report yet — materialize it first (`rag promote` does both)")
+    target = str(report["evaluated_collection"])
+    if not report.get("gate_passed"):
+        raise Failure(f"{target} did not pass the quality gate ({report.get('gate_reason')}); the alias stays")
+    with milvus.store() as store:
+        if not store.has_collection(target):
+            raise Failure(f"the evaluated build {target} no longer exists")
+        previous = promote(store, target, float(report["ndcg_at_10"]))
+        served = store.alias_target()
+        record = store.record(target)
+        if previous != target and record.expected_rows is not None:
+            # A one-pass build: the catalog now tracks its rows, and incremental runs keep it current.
+            rows = dict(store.rows_by_source(target))
+            catalog.get().retarget(target, record.embedding_version, rows)
+            store.update_record(target, expected_rows=None)
+    moved = previous != target
+    context.log.info(f"alias {milvus.alias} → {served}" + (f" (was {previous})" if moved else " (unchanged)"))
+    return MaterializeResult(
+        metadata={
+            "served_collection": served,
+            "previous_collection": previous or "none",
+            "alias_moved": moved,
+            "ndcg_at_10": report["ndcg_at_10"],
+            "rollback": "rag rollback" if moved and previous else "nothing to roll back to",
+        }
+    )
