@@ -116,7 +116,12 @@ class Settings(BaseSettings):
     bm25_weight: float = Field(FUSION.bm25_weight, ge=0)
     fusion_candidates: int = Field(FUSION.candidates, ge=1, le=1000, description="Hits per list before fusion.")
     max_top_k: int = Field(50, ge=1, le=1000)
-    max_query_chars: int = Field(2000, ge=10)
+    max_query_chars: int = Field(
+        20_000,
+        ge=10,
+        description="A safety cap, far above real questions: a long query is embedded up to the model's limit "
+        "(its first 256 tokens) and BM25 reads all of it; longer gets 422.",
+    )
     llm_model: str = Field(
         LLM.model, description="`extractive/…` or `local-gguf/…` (they run here), or any litellm model string."
     )

@@ -76,7 +76,7 @@ def test_filters_restrict_results(served):
     "payload, message",
     [
         ({"query": "   "}, "query must not be empty"),
-        ({"query": "x" * 5000}, "query: String should have at most 2000 characters"),
+        ({"query": "x" * 20_001}, "query: String should have at most 20000 characters"),
         ({"query": "ok", "top_k": 0}, "top_k"),
         ({"query": "ok", "top_k": 500}, "top_k: Input should be less than or equal to 50"),
         ({"query": "ok", "filters": {"tenant": "acme"}}, "Input should be 'doc_id', 'source', 'source_key' or 'title'"),
@@ -89,6 +89,21 @@ def test_bad_requests_get_422_with_a_clear_message(served, payload, message):
         response = client.post("/v1/retrieve", json=payload)
     assert response.status_code == 422
     assert message in response.json()["detail"]
+
+
+def test_a_long_query_is_answered_not_rejected(served):
+    """A pasted paragraph is a question too: 10,000 characters are embedded up to the model's limit and
+    read whole by BM25 — the word that finds the document comes at the very end."""
+    padding = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. " * 125
+    question = padding + "What does the embedding cache key on?"
+    assert len(question) >= 10_000
+    with served.client() as client:
+        routes = (("/v1/retrieve", {"mode": "bm25"}), ("/v1/retrieve", {"mode": "hybrid"}), ("/v1/query", {}))
+        for route, body in routes:
+            response = client.post(route, json={"query": question, "top_k": 5, **body})
+            assert response.status_code == 200, (route, response.text[:300])
+        chunks = client.post("/v1/retrieve", json={"query": question, "top_k": 5, "mode": "bm25"}).json()["chunks"]
+    assert "embedding-cache.pdf" in {chunk["source"] for chunk in chunks}
 
 
 def test_tenants_never_see_each_others_chunks(served):
