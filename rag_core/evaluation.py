@@ -3,6 +3,7 @@
 A dataset is a folder: `corpus.jsonl[.gz]`, `queries.jsonl[.gz]`, `qrels/<split>.tsv` (query-id,
 corpus-id, score, with a header line) and optionally `answers.jsonl[.gz]` (query `_id` → reference
 `answer`). Chunks are retrieved and scored per document by their best chunk, as BEIR judges documents.
+Each evaluation carries the naive baseline on the same queries (rag_core.baseline) when asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rag_core.embedding import Embedder
+    from rag_core.embedding import Embedder, EmbeddingCache
     from rag_core.retrieval import FusionConfig
     from rag_core.search.engines import Searcher
 
@@ -119,12 +120,32 @@ class RetrievalEvaluation:
     dropped_queries: int
     modes: dict[str, ModeResult]
     seconds: float
+    baseline: RetrievalEvaluation | None = None  # the naive baseline on the same queries (rag_core.baseline)
+
+    def margins(self) -> dict[str, dict[str, float]]:
+        """{mode: {metric: this build's mean − the naive baseline's}}; empty without a baseline."""
+        if self.baseline is None:
+            return {}
+        return {
+            mode: {
+                metric: round(value - self.baseline.modes[mode].means[metric], 4)
+                for metric, value in result.means.items()
+            }
+            for mode, result in self.modes.items()
+            if mode in self.baseline.modes
+        }
 
     def table(self) -> str:
+        """One row per mode; with a baseline, a `naive <mode>` row and a signed `margin <mode>` row each."""
         metrics = list(next(iter(self.modes.values())).means) if self.modes else []
         lines = ["| mode | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         for mode, result in self.modes.items():
             lines.append(f"| {mode} | " + " | ".join(f"{result.means[m]:.4f}" for m in metrics) + " |")
+        if self.baseline is not None:
+            for mode, result in self.baseline.modes.items():
+                lines.append(f"| naive {mode} | " + " | ".join(f"{result.means[m]:.4f}" for m in metrics) + " |")
+            for mode, margins in self.margins().items():
+                lines.append(f"| margin {mode} | " + " | ".join(f"{margins[m]:+.4f}" for m in metrics) + " |")
         return "\n".join(lines)
 
 
@@ -193,29 +214,23 @@ def write_report(evaluations: dict[str, RetrievalEvaluation], folder: Path, titl
             evaluation.table(),
             "",
         ]
+        if evaluation.baseline is not None:
+            from rag_core.baseline import NAIVE_DESCRIPTION, shortfall
+
+            sections += [f"naive: {NAIVE_DESCRIPTION}. margin: this build minus naive.", ""]
+            if (losing := shortfall(evaluation)) is not None:
+                sections += [f"**Warning:** {losing.message}", ""]
     sections.append(f"![nDCG@10 per mode]({plot.name})")
     report = folder / "retrieval_report.md"
     report.write_text("\n".join(sections) + "\n")
     return report
 
 
-def evaluate_collection(
-    searcher: Searcher,
-    collection: str,
-    embedder: Embedder,
-    dataset: EvalDataset,
-    modes: list[str],
-    fusion: FusionConfig,
-    tenant: str,
-    max_queries: int = 0,
-    depth: int = 100,
-) -> RetrievalEvaluation:
-    """The dataset's queries against one collection of the live index, in each mode, through the query
-    engine the API serves with."""
-    from rag_core.query import Query, QueryEngine
-    from rag_core.retrieval import SearchFilter
-
-    judged = restrict_to_documents(dataset, searcher.doc_ids())
+def judged_dataset(
+    dataset: EvalDataset, doc_ids: set[str], collection: str, max_queries: int = 0
+) -> EvalDataset:
+    """The queries a collection can answer (see `restrict_to_documents`), the first `max_queries` by id."""
+    judged = restrict_to_documents(dataset, doc_ids)
     if max_queries and len(judged.queries) > max_queries:
         keep = sorted(judged.queries)[:max_queries]
         judged = EvalDataset(
@@ -229,6 +244,24 @@ def evaluate_collection(
             f"none of the {len(dataset.queries)} queries of {dataset.name} has a relevant document in {collection} — "
             "point RAG_EVAL_DATASET_DIR at a labelled set for the documents you index"
         )
+    return judged
+
+
+def evaluate_engine(
+    searcher: Searcher,
+    fusion: FusionConfig,
+    embedder: Embedder,
+    judged: EvalDataset,
+    modes: list[str],
+    tenant: str,
+    collection: str,
+    dropped_queries: int = 0,
+    depth: int = 100,
+) -> RetrievalEvaluation:
+    """The judged queries against one searcher, in each mode, through the query engine the API serves with."""
+    from rag_core.query import Query, QueryEngine
+    from rag_core.retrieval import SearchFilter
+
     engine = QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), fusion)
     search_filter = SearchFilter(tenant)
 
@@ -242,5 +275,32 @@ def evaluate_collection(
         search,
         modes,
         collection,
-        len(dataset.queries) - len(judged.queries),
+        dropped_queries,
     )
+
+
+def evaluate_collection(
+    searcher: Searcher,
+    collection: str,
+    embedder: Embedder,
+    dataset: EvalDataset,
+    modes: list[str],
+    fusion: FusionConfig,
+    tenant: str,
+    max_queries: int = 0,
+    depth: int = 100,
+    baseline_cache: EmbeddingCache | None = None,
+) -> RetrievalEvaluation:
+    """The dataset's queries against one collection of the live index, in each mode, through the query
+    engine the API serves with. With `baseline_cache` (where whole-document vectors are kept), the naive
+    baseline over the same collection's documents is measured on the same queries and attached."""
+    judged = judged_dataset(dataset, searcher.doc_ids(), collection, max_queries)
+    dropped = len(dataset.queries) - len(judged.queries)
+    evaluation = evaluate_engine(searcher, fusion, embedder, judged, modes, tenant, collection, dropped, depth)
+    if baseline_cache is not None:
+        from rag_core.baseline import naive_baseline
+
+        evaluation.baseline = naive_baseline(
+            searcher, collection, embedder, baseline_cache, judged, modes, tenant, depth
+        )
+    return evaluation

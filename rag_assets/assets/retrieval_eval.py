@@ -1,8 +1,10 @@
 """The retrieval report on the live index, and its two checks.
 
 `retrieval_eval_report` evaluates the build waiting for promotion (a candidate collection) next to the
-served one, or the served one alone after an index change. Its blocking check fails when nDCG@10 falls
-more than the configured margin below the promoted index, so `promoted_index` never runs on a worse build.
+served one, or the served one alone after an index change, each beside its naive baseline (rag_core.baseline);
+a build below the baseline in any mode is a warning naming the likely cause. Its blocking check fails when
+nDCG@10 falls more than the configured margin below the promoted index, so `promoted_index` never runs on a
+worse build.
 """
 
 import contextlib
@@ -24,7 +26,7 @@ from dagster import (
 from pydantic import Field
 
 from rag_assets.assets.indexing import milvus_collection
-from rag_assets.reporting import latest_metadata, log_retrieval_runs, metric_name
+from rag_assets.reporting import baseline_metrics, latest_metadata, log_retrieval_runs, metric_name
 from rag_assets.resources import (
     CatalogResource,
     EmbedderResource,
@@ -32,6 +34,7 @@ from rag_assets.resources import (
     MilvusResource,
     TrackingResource,
 )
+from rag_core.baseline import shortfall
 from rag_core.catalog import INDEXED
 from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, write_report
 from rag_core.indexing import RowCheck, check_rows
@@ -88,6 +91,7 @@ def _evaluate(
         evaluation.fusion(),
         evaluation.tenant,
         evaluation.max_queries if max_queries < 0 else max_queries,
+        baseline_cache=embedder.cache(),
     )
 
 
@@ -150,6 +154,14 @@ def retrieval_eval_report(
         for mode, scores in result.modes.items()
         for metric, value in scores.means.items()
     }
+    per_mode |= {
+        f"{role}_{key}": value
+        for role, result in evaluations.items()
+        for key, value in baseline_metrics(result).items()
+    }
+    shortfalls = {role: losing for role, result in evaluations.items() if (losing := shortfall(result))}
+    for losing in shortfalls.values():
+        context.log.warning(f"naive baseline: {losing.message}")
     return MaterializeResult(
         metadata={
             "evaluated_collection": target,
@@ -160,6 +172,10 @@ def retrieval_eval_report(
             "baseline_ndcg_at_10": decision.baseline_ndcg if decision.baseline_ndcg is not None else "none",
             "gate_passed": decision.passed,
             "gate_reason": decision.reason,
+            "below_naive_baseline": MetadataValue.json(
+                {role: {"modes": losing.margins, "cause": losing.cause} for role, losing in shortfalls.items()}
+            ),
+            "naive_baseline_warning": " ".join(losing.message for losing in shortfalls.values()) or "none",
             "queries": evaluations[role].queries,
             "dropped_queries": evaluations[role].dropped_queries,
             "report": MetadataValue.md(report.read_text()),
@@ -197,6 +213,9 @@ def ndcg_within_margin_of_promoted(
             "baseline_ndcg_at_10": report["baseline_ndcg_at_10"],
             "margin": evaluation.gate_margin,
             "reason": report["gate_reason"],
+            "margin_over_naive_ndcg_at_10": report.get(
+                f"{report['role']}_margin_{evaluation.gate_mode}_ndcg_at_10", "none"
+            ),
         },
     )
 

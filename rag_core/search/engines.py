@@ -22,13 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow as pa
 from pymilvus import MilvusClient
 from threadpoolctl import threadpool_limits
 
 from rag_core.build_record import BuildRecord
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
-from rag_core.search.memory import ROW_FIELDS, MemoryIndex, rows_table
+from rag_core.search.memory import ROW_FIELDS, MemoryIndex, row_schema, rows_table
 from rag_core.store import Hit, MilvusStore, is_lite_uri, milvus_client, probe
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Searcher(Protocol):
     def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]: ...
 
     def doc_ids(self) -> set[str]: ...
+
+    def row_table(self, fields: Sequence[str]) -> pa.Table: ...
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,10 @@ class MilvusSearcher:
 
     def doc_ids(self) -> set[str]:
         return self.store.doc_ids(self.collection)
+
+    def row_table(self, fields: Sequence[str]) -> pa.Table:
+        schema = row_schema(fields)
+        return pa.Table.from_pylist(list(self.store.all_rows(self.collection, list(fields))), schema=schema)
 
 
 class MilvusEngine:

@@ -38,10 +38,8 @@ SMALL_SEGMENTS_MAX = 8  # more recent-change segments than this are merged into 
 AVERAGE_DRIFT = 1e-3  # BM25 impacts are recomputed once a tenant's average length moved this much
 
 
-def row_schema() -> pa.Schema:
-    return pa.schema(
-        [(name, pa.int64() if name in INT_FIELDS else pa.string()) for name in ROW_FIELDS]
-    )
+def row_schema(fields: Sequence[str] = ROW_FIELDS) -> pa.Schema:
+    return pa.schema([(name, pa.int64() if name in INT_FIELDS else pa.string()) for name in fields])
 
 
 def rows_table(rows: Sequence[dict]) -> tuple[pa.Table, np.ndarray]:
@@ -373,6 +371,14 @@ class MemoryIndex:
             for segment, live in zip(self.segments, self.live, strict=True)
             for doc_id in pc.unique(segment.table.column("doc_id").filter(pa.array(live))).to_pylist()
         }
+
+    def row_table(self, fields: Sequence[str]) -> pa.Table:
+        """These fields of every live row (any of ROW_FIELDS), over all segments."""
+        parts = [
+            segment.table.select(list(fields)).filter(pa.array(live))
+            for segment, live in zip(self.segments, self.live, strict=True)
+        ]
+        return pa.concat_tables(parts) if parts else row_schema(fields).empty_table()
 
     # ---- search
     def search_dense(self, vector: Sequence[float], limit: int, search_filter: SearchFilter) -> list[Hit]:
