@@ -1,7 +1,8 @@
 """A soak against the embedded profile, as users run it: `rag-serve serve` (two workers, the in-memory search
 engine, SQLite, the in-process cache) over a fresh `rag index`, 32 keep-alive clients on loopback for
-RAG_SOAK_S seconds (300 by default), retrieve and query mixed. No request may fail, and the server's memory
-(the master and its workers) may grow by less than 10 % after the warm-up."""
+RAG_SOAK_S seconds after a 60 s warm-up, retrieve and query mixed. No request may fail, and the server's
+memory (the master and its workers) may grow by less than 10 % after the warm-up. The suite soaks for 3
+minutes to keep CI short; `RAG_SOAK_S=300` is the 5-minute soak (its figure is in the README)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
-SOAK_S = float(os.environ.get("RAG_SOAK_S", "300"))
+SOAK_S = float(os.environ.get("RAG_SOAK_S", "180"))
 QUERIES = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "scifact" / "queries.jsonl.gz"
 
 
@@ -93,7 +94,7 @@ def test_a_soak_at_32_clients_has_no_errors_and_flat_memory(tmp_path):
     statuses: Counter[int] = Counter()
     try:
         wait_for("the API is ready", lambda: _ready(url), 300, 0.5)
-        warm_up = max(30.0, SOAK_S / 5)  # caches fill and every worker loads its index
+        warm_up = max(60.0, SOAK_S / 5)  # caches fill and every worker loads its index
         asyncio.run(_load(url, key, queries, time.monotonic() + warm_up, Counter()))
         process = psutil.Process(server.pid)
         baseline = _server_rss(process)
