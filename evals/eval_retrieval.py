@@ -56,9 +56,9 @@ def main() -> None:
     print(f"{dataset.name}: {len(dataset.queries)} queries, fusion {fusion}\n")
     print("| engine | mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
     print("|---|---|---|---|---|---|---|")
-    for engine in args.engines:
+    for engine_name in args.engines:
         with contextlib.ExitStack() as stack:
-            if engine == "memory":
+            if engine_name == "memory":
                 searcher = connection.memory_engine().searcher(collection)
             else:
                 searcher = MilvusEngine(stack.enter_context(connection.store())).searcher(collection)
@@ -71,7 +71,7 @@ def main() -> None:
                     ],
                 )
                 means, _ = ir_metrics(dataset.qrels, run)
-                print(f"| {engine} | {mode} | " + " | ".join(f"{value:.4f}" for value in means.values()) + " |")
+                print(f"| {engine_name} | {mode} | " + " | ".join(f"{value:.4f}" for value in means.values()) + " |")
 
 
 if __name__ == "__main__":
