@@ -1,8 +1,8 @@
 """A soak against the embedded profile, as users run it: `rag-serve serve` (two workers, the in-memory search
 engine, SQLite, the in-process cache) over a fresh `rag index`, 32 keep-alive clients on loopback for
 RAG_SOAK_S seconds after a 60 s warm-up, retrieve and query mixed. No request may fail, and the server's
-memory (the master and its workers) may grow by less than 10 % after the warm-up. The suite soaks for 3
-minutes to keep CI short; `RAG_SOAK_S=300` is the 5-minute soak (its figure is in the README)."""
+memory (the master and its workers) may grow by less than 10 % after the warm-up: 5 minutes, because a
+3-minute window still caught the end of the caches filling (+10.2 % once)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
-SOAK_S = float(os.environ.get("RAG_SOAK_S", "180"))
+SOAK_S = float(os.environ.get("RAG_SOAK_S", "300"))
 QUERIES = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "scifact" / "queries.jsonl.gz"
 
 
