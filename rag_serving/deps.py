@@ -131,7 +131,10 @@ class KeyFirstRoute(APIRoute):
             if keyed:
                 request.state.caller = await run_in_threadpool(caller, request, await get_state(request))
             if json_body and _declares_json(request.headers.get("content-type")):
-                _require_json_text(await request.body())  # cached on the request: FastAPI parses these bytes
+                body = await request.body()
+                if body:  # an empty body: FastAPI answers "Field required"
+                    # Starlette caches the parsed body here, so FastAPI does not parse it a second time.
+                    request._json = _json_text(body)
             return await handler(request)
 
         return key_first
@@ -147,15 +150,12 @@ def _declares_json(content_type: str | None) -> bool:
     return header.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _require_json_text(body: bytes) -> None:
-    if not body:
-        return  # FastAPI answers "Field required"
+def _json_text(body: bytes) -> Any:
+    """The body parsed as UTF-8 JSON, else 422 naming the problem."""
     try:
-        json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as error:
         problem = {"type": "utf8", "msg": f"the body is not valid UTF-8 (byte {error.start}) — encode JSON as UTF-8"}
     except (ValueError, RecursionError) as error:
         problem = {"type": "json_invalid", "msg": f"the body is not valid JSON ({error})"}
-    else:
-        return
     raise RequestValidationError([{**problem, "loc": ("body",)}])
