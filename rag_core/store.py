@@ -93,6 +93,10 @@ def unreachable(error: BaseException) -> bool:
     return False
 
 
+def _reason(error: BaseException) -> str:
+    return error.message if isinstance(error, MilvusException) else type(error).__name__
+
+
 def not_loaded(error: MilvusException) -> bool:
     """Milvus refused a search or query on a released collection (a restarted Milvus releases them all)."""
     message = str(error.message).lower()
@@ -200,8 +204,9 @@ def probe(uri: str, token: str = "", timeout_s: float = 2.0) -> None:
         finally:
             client.close()
     except (MilvusException, grpc.RpcError, grpc.FutureTimeoutError) as error:
-        reason = error.message if isinstance(error, MilvusException) else type(error).__name__
-        raise MilvusUnavailable(f"Milvus at {uri} is not answering ({reason}) — start it, or fix MILVUS_URI") from error
+        raise MilvusUnavailable(
+            f"Milvus at {uri} is not answering ({_reason(error)}) — start it, or fix MILVUS_URI"
+        ) from error
 
 
 # --------------------------------------------------------------------------- the store
@@ -296,9 +301,8 @@ class MilvusStore:
             if not unreachable(error):
                 raise
             self._loaded.clear()
-            reason = error.message if isinstance(error, MilvusException) else type(error).__name__
             raise MilvusUnavailable(
-                f"Milvus is not answering ({reason}) — retry shortly; if it lasts, check that the Milvus "
+                f"Milvus is not answering ({_reason(error)}) — retry shortly; if it lasts, check that the Milvus "
                 "server behind MILVUS_URI is running"
             ) from error
 
