@@ -8,6 +8,7 @@ they are. Any other model string is a litellm model (`RAG_LLM_MODEL`, `RAG_LLM_A
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ from rag_core.retrieval import RetrievedChunk
 
 # litellm otherwise fetches its model price map from the internet on import; use the bundled copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+logger = logging.getLogger(__name__)
 
 
 class LLMSettings(Protocol):
@@ -130,6 +133,24 @@ def _unanswerable(sources: Sequence[RetrievedChunk], model: str) -> Answer:
     )
 
 
+def failure_reason(error: BaseException) -> str:
+    """What a failed answer tells the caller: every exception in the chain litellm wrapped (outermost first)
+    and the innermost one's first line. litellm's own messages carry a whole traceback with this server's
+    paths; that stays in the server log, not in a response."""
+    chain = [error]
+    while len(chain) < 8:
+        link = chain[-1]
+        inner = getattr(link, "original_exception", None) or link.__cause__
+        inner = inner or (None if link.__suppress_context__ else link.__context__)
+        if not isinstance(inner, BaseException) or inner in chain:
+            break
+        chain.append(inner)
+    names = " <- ".join(dict.fromkeys(type(link).__name__ for link in chain))
+    logger.warning("the answer degraded to its sources", exc_info=error)
+    lines = str(chain[-1]).strip().splitlines()
+    return f"{names}: {lines[0]}" if lines else names
+
+
 def _degraded(sources: Sequence[PromptSource], model: str, reason: str) -> Answer:
     listing = " ".join(f"[{source.number}] {source.chunk.title or source.chunk.source}" for source in sources)
     return Answer(
@@ -157,7 +178,7 @@ def generate(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig
     try:
         raw = config.answerer().run(question, screening.sources)
     except Exception as error:  # litellm maps every provider failure to its own exception types
-        return _reported(screening, _degraded(screening.sources, config.model, f"{type(error).__name__}: {error}"))
+        return _reported(screening, _degraded(screening.sources, config.model, failure_reason(error)))
     return _reported(screening, _answered(raw, screening.sources, config.model))
 
 
@@ -174,7 +195,7 @@ def stream(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig) 
             pieces.append(delta)
             yield delta, None
     except Exception as error:  # noqa: BLE001 - degrade, never fail the request
-        yield "", _reported(screening, _degraded(screening.sources, config.model, f"{type(error).__name__}: {error}"))
+        yield "", _reported(screening, _degraded(screening.sources, config.model, failure_reason(error)))
         return
     yield "", _reported(screening, _answered("".join(pieces), screening.sources, config.model))
 

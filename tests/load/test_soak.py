@@ -1,8 +1,8 @@
 """A soak against the embedded profile, as users run it: `rag-serve serve` (two workers, the in-memory search
 engine, SQLite, the in-process cache) over a fresh `rag index`, 32 keep-alive clients on loopback for
-RAG_SOAK_S seconds after a 60 s warm-up, retrieve and query mixed. No request may fail, and the server's
-memory (the master and its workers) may grow by less than 10 % after the warm-up: 5 minutes, because a
-3-minute window still caught the end of the caches filling (+10.2 % once)."""
+RAG_SOAK_S seconds (3 minutes) after a 60 s warm-up, retrieve and query mixed. No request may fail, and the
+server's memory (the master and its workers), read under load at the end of the warm-up and at the end, may
+grow by less than 5 %."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
-SOAK_S = float(os.environ.get("RAG_SOAK_S", "300"))
+SOAK_S = float(os.environ.get("RAG_SOAK_S", "180"))
+WARM_UP_S = 60.0  # caches fill and every worker loads its index
 QUERIES = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "scifact" / "queries.jsonl.gz"
 
 
@@ -92,20 +93,17 @@ def test_a_soak_at_32_clients_has_no_errors_and_flat_memory(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     statuses: Counter[int] = Counter()
+    samples: list[tuple[float, int]] = []  # (seconds into the load, server RSS)
     try:
         wait_for("the API is ready", lambda: _ready(url), 300, 0.5)
-        warm_up = max(60.0, SOAK_S / 5)  # caches fill and every worker loads its index
-        asyncio.run(_load(url, key, queries, time.monotonic() + warm_up, Counter()))
         process = psutil.Process(server.pid)
-        baseline = _server_rss(process)
-        samples = [baseline]
         started = time.monotonic()
 
         async def sampled() -> None:
-            load = asyncio.create_task(_load(url, key, queries, started + SOAK_S, statuses))
+            load = asyncio.create_task(_load(url, key, queries, started + WARM_UP_S + SOAK_S, statuses))
             while not load.done():
                 await asyncio.sleep(5)
-                samples.append(_server_rss(process))
+                samples.append((time.monotonic() - started, _server_rss(process)))
             await load
 
         asyncio.run(sampled())
@@ -114,13 +112,15 @@ def test_a_soak_at_32_clients_has_no_errors_and_flat_memory(tmp_path):
         server.terminate()
         server.wait(timeout=60)
     requests = sum(statuses.values())
-    growth = max(samples[-3:]) / baseline - 1
+    # The baseline is read under load, as the end is: at rest the workers hold no request buffers, and an
+    # idle baseline measured those buffers (+11 % within 25 s, flat after) as growth.
+    baseline = next(rss for elapsed, rss in samples if elapsed >= WARM_UP_S)
+    growth = max(rss for _, rss in samples[-3:]) / baseline - 1
     print(
         f"\nsoak: {requests} requests in {seconds:.0f} s ({requests / seconds:.1f} req/s) at {CLIENTS} clients, "
-        f"statuses {dict(statuses)}, RSS {baseline / 2**20:.0f} MiB → {samples[-1] / 2**20:.0f} MiB "
-        f"(peak {max(samples) / 2**20:.0f} MiB, growth {growth:+.1%}); every 5 s: "
-        + " ".join(f"{sample / 2**20:.0f}" for sample in samples)
+        f"statuses {dict(statuses)}, RSS after the warm-up {baseline / 2**20:.0f} MiB → {samples[-1][1] / 2**20:.0f}"
+        f" MiB (growth {growth:+.1%}); every 5 s: " + " ".join(f"{rss / 2**20:.0f}" for _, rss in samples)
     )
     assert set(statuses) == {200}, statuses
     assert requests > CLIENTS * 10
-    assert growth < 0.10
+    assert growth < 0.05

@@ -60,6 +60,7 @@ def test_llm_errors_degrade_to_the_sources(model):
     config = LLMConfig(model=model, api_base="http://127.0.0.1:9/v1", api_key="sk-test", timeout_s=2)
     answer = generate("Why do dogs bark?", SOURCES, config)
     assert answer.degraded and answer.reason and answer.citations == [1, 2]
+    assert "\n" not in answer.reason and "Traceback" not in answer.reason
     assert "Cats" in answer.text and "Dogs" in answer.text
     *_, (_, streamed) = stream("Why do dogs bark?", SOURCES, config)
     assert streamed.degraded
