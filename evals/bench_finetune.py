@@ -197,9 +197,7 @@ def dev_corpus(dev, corpus: dict[str, str], base_dir: Path, cache, per_query: in
 def train(args, documents, train_ids: list[str], dev, base_dir: Path, cache) -> tuple[Path, float]:
     from rag_core.finetune import FinetuneConfig, finetune, mine_hard_negatives, pairs_from_qrels
 
-    config = FinetuneConfig() if not args.small else FinetuneConfig.small()
-    if args.epochs:
-        config = replace(config, epochs=args.epochs)
+    config = FinetuneConfig.preset("small" if args.small else "default", epochs=args.epochs)
     if args.no_negatives:
         config = replace(config, use_hard_negatives=False)
     wanted = set(train_ids)

@@ -4,6 +4,7 @@ from dagster import (
     AssetExecutionContext,
     AssetObservation,
     Config,
+    DagsterInstance,
     MaterializeResult,
     MetadataValue,
     OpExecutionContext,
@@ -16,7 +17,7 @@ from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG
 from rag_assets.io_manager import PartitionedPickleIOManager
 from rag_assets.resources import CatalogResource, MilvusResource, SourcesResource
 from rag_core.catalog import QUARANTINED
-from rag_core.indexing import plan_reconcile, remove_sources
+from rag_core.indexing import ReconcilePlan, plan_reconcile, remove_sources
 
 STAGED_ASSETS = [list(asset_def.key.path) for asset_def in INDEX_ASSETS]
 
@@ -44,6 +45,31 @@ def remove_documents(
     context.log.info(f"removed {len(keys)} source partition(s): {removed_rows} Milvus rows, {staged} staged files")
 
 
+def _drift_report(plan: ReconcilePlan) -> str:
+    """Markdown: each kind of drift with (up to 20 of) its partitions."""
+    return "\n".join(
+        f"- **{name}** ({len(keys)}): {', '.join(keys[:20])}{' …' if len(keys) > 20 else ''}"
+        for name, keys in vars(plan).items()
+        if keys
+    )
+
+
+def _repair_partitions(
+    instance: DagsterInstance, plan: ReconcilePlan, catalog: CatalogResource, staging: PartitionedPickleIOManager
+) -> None:
+    """The Dagster and catalog side of a plan: partitions added and dropped (with their staged outputs),
+    forgotten files out of the catalog, drifted ones marked stale for the sensor to re-index."""
+    if plan.add_partitions:
+        instance.add_dynamic_partitions("documents", plan.add_partitions)
+    for key in plan.delete_partitions:
+        instance.delete_dynamic_partition("documents", key)
+    staging.delete_partitions(STAGED_ASSETS, plan.delete_partitions)
+    if plan.forget:
+        catalog.get().remove(plan.forget)
+    if plan.reindex:
+        catalog.get().mark_stale(plan.reindex)
+
+
 @asset(group_name="maintenance", kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
 def index_reconciliation(
     context: AssetExecutionContext,
@@ -55,9 +81,8 @@ def index_reconciliation(
     """Compares the source folder, the Dagster partitions, the catalog and the served Milvus collection,
     and repairs drift: adds missing partitions, drops stale ones and orphan vectors, and marks files whose
     vectors do not match for the sensor to re-index."""
-    instance = context.instance
     source_keys = {unit.partition_key for unit in sources.discover()}
-    partitions = set(instance.get_dynamic_partitions("documents"))
+    partitions = set(context.instance.get_dynamic_partitions("documents"))
     entries = catalog.get().entries()
     with milvus.store() as store:
         served = store.alias_target()
@@ -71,20 +96,7 @@ def index_reconciliation(
         removed_rows = (
             remove_sources(store, plan.orphan_sources + plan.forget) if (plan.orphan_sources or plan.forget) else 0
         )
-    if plan.add_partitions:
-        instance.add_dynamic_partitions("documents", plan.add_partitions)
-    for key in plan.delete_partitions:
-        instance.delete_dynamic_partition("documents", key)
-    staging_io_manager.delete_partitions(STAGED_ASSETS, plan.delete_partitions)
-    if plan.forget:
-        catalog.get().remove(plan.forget)
-    if plan.reindex:
-        catalog.get().mark_stale(plan.reindex)
-    report = "\n".join(
-        f"- **{name}** ({len(keys)}): {', '.join(keys[:20])}{' …' if len(keys) > 20 else ''}"
-        for name, keys in vars(plan).items()
-        if keys
-    )
+    _repair_partitions(context.instance, plan, catalog, staging_io_manager)
     context.log.info(f"reconcile: {plan.summary()}")
     return MaterializeResult(
         metadata={
@@ -92,6 +104,6 @@ def index_reconciliation(
             "removed_rows": removed_rows,
             "served_collection": served or "none",
             "clean": plan.is_clean,
-            "report": MetadataValue.md(report or "no drift"),
+            "report": MetadataValue.md(_drift_report(plan) or "no drift"),
         }
     )

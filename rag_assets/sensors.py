@@ -26,7 +26,73 @@ from rag_assets.assets.indexing import build_tags
 from rag_assets.jobs import evaluation_job, index_documents_job, remove_documents_job
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, SourcesResource
+from rag_core.catalog import CatalogEntry
+from rag_core.documents import SourceUnit
 from rag_core.ids import content_hash
+
+PartitionRequest = AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest
+
+
+def _changes(
+    units: dict[str, SourceUnit], entries: dict[str, CatalogEntry], embedder: EmbedderResource
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The run key of each new or changed file — partition (doc id) + content hash + catalog generation +
+    build — and the run tags that carry the build, decided once for the tick (nothing changed: none)."""
+    changed = {
+        key: f"{key}:{unit.content_hash}:{entries[key].generation if key in entries else 0}"
+        for key, unit in sorted(units.items())
+        if key not in entries or entries[key].content_hash != unit.content_hash
+    }
+    if not changed:
+        return {}, {}
+    spec = embedder.decide_build()
+    build = content_hash(spec.to_json(), 12)
+    return {key: f"{run_key}:{build}" for key, run_key in changed.items()}, build_tags(spec)
+
+
+def _index_requests(
+    order: list[str], changed: dict[str, str], tags: dict[str, str], batch_threshold: int
+) -> list[RunRequest]:
+    """A run per changed partition, or past the threshold one batched run over the range of `order` (the
+    partitions in their Dagster order) that spans them."""
+    if len(changed) <= batch_threshold:
+        return [
+            RunRequest(job_name=index_documents_job.name, partition_key=key, run_key=run_key, tags=tags)
+            for key, run_key in changed.items()
+        ]
+    # Many changes at once (a bulk drop): one batched run instead of a run each; unchanged partitions
+    # inside the range cost a parse and cache lookups.
+    positions = sorted(order.index(key) for key in changed)
+    return [
+        RunRequest(
+            job_name=index_documents_job.name,
+            run_key=f"batch:{content_hash(','.join(changed.values()))}",
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: order[positions[0]],
+                ASSET_PARTITION_RANGE_END_TAG: order[positions[-1]],
+                **tags,
+            },
+        )
+    ]
+
+
+def _remove_request(deleted: list[str], entries: dict[str, CatalogEntry]) -> RunRequest:
+    """One run deleting these partitions' vectors, keyed by their catalog generations."""
+    generations = ",".join(f"{key}@{entries[key].generation if key in entries else 0}" for key in deleted)
+    return RunRequest(
+        job_name=remove_documents_job.name,
+        run_key=f"remove:{content_hash(generations)}",
+        run_config={"ops": {"remove_documents": {"config": {"partition_keys": deleted}}}},
+    )
+
+
+def _partition_requests(new: list[str], gone: list[str]) -> list[PartitionRequest]:
+    requests: list[PartitionRequest] = []
+    if new:
+        requests.append(AddDynamicPartitionsRequest(documents_partitions.name, new))
+    if gone:
+        requests.append(DeleteDynamicPartitionsRequest(documents_partitions.name, gone))
+    return requests
 
 
 @sensor(
@@ -38,60 +104,16 @@ def documents_sensor(
     context: SensorEvaluationContext, sources: SourcesResource, catalog: CatalogResource, embedder: EmbedderResource
 ) -> SensorResult | SkipReason:
     units = {unit.partition_key: unit for unit in sources.discover()}
-    partitions = set(context.instance.get_dynamic_partitions(documents_partitions.name))
+    partitions = context.instance.get_dynamic_partitions(documents_partitions.name)
     entries = catalog.get().entries()
-
-    new_partitions = sorted(set(units) - partitions)
-    changed = {
-        key: f"{key}:{unit.content_hash}:{entries[key].generation if key in entries else 0}"
-        for key, unit in sorted(units.items())
-        if key not in entries or entries[key].content_hash != unit.content_hash
-    }
-    tags: dict[str, str] = {}
-    if changed:
-        spec = embedder.decide_build()
-        tags = build_tags(spec)
-        build = content_hash(spec.to_json(), 12)
-        changed = {key: f"{run_key}:{build}" for key, run_key in changed.items()}
-    if len(changed) > sources.batch_threshold:
-        # Many changes at once (a bulk drop): one batched run over the partition range that spans them,
-        # instead of a run each; unchanged partitions inside the range cost a parse and cache lookups.
-        order = [key for key in context.instance.get_dynamic_partitions(documents_partitions.name) if key in units]
-        order += new_partitions
-        positions = sorted(order.index(key) for key in changed)
-        run_requests = [
-            RunRequest(
-                job_name=index_documents_job.name,
-                run_key=f"batch:{content_hash(','.join(changed.values()))}",
-                tags={
-                    ASSET_PARTITION_RANGE_START_TAG: order[positions[0]],
-                    ASSET_PARTITION_RANGE_END_TAG: order[positions[-1]],
-                    **tags,
-                },
-            )
-        ]
-    else:
-        run_requests = [
-            RunRequest(job_name=index_documents_job.name, partition_key=key, run_key=run_key, tags=tags)
-            for key, run_key in changed.items()
-        ]
-
-    deleted = sorted((partitions | set(entries)) - set(units))
+    new_partitions = sorted(set(units) - set(partitions))
+    changed, tags = _changes(units, entries, embedder)
+    order = [key for key in partitions if key in units] + new_partitions
+    run_requests = _index_requests(order, changed, tags, sources.batch_threshold)
+    deleted = sorted((set(partitions) | set(entries)) - set(units))
     if deleted:
-        generations = ",".join(f"{key}@{entries[key].generation if key in entries else 0}" for key in deleted)
-        run_requests.append(
-            RunRequest(
-                job_name=remove_documents_job.name,
-                run_key=f"remove:{content_hash(generations)}",
-                run_config={"ops": {"remove_documents": {"config": {"partition_keys": deleted}}}},
-            )
-        )
-    partition_requests = []
-    if new_partitions:
-        partition_requests.append(AddDynamicPartitionsRequest(documents_partitions.name, new_partitions))
-    gone = sorted(partitions - set(units))
-    if gone:
-        partition_requests.append(DeleteDynamicPartitionsRequest(documents_partitions.name, gone))
+        run_requests.append(_remove_request(deleted, entries))
+    partition_requests = _partition_requests(new_partitions, sorted(set(partitions) - set(units)))
     if not run_requests and not partition_requests:
         return SkipReason(f"{len(units)} source partitions, all indexed and unchanged")
     context.log.info(f"{len(new_partitions)} new, {len(changed)} to (re)index, {len(deleted)} deleted")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import math
 import os
 import re
@@ -28,7 +29,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from rag_core.embedding import Embedder
+    from rag_core.evaluation import EvalDataset
+    from rag_core.generation import LLMConfig
+    from rag_core.retrieval import FusionConfig
+    from rag_core.search.engines import Searcher
 
 # ragas reports usage to its analytics endpoint unless told not to; litellm fetches its price map otherwise.
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
@@ -338,3 +346,50 @@ def evaluate_answers(
         result.skipped.update(dict.fromkeys(JUDGE_METRICS, "no judge model configured"))
     _run(_evaluate(samples, metrics, timeout_s, max(1, max_concurrency), result))
     return result
+
+
+# --------------------------------------------------------------------------- samples and report
+
+
+def answer_samples(
+    searcher: Searcher, embedder: Embedder, fusion: FusionConfig, llm: LLMConfig, dataset: EvalDataset, tenant: str
+) -> list[RagSample]:
+    """Every question of `dataset` (in id order) answered through the query engine the API serves with — its
+    fusion, answerer, top_k and mode — as samples beside the relevant documents and reference answers."""
+    from rag_core.evaluation import serving_engine
+    from rag_core.query import Query
+    from rag_core.retrieval import SearchFilter
+
+    engine = serving_engine(searcher, embedder, fusion, llm)
+    query_ids = sorted(dataset.queries)
+    vectors = embedder.encode([dataset.queries[query_id] for query_id in query_ids])
+    samples = []
+    for query_id, vector in zip(query_ids, vectors, strict=True):
+        question = dataset.queries[query_id]
+        chunks = engine.retrieve(Query(question, search_filter=SearchFilter(tenant)), vector.tolist())
+        samples.append(
+            RagSample(
+                query_id=query_id,
+                question=question,
+                retrieved_ids=list(dict.fromkeys(chunk.doc_id for chunk in chunks)),
+                relevant_ids=sorted(dataset.qrels[query_id]),
+                contexts=[chunk.text for chunk in chunks],
+                answer=engine.answer(question, chunks).text,
+                reference=dataset.answers.get(query_id),
+            )
+        )
+    return samples
+
+
+def write_answer_report(result: AnswerEvalResult, folder: Path, collection: str) -> str:
+    """`rag_samples.jsonl` (every sample's scores) and `rag_report.md` (the means, and why a metric was
+    skipped) in `folder`; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rag_samples.jsonl").write_text(
+        "\n".join(json.dumps(row, default=str) for row in result.per_sample) + "\n"
+    )
+    table = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in result.means.items())
+    skipped = "\n".join(f"- **{metric}**: {reason}" for metric, reason in result.skipped.items())
+    markdown = f"# ragas on {collection}\n\n| metric | mean |\n|---|---|\n{table}\n\n## skipped\n{skipped or 'none'}\n"
+    (folder / "rag_report.md").write_text(markdown)
+    return markdown

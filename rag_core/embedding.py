@@ -69,12 +69,6 @@ def backend_of(version: str) -> str:
     return suffix or "torch"
 
 
-def default_onnx_dir() -> Path:
-    from rag_core.settings import get_settings
-
-    return get_settings().data_dir.resolve() / "models" / "onnx"
-
-
 class Embedder:
     def __init__(
         self,
@@ -128,8 +122,12 @@ class Embedder:
 
         if self.backend == "torch":
             raise ValueError("this embedder runs with torch; it has no ONNX session")
-        onnx_dir = self.onnx_dir or default_onnx_dir()
-        path = ensure_model_file(self.model_dir, onnx_dir, self.weights_version, self.backend)
+        if self.onnx_dir is None:
+            raise ValueError(
+                f"the {self.backend} backend caches its exported model on disk: give Embedder(onnx_dir=…), as "
+                "load_embedder does (<data dir>/models/onnx)"
+            )
+        path = ensure_model_file(self.model_dir, self.onnx_dir, self.weights_version, self.backend)
         encoder = OpenVinoEncoder if self.backend == "openvino" else OnnxEncoder
         return encoder(path, self.model_dir, self.batch_size)
 

@@ -22,15 +22,16 @@ from rag_core.documents import ParsedSource
 from rag_core.embedding import Embedder
 from rag_core.indexing import (
     PartitionVectors,
+    SyncStats,
     chunk_sources,
     embed_chunks,
     foreign_vectors,
     missing_source,
     parse_units,
     partition_rows,
-    sync_partitions,
 )
-from rag_core.promotion import CANDIDATE, BuildSpec, index_build, promote
+from rag_core.promotion import BuildSpec, index_build, sync_build
+from rag_core.store import MilvusStore
 
 INDEX_WRITER_TAG = {"rag/index-writer": "milvus"}
 BUILD_TAG = "rag/build"
@@ -160,19 +161,26 @@ def chunk_embeddings(
     )
 
 
-def _catalog_entry(source: ParsedSource, chunks: int, collection: str, model_version: str) -> CatalogEntry:
-    return CatalogEntry(
-        partition_key=source.unit.partition_key,
-        source=source.unit.relative_path,
-        tenant=source.unit.tenant,
-        content_hash=source.unit.content_hash,
-        status=INDEXED if source.documents else QUARANTINED,
-        documents=len(source.documents),
-        chunks=chunks,
-        quarantined=[item.describe() for item in source.quarantined],
-        collection=collection,
-        embedding_version=model_version,
-    )
+def _catalog_entries(
+    sources: dict[str, ParsedSource], chunks: dict[str, list[Chunk]], spec: BuildSpec
+) -> list[CatalogEntry]:
+    """What the catalog records of each source partition the run wrote (a vanished file: nothing)."""
+    return [
+        CatalogEntry(
+            partition_key=source.unit.partition_key,
+            source=source.unit.relative_path,
+            tenant=source.unit.tenant,
+            content_hash=source.unit.content_hash,
+            status=INDEXED if source.documents else QUARANTINED,
+            documents=len(source.documents),
+            chunks=len(chunks.get(key, [])),
+            quarantined=[item.describe() for item in source.quarantined],
+            collection=spec.collection,
+            embedding_version=spec.embedding_version,
+        )
+        for key, source in sources.items()
+        if source.unit.content_hash != "missing"
+    ]
 
 
 def _refuse_mixed_write(
@@ -201,6 +209,31 @@ def _refuse_mixed_write(
         )
 
 
+def _write_build(
+    context: AssetExecutionContext,
+    store: MilvusStore,
+    spec: BuildSpec,
+    embedder: EmbedderResource,
+    vectors: dict[str, PartitionVectors],
+    rows: dict[str, list[dict]],
+) -> SyncStats:
+    """Syncs the rows into the run's collection (created if need be, unless the write is refused): the first
+    build is published; one beside another served build is a candidate."""
+    collection, served = spec.collection, store.alias_target()
+    built_with = store.record(collection).embedding_version if store.has_collection(collection) else ""
+    _refuse_mixed_write(spec, vectors, served, built_with)
+    if not built_with:
+        model = _model(spec, embedder)
+        store.ensure_collection(index_build(model, spec.chunking(model.max_seq_length - 2)), name=collection)
+    stats = sync_build(store, collection, rows, served)
+    if served not in (None, collection):
+        context.log.warning(
+            f"alias {store.alias} keeps serving {served}; {collection} ({spec.describe()}) is a candidate "
+            "build — `rag promote` evaluates it and moves the alias only if it passes the quality gate"
+        )
+    return stats
+
+
 @asset(**PARTITIONED, kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
 def milvus_collection(
     context: AssetExecutionContext,
@@ -216,40 +249,17 @@ def milvus_collection(
     run's build, and only vectors embedded with its model."""
     started = time.perf_counter()
     spec = run_build(context, embedder)
-    indexable = {key: source for key, source in raw_documents.items() if source.documents}
-    kept = sorted(set(raw_documents) - set(indexable))
+    kept = sorted(key for key, source in raw_documents.items() if not source.documents)
     for key in kept:
         context.log.warning(f"{key}: nothing parsed; its previously indexed chunks (if any) are kept")
     rows = partition_rows(raw_documents, document_chunks, chunk_embeddings)
     with milvus.store() as store:
-        collection = spec.collection
-        served = store.alias_target()
-        built_with = store.record(collection).embedding_version if store.has_collection(collection) else ""
-        _refuse_mixed_write(spec, chunk_embeddings, served, built_with)
-        if not built_with:
-            model = _model(spec, embedder)
-            store.ensure_collection(index_build(model, spec.chunking(model.max_seq_length - 2)), name=collection)
-        stats = sync_partitions(store, collection, rows)
-        if stats.inserted or stats.deleted:  # a one-pass build's recorded size no longer holds
-            store.update_record(collection, expected_rows=None)
-        if served is None:  # the first build has nothing to be compared with: publish it
-            promote(store, collection, ndcg=None)
-        elif served != collection:
-            store.update_record(collection, status=CANDIDATE)
-            context.log.warning(
-                f"alias {store.alias} keeps serving {served}; {collection} ({spec.describe()}) is a candidate "
-                "build — `rag promote` evaluates it and moves the alias only if it passes the quality gate"
-            )
-        total_rows = store.count(collection)
-        alias_after = store.alias_target()
-    catalog.get().record(
-        _catalog_entry(source, len(document_chunks.get(key, [])), collection, spec.embedding_version)
-        for key, source in raw_documents.items()
-        if source.unit.content_hash != "missing"
-    )
+        stats = _write_build(context, store, spec, embedder, chunk_embeddings, rows)
+        total_rows, alias_after = store.count(spec.collection), store.alias_target()
+    catalog.get().record(_catalog_entries(raw_documents, document_chunks, spec))
     return MaterializeResult(
         metadata={
-            "collection": collection,
+            "collection": spec.collection,
             "alias": f"{milvus.alias} → {alias_after}",
             "embedding_model": spec.embedding_version,
             "rows_inserted": stats.inserted,
