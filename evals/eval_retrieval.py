@@ -1,5 +1,5 @@
 """Retrieval quality of a built index on a BEIR-layout dataset, per mode (bm25, dense, hybrid), through the
-query engine the API serves with (its fusion, from the same settings).
+query engine the API serves with (its fusion: the one the gate adopted for the build, or the settings').
 
 Run: .venv/bin/python evals/eval_retrieval.py --data-dir /tmp/scifact-index [--split test]
 Prints nDCG@10, recall@10/100, MRR@10 and MAP@100 per mode (ranx), documents scored by their best chunk.
@@ -31,27 +31,19 @@ def main() -> None:
 
     import contextlib
 
+    from evals.served_build import open_build
     from rag_core.evaluation import EvalDataset, document_run, ir_metrics
-    from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-    from rag_core.promotion import spec_of
     from rag_core.query import Query, QueryEngine
     from rag_core.retrieval import SearchFilter
-    from rag_core.search.engines import IndexConnection, MilvusEngine
-    from rag_core.settings import Settings
+    from rag_core.search.engines import MilvusEngine
 
-    work = args.data_dir.resolve()
-    settings = Settings(data_dir=work / "data", documents_dir=work / "documents", dagster_home=work / "dagster")
+    build = open_build(args.data_dir, args.collection)
+    settings, connection, collection, embedder = build.settings, build.connection, build.collection, build.embedder
     dataset = EvalDataset.load(args.dataset, args.split)
-    connection = IndexConnection.from_settings(settings)
-    with connection.store() as store:
-        collection = args.collection or store.alias_target()
-        spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
-    # Queries are embedded as the build's chunks were: its model and its backend.
-    embedder = load_embedder(spec.model, ModelResolver.from_settings(settings), backend=spec.backend)
     vectors = dict(zip(dataset.queries, embedder.encode(list(dataset.queries.values())), strict=True))
     by_text = {text: vectors[query_id] for query_id, text in dataset.queries.items()}
     search_filter = SearchFilter(settings.default_tenant)
-    fusion = settings.fusion()  # what the API serves
+    fusion = build.fusion  # what the API serves
     print(f"{collection} ({embedder.version})")
     print(f"{dataset.name}: {len(dataset.queries)} queries, fusion {fusion}\n")
     print("| engine | mode | " + " | ".join(("nDCG@10", "recall@10", "recall@100", "MRR@10", "MAP@100")) + " |")
@@ -59,7 +51,7 @@ def main() -> None:
     for engine_name in args.engines:
         with contextlib.ExitStack() as stack:
             if engine_name == "memory":
-                searcher = connection.memory_engine().searcher(collection)
+                searcher = build.searcher
             else:
                 searcher = MilvusEngine(stack.enter_context(connection.store())).searcher(collection)
             engine = QueryEngine(searcher, by_text.__getitem__, fusion)

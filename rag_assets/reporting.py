@@ -2,7 +2,11 @@
 retrieval evaluation (with the naive baseline and the margin over it), and the metadata an asset recorded
 at its latest materialization."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import AssetKey, DagsterInstance
 
@@ -12,10 +16,18 @@ from rag_core.build_record import BuildRecord
 from rag_core.evaluation import RetrievalEvaluation
 from rag_core.tracking import Tracker
 
+if TYPE_CHECKING:
+    from rag_core.answer_eval import AnswerEvalResult  # importing it configures ragas: only where ragas runs
+
 
 def metric_name(metric: str) -> str:
     """`ndcg@10` → `ndcg_at_10`: MLflow and Dagster metadata keys cannot hold `@`."""
     return metric.replace("@", "_at_")
+
+
+def metric_names(values: Mapping[str, float], prefix: str = "") -> dict[str, float]:
+    """`values` keyed by their MLflow / Dagster names, each after `prefix` (`ndcg@10` → `<prefix>ndcg_at_10`)."""
+    return {f"{prefix}{metric_name(metric)}": value for metric, value in values.items()}
 
 
 def baseline_metrics(evaluation: RetrievalEvaluation, modes: list[str] | None = None) -> dict[str, float]:
@@ -61,15 +73,39 @@ def log_retrieval_runs(
                         "model_uri": built.model_reference,
                         "chunking": built.chunking,
                         "mode": mode,
-                        "fusion": str(evaluation.fusion()),
+                        "fusion": str(evaluation.served_fusion(built)),
                         "dataset": result.dataset,
                         "queries": result.queries,
                     }
                 )
-                mlflow.log_metrics(
-                    {metric_name(metric): value for metric, value in scores.means.items()}
-                    | baseline_metrics(result, [mode])
-                )
+                mlflow.log_metrics(metric_names(scores.means) | baseline_metrics(result, [mode]))
                 mlflow.log_artifacts(str(report.parent), artifact_path="report")
                 run_ids.append(run.info.run_id)
     return run_ids
+
+
+def log_rag_run(
+    tracker: Tracker,
+    collection: str,
+    model_version: str,
+    evaluation: EvaluationResource,
+    dataset: str,
+    result: AnswerEvalResult,
+    report: Path,
+) -> str:
+    """One MLflow run (experiment `rag`) for a ragas evaluation, with its report folder; returns its id."""
+    with tracker.run("rag", f"ragas:{collection[-24:]}") as run:
+        mlflow = tracker.mlflow()
+        mlflow.log_params(
+            {
+                "collection": collection,
+                "model": model_version,
+                "llm_model": evaluation.llm_model,
+                "judge_model": evaluation.judge_model or "none",
+                "questions": len(result.per_sample),
+                "dataset": dataset,
+            }
+        )
+        mlflow.log_metrics(metric_names(result.means))
+        mlflow.log_artifacts(str(report), artifact_path="report")
+    return run.info.run_id

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, Failure
 from pydantic import Field
 
+from rag_core.build_record import BuildRecord
 from rag_core.catalog import Catalog
 from rag_core.chunking import ChunkingConfig
 from rag_core.documents import ParseLimits, SourceUnit, discover_sources
@@ -17,7 +20,7 @@ from rag_core.embedding import Embedder, EmbeddingCache
 from rag_core.evaluation import EvalDataset
 from rag_core.generation import LLMConfig
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import BuildSpec, served_spec
+from rag_core.promotion import BuildSpec, served_fusion, served_spec, spec_of
 from rag_core.retrieval import FusionConfig
 from rag_core.search.engines import IndexConnection, MilvusEngine, Searcher
 from rag_core.settings import Settings
@@ -56,6 +59,15 @@ class SourcesResource(ConfigurableResource):
         return units, [key for key in partition_keys if key not in units]
 
 
+@dataclass(frozen=True)
+class SearchableBuild:
+    """A collection to search, and the properties it records (what it was built with)."""
+
+    collection: str
+    searcher: Searcher
+    properties: dict[str, str]
+
+
 class MilvusResource(ConfigurableResource):
     """The index: Milvus (every write), and the engine searches run on (in memory for Milvus Lite)."""
 
@@ -83,6 +95,27 @@ class MilvusResource(ConfigurableResource):
         if connection.engine == "memory":
             return connection.memory_engine().searcher(collection)
         return MilvusEngine(store).searcher(collection)
+
+    def served_collection(self, store: MilvusStore) -> str:
+        served = store.alias_target()
+        if served is None:
+            raise Failure(f"alias {self.alias} serves nothing yet — build the index first (`rag index`)")
+        return served
+
+    @contextlib.contextmanager
+    def searchable(self, choose: Callable[[MilvusStore], Mapping[str, str]]) -> Iterator[dict[str, SearchableBuild]]:
+        """The collections `choose` names by role, ready to search. Milvus stays open while they are searched,
+        except on the in-memory engine, which searches the search log: Milvus (a Lite file only one process
+        may open) is let go at once, so other steps and the API keep writing and serving meanwhile."""
+        with contextlib.ExitStack() as held:
+            store = held.enter_context(self.store())
+            builds = {
+                role: SearchableBuild(name, self.searcher(store, name), store.collection_properties(name))
+                for role, name in choose(store).items()
+            }
+            if self.connection().engine == "memory":
+                held.close()
+            yield builds
 
 
 class TrackingResource(ConfigurableResource):
@@ -122,6 +155,12 @@ class EmbedderResource(ConfigurableResource):
         pass the build's (`BuildSpec.backend`); empty: RAG_EMBEDDING_BACKEND if set, else torch."""
         backend = backend or self.backend or "torch"
         return load_embedder(reference, self.resolver(), self.device, self.batch_size, backend)
+
+    def load_build(self, properties: dict[str, str]) -> Embedder:
+        """The model a collection records it was built with, on the backend its vectors were embedded with:
+        queries embed as its chunks were."""
+        spec = spec_of(properties, BUNDLED_MODEL)
+        return self.load(spec.model, spec.backend)
 
     def decide_build(self) -> BuildSpec:
         """The build a new indexing run writes, decided where the run is requested (the sensor, `rag index`)
@@ -170,6 +209,7 @@ class EvaluationResource(ConfigurableResource):
     gate_mode: str = "hybrid"
     gate_margin: float = 0.01
     max_queries: int = 0
+    tune_fusion: bool = True
     tenant: str = "default"
     # The served query config: no defaults here, build_resources copies them from the settings, and
     # `fusion()` / `llm()` build the config objects as the API does (FusionConfig and LLMConfig hold the defaults).
@@ -178,6 +218,8 @@ class EvaluationResource(ConfigurableResource):
     dense_weight: float
     bm25_weight: float
     fusion_candidates: int
+    # True when the environment sets a fusion setting: it then wins over a fusion the gate adopted for a build.
+    fusion_configured: bool = False
     llm_model: str
     llm_api_base: str
     llm_api_key: str = Field("", description="An EnvVar (RAG_LLM_API_KEY): read at run time, never shown.")
@@ -195,8 +237,16 @@ class EvaluationResource(ConfigurableResource):
     def dataset(self, split: str | None = None) -> EvalDataset:
         return EvalDataset.load(Path(self.dataset_dir), split or self.split)
 
+    def report_folder(self, name: str) -> Path:
+        """A new folder name for a report under the reports dir: the UTC time, then `name`."""
+        return Path(self.reports_dir) / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{name}"
+
     def fusion(self) -> FusionConfig:
         return FusionConfig.from_settings(self)
+
+    def served_fusion(self, record: BuildRecord) -> FusionConfig:
+        """The fusion the API serves this build with, so that evaluation measures what is served."""
+        return served_fusion(record, self.fusion(), self.fusion_configured)
 
     def llm(self) -> LLMConfig:
         return LLMConfig.from_settings(self)
@@ -208,11 +258,33 @@ def _secret(value: str, variable: str) -> str:
     return EnvVar(variable) if value else ""
 
 
-def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
-    from rag_assets.io_manager import PartitionedPickleIOManager
+# The fields a resource takes from the settings under the same name (the LLM and fusion ones so that
+# LLMConfig.from_settings and FusionConfig.from_settings read the resource as they read the settings).
+_SOURCES_FIELDS = (
+    "default_tenant jsonl_shard_size max_file_mb max_expanded_mb max_compression_ratio max_document_chars redact_pii"
+)
+_EVALUATION_FIELDS = (
+    "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates llm_model llm_api_base "
+    "llm_timeout_s llm_max_tokens injection_screen judge_model judge_api_base"
+)
+_EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …
 
-    tracking = TrackingResource(tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or ""))
-    milvus = MilvusResource(
+
+def _shared(settings: Settings, fields: str, prefix: str = "") -> dict[str, object]:
+    """{field: the setting `<prefix><field>`} for each of the space-separated `fields`."""
+    return {field: getattr(settings, prefix + field) for field in fields.split()}
+
+
+def _sources(settings: Settings) -> SourcesResource:
+    return SourcesResource(
+        documents_dir=str(settings.documents_dir.resolve()),
+        batch_threshold=settings.sensor_batch_threshold,
+        **_shared(settings, _SOURCES_FIELDS),
+    )
+
+
+def _milvus(settings: Settings) -> MilvusResource:
+    return MilvusResource(
         uri=settings.resolved_milvus_uri,
         token=settings.milvus_token,
         alias=settings.collection_alias,
@@ -220,61 +292,52 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         search_dir=str(settings.search_dir),
         search_engine=settings.search_engine,
     )
+
+
+def _embedder(settings: Settings, milvus: MilvusResource, tracking: TrackingResource) -> EmbedderResource:
+    """A model, backend or chunking left unset in the environment follows the served build."""
+    return EmbedderResource(
+        milvus=milvus,
+        model=settings.embedding_model,
+        backend=settings.embedding_backend if "embedding_backend" in settings.model_fields_set else "",
+        follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens"} & settings.model_fields_set,
+        chunk_max_tokens=settings.chunk_max_tokens,
+        chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        device=settings.embedding_device,
+        batch_size=settings.embedding_batch_size,
+        cache_path=str(settings.embedding_cache_path),
+        models_dir=str(settings.data_dir.resolve() / "models"),
+        tracking=tracking,
+    )
+
+
+def _evaluation(settings: Settings) -> EvaluationResource:
+    return EvaluationResource(
+        dataset_dir=str(settings.eval_dataset_dir.resolve()),
+        tenant=settings.default_tenant,
+        rag_queries=settings.rag_eval_queries,
+        llm_api_key=_secret(settings.llm_api_key, "RAG_LLM_API_KEY"),
+        judge_api_key=_secret(settings.judge_api_key, "RAG_JUDGE_API_KEY"),
+        data_dir=str(settings.data_dir.resolve()),
+        reports_dir=str(settings.data_dir.resolve() / "reports"),
+        serving_db_url=settings.resolved_serving_db_url,
+        fusion_configured=settings.fusion_configured,
+        **_shared(settings, _EVAL_PREFIXED_FIELDS, prefix="eval_"),
+        **_shared(settings, _EVALUATION_FIELDS),
+    )
+
+
+def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
+    from rag_assets.io_manager import PartitionedPickleIOManager
+
+    tracking = TrackingResource(tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or ""))
+    milvus = _milvus(settings)
     return {
-        "sources": SourcesResource(
-            documents_dir=str(settings.documents_dir.resolve()),
-            default_tenant=settings.default_tenant,
-            jsonl_shard_size=settings.jsonl_shard_size,
-            max_file_mb=settings.max_file_mb,
-            max_expanded_mb=settings.max_expanded_mb,
-            max_compression_ratio=settings.max_compression_ratio,
-            max_document_chars=settings.max_document_chars,
-            redact_pii=settings.redact_pii,
-            batch_threshold=settings.sensor_batch_threshold,
-        ),
-        "embedder": EmbedderResource(
-            milvus=milvus,
-            model=settings.embedding_model,
-            backend=settings.embedding_backend if "embedding_backend" in settings.model_fields_set else "",
-            follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens"} & settings.model_fields_set,
-            chunk_max_tokens=settings.chunk_max_tokens,
-            chunk_overlap_tokens=settings.chunk_overlap_tokens,
-            device=settings.embedding_device,
-            batch_size=settings.embedding_batch_size,
-            cache_path=str(settings.embedding_cache_path),
-            models_dir=str(settings.data_dir.resolve() / "models"),
-            tracking=tracking,
-        ),
+        "sources": _sources(settings),
+        "embedder": _embedder(settings, milvus, tracking),
         "milvus": milvus,
         "catalog": CatalogResource(url=settings.resolved_catalog_url),
         "tracking": tracking,
-        "evaluation": EvaluationResource(
-            dataset_dir=str(settings.eval_dataset_dir.resolve()),
-            split=settings.eval_split,
-            train_split=settings.train_split,
-            modes=settings.eval_modes,
-            gate_mode=settings.eval_gate_mode,
-            gate_margin=settings.eval_gate_margin,
-            max_queries=settings.eval_max_queries,
-            tenant=settings.default_tenant,
-            fusion_method=settings.fusion_method,
-            rrf_k=settings.rrf_k,
-            dense_weight=settings.dense_weight,
-            bm25_weight=settings.bm25_weight,
-            fusion_candidates=settings.fusion_candidates,
-            rag_queries=settings.rag_eval_queries,
-            llm_model=settings.llm_model,
-            llm_api_base=settings.llm_api_base,
-            llm_api_key=_secret(settings.llm_api_key, "RAG_LLM_API_KEY"),
-            llm_timeout_s=settings.llm_timeout_s,
-            llm_max_tokens=settings.llm_max_tokens,
-            injection_screen=settings.injection_screen,
-            data_dir=str(settings.data_dir.resolve()),
-            judge_model=settings.judge_model,
-            judge_api_base=settings.judge_api_base,
-            judge_api_key=_secret(settings.judge_api_key, "RAG_JUDGE_API_KEY"),
-            reports_dir=str(settings.data_dir.resolve() / "reports"),
-            serving_db_url=settings.resolved_serving_db_url,
-        ),
+        "evaluation": _evaluation(settings),
         "staging_io_manager": PartitionedPickleIOManager(base_dir=str(settings.staging_dir)),
     }

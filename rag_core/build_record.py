@@ -30,6 +30,7 @@ _KEYS = {
     "retired_at": "rag.retired_at",
     "rejected_reason": "rag.rejected_reason",
     "rolled_back_at": "rag.rolled_back_at",
+    "fusion": "rag.fusion",
 }
 
 
@@ -56,6 +57,9 @@ class BuildRecord:
     retired_at: str = ""
     rejected_reason: str = ""
     rolled_back_at: str = ""
+    # The hybrid fusion this build serves with, when the gate adopted a tuned one (FusionConfig.to_json);
+    # "" = the deployment's settings.
+    fusion: str = ""
 
     def to_properties(self) -> dict[str, str]:
         """Every recorded field as a collection property."""

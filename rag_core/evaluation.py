@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rag_core.embedding import Embedder, EmbeddingCache
+    from rag_core.generation import LLMConfig
+    from rag_core.query import QueryEngine
     from rag_core.retrieval import FusionConfig
     from rag_core.search.engines import Searcher
 
@@ -87,6 +89,8 @@ def ir_metrics(
 
     ranx_qrels, ranx_run = Qrels(qrels), Run(run)
     means = evaluate(ranx_qrels, ranx_run, list(metrics), make_comparable=True)
+    if not isinstance(means, dict):  # ranx returns a bare number for a single metric
+        means = {metrics[0]: means}
     per_query = {
         metric: {query: float(value) for query, value in ranx_run.scores[metric].items()} for metric in metrics
     }
@@ -247,6 +251,16 @@ def judged_dataset(
     return judged
 
 
+def serving_engine(
+    searcher: Searcher, embedder: Embedder, fusion: FusionConfig, llm: LLMConfig | None = None
+) -> QueryEngine:
+    """The query engine the API serves with, over `searcher`, embedding queries with `embedder` (the model
+    the build was made with); with `llm` it also answers."""
+    from rag_core.query import QueryEngine
+
+    return QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), fusion, llm)
+
+
 def evaluate_engine(
     searcher: Searcher,
     fusion: FusionConfig,
@@ -259,10 +273,10 @@ def evaluate_engine(
     depth: int = 100,
 ) -> RetrievalEvaluation:
     """The judged queries against one searcher, in each mode, through the query engine the API serves with."""
-    from rag_core.query import Query, QueryEngine
+    from rag_core.query import Query
     from rag_core.retrieval import SearchFilter
 
-    engine = QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), fusion)
+    engine = serving_engine(searcher, embedder, fusion)
     search_filter = SearchFilter(tenant)
 
     def search(text: str, vector: list[float] | None, mode: str) -> list[tuple[str, float]]:

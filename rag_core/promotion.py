@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from rag_core.build_record import BuildRecord
 from rag_core.chunking import ChunkingConfig
 from rag_core.embedding import Embedder, backend_of
+from rag_core.indexing import SyncStats, sync_partitions
+from rag_core.retrieval import FusionConfig
 from rag_core.store import IndexBuild, MilvusStore
 
 CANDIDATE, PROMOTED, REJECTED, RETIRED, ROLLED_BACK = "candidate", "promoted", "rejected", "retired", "rolled_back"
+DEFAULT_CHUNKING = ChunkingConfig()  # the sizes of a build that records none, and of a first candidate
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class BuildSpec:
         return f"{self.embedding_version or self.model}, {chunking} → {self.collection or 'no collection yet'}"
 
 
+def fit_chunking(chunking: ChunkingConfig, embedder: Embedder) -> ChunkingConfig:
+    """`chunking` for `embedder`: chunks (with their title) fit its sequence length less its special tokens."""
+    return replace(chunking, model_limit=embedder.max_seq_length - 2)
+
+
 def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
     return IndexBuild(
         embedding_model=embedder.version.split("@")[0],
@@ -68,8 +76,8 @@ def spec_of(properties: dict[str, str], default_model: str, collection: str = ""
     record = BuildRecord.from_properties(properties)
     return BuildSpec(
         record.model_reference or default_model,
-        256 if record.chunk_max_tokens is None else record.chunk_max_tokens,
-        32 if record.chunk_overlap_tokens is None else record.chunk_overlap_tokens,
+        DEFAULT_CHUNKING.max_tokens if record.chunk_max_tokens is None else record.chunk_max_tokens,
+        DEFAULT_CHUNKING.overlap_tokens if record.chunk_overlap_tokens is None else record.chunk_overlap_tokens,
         backend_of(record.embedding_version),
         record.embedding_version,
         collection,
@@ -79,6 +87,45 @@ def spec_of(properties: dict[str, str], default_model: str, collection: str = ""
 def served_spec(store: MilvusStore, default_model: str) -> BuildSpec | None:
     served = store.alias_target()
     return spec_of(store.collection_properties(served), default_model, served) if served else None
+
+
+def candidate_build(
+    served: BuildSpec | None,
+    default_model: str,
+    model: str = "",
+    chunk_max_tokens: int = 0,
+    chunk_overlap_tokens: int = -1,
+) -> tuple[str, ChunkingConfig]:
+    """The model reference and chunk sizes a candidate build is made with: those asked for, the rest as the
+    served build has them (nothing served: `default_model` and the default sizes). An empty `model`, a
+    `chunk_max_tokens` of 0 and a `chunk_overlap_tokens` of -1 ask for nothing. The chunking's model limit
+    is the model's to set (`fit_chunking`), once it is loaded."""
+    reference = model or (served.model if served else default_model)
+    max_tokens = chunk_max_tokens or (served.chunk_max_tokens if served else DEFAULT_CHUNKING.max_tokens)
+    if chunk_overlap_tokens >= 0:
+        overlap = chunk_overlap_tokens
+    else:
+        overlap = served.chunk_overlap_tokens if served else DEFAULT_CHUNKING.overlap_tokens
+    if overlap >= max_tokens:
+        raise ValueError(
+            f"chunk overlap {overlap} must be smaller than the chunk size {max_tokens} — ask for a smaller "
+            "chunk_overlap_tokens or a larger chunk_max_tokens"
+        )
+    return reference, ChunkingConfig(max_tokens, overlap)
+
+
+def sync_build(store: MilvusStore, collection: str, rows: dict[str, list[dict]], served: str | None) -> SyncStats:
+    """Make `collection` hold exactly these partitions' rows, then place it beside `served` (what the alias
+    served before the write): the first build has nothing to be compared with and is published; a build
+    next to another served one is a candidate that only `promote` may publish."""
+    stats = sync_partitions(store, collection, rows)
+    if stats.inserted or stats.deleted:  # a one-pass build's recorded size no longer holds
+        store.update_record(collection, expected_rows=None)
+    if served is None:
+        promote(store, collection, ndcg=None)
+    elif served != collection:
+        store.update_record(collection, status=CANDIDATE)
+    return stats
 
 
 @dataclass(frozen=True)
@@ -104,6 +151,21 @@ def gate(candidate_ndcg: float, baseline_ndcg: float | None, margin: float) -> G
         False, candidate_ndcg, baseline_ndcg, margin,
         f"nDCG@10 {candidate_ndcg:.4f} is more than {margin:.4f} below the promoted index's {baseline_ndcg:.4f}",
     )
+
+
+def judge(store: MilvusStore, target: str, served: str, ndcg: float, served_ndcg: float, margin: float) -> GateDecision:
+    """The gate for `target` (its nDCG@10 `ndcg`): a candidate is held to the served build measured in the
+    same run (`served_ndcg`); the served build itself to the nDCG recorded at its promotion. A failing
+    candidate is marked rejected; the first measurement of the served build becomes the baseline later
+    evaluations hold."""
+    candidate = target != served
+    baseline = served_ndcg if candidate else recorded_ndcg(store, served)
+    decision = gate(ndcg, baseline, margin)
+    if candidate and not decision.passed:
+        reject(store, target, decision.reason)
+    if not candidate and baseline is None:
+        store.update_record(served, eval_ndcg_at_10=ndcg)
+    return decision
 
 
 def waiting_candidate(store: MilvusStore) -> str | None:
@@ -181,3 +243,52 @@ def builds(store: MilvusStore) -> list[dict[str, str]]:
         )
     rows.sort(key=lambda row: row["promoted_at"], reverse=True)
     return sorted(rows, key=lambda row: row["served"] != "True")  # stable: the newest promotion stays first
+
+
+@dataclass(frozen=True)
+class FusionDecision:
+    """Whether a build adopts a tuned fusion: tuned on one split, it must gain there and hold on another."""
+
+    adopted: bool
+    fusion: str  # FusionConfig.to_json of the proposal; "" when nothing was proposed
+    reason: str
+
+
+def fusion_verdict(
+    proposal: FusionConfig | None, train_gain: float, current_ndcg: float, proposed_ndcg: float | None
+) -> FusionDecision:
+    """The gate for a tuned fusion. `train_gain`: its nDCG@10 over the current fusion's on the tuning queries;
+    `current_ndcg`/`proposed_ndcg`: both fusions on the gate's own queries, which tuning never saw. The
+    proposal is adopted only if it does not lose there: a gain that does not carry over is SciFact's lesson."""
+    if proposal is None or proposed_ndcg is None:
+        reason = f"no fusion beat the current one by enough on the tuning queries (best {train_gain:+.4f})"
+        return FusionDecision(False, "", reason)
+    if proposed_ndcg + 1e-9 < current_ndcg:
+        return FusionDecision(
+            False, proposal.to_json(),
+            f"tuned +{train_gain:.4f} on the tuning queries but {proposed_ndcg:.4f} < {current_ndcg:.4f} on the "
+            "evaluation queries: the gain did not carry over",
+        )
+    return FusionDecision(
+        True, proposal.to_json(),
+        f"+{train_gain:.4f} on the tuning queries and {proposed_ndcg:.4f} ≥ {current_ndcg:.4f} on the evaluation "
+        "queries",
+    )
+
+
+def served_fusion(record: BuildRecord, configured: FusionConfig, explicit: bool) -> FusionConfig:
+    """The fusion a build is served (and evaluated) with: `configured` when the deployment sets any fusion
+    setting explicitly (`explicit`), else the one the gate adopted for the build, else `configured` (the
+    defaults). An unreadable record serves `configured`."""
+    if explicit or not record.fusion:
+        return configured
+    try:
+        return FusionConfig.from_json(record.fusion)
+    except (ValueError, TypeError, KeyError):
+        return configured
+
+
+def adopt_fusion(store: MilvusStore, collection: str, decision: FusionDecision) -> None:
+    """Record the adopted fusion on the build: every serving process uses it from its next poll."""
+    if decision.adopted:
+        store.update_record(collection, fusion=decision.fusion)

@@ -10,8 +10,9 @@ with a BM25 function) and lists can be weighted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from rag_core.search.filters import FILTERABLE as FILTERABLE  # re-exported: the API validates against it
@@ -32,6 +33,9 @@ class FusionSettings(Protocol):
     dense_weight: float
     bm25_weight: float
     fusion_candidates: int
+
+
+FUSION_SETTINGS = frozenset(FusionSettings.__annotations__)  # the settings that make a FusionConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,16 @@ class FusionConfig:
             method=settings.fusion_method,  # type: ignore[arg-type]
         )
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FusionConfig:
+        values = json.loads(text)
+        if values.get("method") not in ("rrf", "convex"):
+            raise ValueError(f"not a recorded fusion: {text!r}")
+        return cls(**{name: values[name] for name in ("rrf_k", "dense_weight", "bm25_weight", "candidates", "method")})
+
 
 @dataclass(frozen=True)
 class RetrievedChunk:
@@ -69,6 +83,7 @@ class RetrievedChunk:
     start_char: int
     end_char: int
     tenant: str
+    rerank_score: float | None = None  # the cross-encoder's, when a reranker reordered the list (`score` stays)
 
     @classmethod
     def from_hit(cls, hit: Hit, score: float) -> RetrievedChunk:

@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
-from rag_core.retrieval import FusionConfig
+from rag_core.query import DEFAULT_RERANK_CANDIDATES
+from rag_core.retrieval import FUSION_SETTINGS, FusionConfig
 from rag_core.tenants import validate_tenant
 
 FUSION = FusionConfig()  # the served defaults are written once, on the config objects
@@ -116,6 +117,21 @@ class Settings(BaseSettings):
     bm25_weight: float = Field(FUSION.bm25_weight, ge=0)
     fusion_candidates: int = Field(FUSION.candidates, ge=1, le=1000, description="Hits per list before fusion.")
     max_top_k: int = Field(50, ge=1, le=1000)
+    rerank_model: str = Field(
+        "",
+        description="A cross-encoder that reorders the retrieved chunks: `models:/rag-reranker/N` (the "
+        "`reranker_model` asset registers it), `models:/rag-reranker@alias` or a directory; empty = no reranking.",
+    )
+    rerank_candidates: int = Field(
+        DEFAULT_RERANK_CANDIDATES, ge=1, le=1000, description="Retrieved chunks the reranker reorders per query."
+    )
+    rerank_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="The cross-encoder's share of the reranked order; the rest is the retrieval score (both "
+        "min-max-normalised over the candidates). 1 = the cross-encoder alone.",
+    )
     max_query_chars: int = Field(
         20_000,
         ge=10,
@@ -147,6 +163,11 @@ class Settings(BaseSettings):
     eval_gate_mode: str = "hybrid"
     eval_gate_margin: float = Field(0.01, ge=0, description="Allowed nDCG@10 drop below the promoted index.")
     eval_max_queries: int = Field(0, ge=0, description="0 = every judged query.")
+    eval_tune_fusion: bool = Field(
+        True,
+        description="Tune the hybrid fusion weights on the train split at each retrieval evaluation and adopt them "
+        "for the evaluated build if they hold on the evaluation split (rag_core.fusion_tuning).",
+    )
     rag_eval_queries: int = Field(20, ge=1, description="Questions answered and scored by rag_eval_report.")
     judge_model: str = Field("", description="litellm model for ragas' LLM metrics; empty = non-LLM metrics only.")
     judge_api_base: str = ""
@@ -226,6 +247,11 @@ class Settings(BaseSettings):
 
     def fusion(self) -> FusionConfig:
         return FusionConfig.from_settings(self)
+
+    @property
+    def fusion_configured(self) -> bool:
+        """The environment sets a fusion setting: then it wins over a fusion the gate adopted for a build."""
+        return bool(self.model_fields_set & FUSION_SETTINGS)
 
     def llm(self) -> LLMConfig:
         return LLMConfig.from_settings(self)

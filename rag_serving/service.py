@@ -27,9 +27,9 @@ class Timings(dict):
             state.metrics.stage.labels(name).observe(seconds)
 
 
-def fusion_for(request: RetrieveRequest, state: ServingState) -> FusionConfig:
-    """The deployment's fusion, with what the request overrides."""
-    defaults = state.fusion
+def fusion_for(request: RetrieveRequest, snapshot: IndexSnapshot) -> FusionConfig:
+    """The snapshot's fusion (rag_core.promotion.served_fusion), with what the request overrides."""
+    defaults = snapshot.fusion
     return replace(
         defaults,
         rrf_k=request.rrf_k or defaults.rrf_k,
@@ -58,9 +58,11 @@ def engine_for(state: ServingState, snapshot: IndexSnapshot, timings: Timings) -
     return QueryEngine(
         snapshot.searcher,
         lambda query: query_vector(state, snapshot, query, timings),
-        state.fusion,
+        snapshot.fusion,
         state.llm,
         lambda stage: timings.stage(stage, state),
+        state.reranker,
+        state.settings.rerank_candidates,
     )
 
 
@@ -69,7 +71,7 @@ def retrieve(
 ) -> tuple[list[RetrievedChunk], bool]:
     """(chunks, served from cache). The caller's tenant is always part of the search filter."""
     search_filter = SearchFilter.parse(request.filters, tenant)
-    fusion = fusion_for(request, state)
+    fusion = fusion_for(request, snapshot)
     key = cache_key(
         "retrieved",  # not "retrieve": entries of that name hold a field chunks no longer have (ranks)
         snapshot.index_version,
@@ -80,6 +82,7 @@ def retrieve(
         request.filters,
         tenant,
         asdict(fusion),
+        (state.reranker.version, state.reranker.weight) if state.reranker else "",  # never shared with unreranked
     )
     cached = state.cache.get(key)
     state.metrics.cache.labels("results", "hit" if cached is not None else "miss").inc()

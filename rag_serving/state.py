@@ -1,7 +1,7 @@
-"""What a serving process holds: the embedder, a Milvus connection, the view of the published index,
-the serving database, the cache and the rate limiters. Built once per app in the lifespan; the slow part
-(resolving the index, loading and warming the embedder and the answerer) runs in the background, and
-`readiness()` says what it still waits for."""
+"""What a serving process holds: the embedder, the optional reranker, a Milvus connection, the view of the
+published index, the serving database, the cache and the rate limiters. Built once per app in the lifespan;
+the slow part (resolving the index, loading and warming the embedder, the reranker and the answerer) runs in
+the background, and `readiness()` says what it still waits for."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from rag_core.catalog import Catalog
 from rag_core.embedding import Embedder
 from rag_core.generation import warm_up
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import spec_of
+from rag_core.promotion import served_fusion, spec_of
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import FailedAttempts, RateLimiter
+from rag_core.rerank import Reranker
+from rag_core.retrieval import FusionConfig
 from rag_core.search.engines import IndexConnection, IndexNotReady, MemoryEngine, MilvusEngine, Searcher
 from rag_core.settings import Settings
 from rag_core.store import MilvusUnavailable
@@ -40,6 +42,7 @@ class IndexSnapshot:
     rows: int
     embedder: Embedder = field(compare=False, repr=False)
     searcher: Searcher = field(compare=False, repr=False)
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # rag_core.promotion.served_fusion
 
 
 class IndexView:
@@ -57,9 +60,11 @@ class IndexView:
         poll_s: float,
         metrics: Metrics,
         probe_milvus: Callable[[], None],
+        fusion_for: Callable[[BuildRecord], FusionConfig] = lambda _record: FusionConfig(),
     ) -> None:
         self.engine = engine
         self.embedder_for = embedder_for
+        self.fusion_for = fusion_for
         self.poll_s = poll_s
         self.metrics = metrics
         self.probe_milvus = probe_milvus
@@ -74,7 +79,8 @@ class IndexView:
         self._probe()
         try:
             served = self.engine.served()
-            built_with = BuildRecord.from_properties(served.properties).embedding_version
+            record = BuildRecord.from_properties(served.properties)
+            built_with = record.embedding_version
             current = self._snapshot
             # Resolve the model only when the served build changed model: polling stays cheap.
             unchanged = current is not None and current.embedding_version == built_with
@@ -86,7 +92,8 @@ class IndexView:
                     "it to that model"
                 )
             snapshot = IndexSnapshot(
-                served.collection, served.version, built_with, served.rows, embedder, served.searcher
+                served.collection, served.version, built_with, served.rows, embedder, served.searcher,
+                self.fusion_for(record),
             )
         except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
@@ -143,9 +150,22 @@ class ServingState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.fusion = settings.fusion()  # the deployment's query config, built once
+        # Fusion set in the environment wins over one the gate adopted for the served build (served_fusion).
+        self.fusion_configured = settings.fusion_configured
         self.llm = settings.llm()
         self.metrics = Metrics()
         self.resolver = ModelResolver.from_settings(settings)
+        # Resolved before anything opens: a wrong RAG_RERANK_MODEL stops the start with the fix, it never
+        # serves unreranked results in silence. Loading the weights waits for the warm-up.
+        self.reranker = (
+            Reranker.from_reference(
+                settings.rerank_model, self.resolver, settings.embedding_device, settings.rerank_weight
+            )
+            if settings.rerank_model
+            else None
+        )
+        self.reranker_warm = threading.Event()
+        self.reranker_error = ""
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
         self.pinned_model = settings.embedding_model
         self.db = ServingDatabase(
@@ -166,7 +186,8 @@ class ServingState:
             raise
         log.info("search engine: %s (RAG_SEARCH_ENGINE=%s)", self.engine.name, settings.search_engine)
         self.index = IndexView(
-            self.engine, self.embedder_for, settings.alias_poll_s, self.metrics, self.connection.probe
+            self.engine, self.embedder_for, settings.alias_poll_s, self.metrics, self.connection.probe,
+            lambda record: served_fusion(record, self.fusion, self.fusion_configured),
         )
         self.answerer_warm = threading.Event()
         self.cache_healthy = True  # refreshed in the background: a readiness probe never waits on Redis
@@ -179,6 +200,7 @@ class ServingState:
         answerer; then check the cache's health every `alias_poll_s` until `close()`."""
         self.index.refresh()
         self.index.follow()
+        self._warm_up_reranker()
         try:
             answer = warm_up(self.llm)
             if answer is not None and answer.degraded:
@@ -191,6 +213,20 @@ class ServingState:
             if self._stop.wait(self.settings.alias_poll_s):
                 return
 
+    def _warm_up_reranker(self) -> None:
+        if self.reranker is not None:
+            try:
+                self.reranker.warm_up()
+            except Exception as error:  # unreadable weights: never ready, and /ready says why
+                self.reranker_error = (
+                    f"the reranker {self.settings.rerank_model} did not load ({type(error).__name__}: {error}) — "
+                    "point RAG_RERANK_MODEL at a model the `reranker_model` asset registered, or unset it"
+                )
+                log.error("%s", self.reranker_error)
+                return
+            log.info("reranker %s (%s) warm", self.settings.rerank_model, self.reranker.version)
+        self.reranker_warm.set()
+
     def readiness(self) -> tuple[IndexSnapshot | None, str]:
         """(the served snapshot, "") when ready, else (None, what it waits for), from what the background
         threads saw last: no I/O, for probes."""
@@ -198,6 +234,10 @@ class ServingState:
             snapshot = self.index.current()
         except IndexNotReady as error:
             return None, str(error)
+        if self.reranker_error:
+            return None, self.reranker_error
+        if not self.reranker_warm.is_set():
+            return None, f"warming up the reranker ({self.settings.rerank_model})"
         if not self.answerer_warm.is_set():
             return None, f"warming up the answerer ({self.settings.llm_model})"
         return snapshot, ""

@@ -2,14 +2,15 @@
 
 `retrieval_eval_report` evaluates the build waiting for promotion (a candidate collection) next to the
 served one, or the served one alone after an index change, each beside its naive baseline (rag_core.baseline);
-a build below the baseline in any mode is a warning naming the likely cause. Its blocking check fails when
+a build below the baseline in any mode is a warning naming the likely cause. Each build is evaluated with the
+fusion the API serves it with. Where the dataset has a train split, the hybrid fusion weights are tuned on it
+(rag_core.fusion_tuning) and adopted for the evaluated build only if they hold on the evaluation split — the
+API serves them from its next poll, unless the environment sets the fusion. Its blocking check fails when
 nDCG@10 falls more than the configured margin below the promoted index, so `promoted_index` never runs on a
 worse build.
 """
 
-import contextlib
 import time
-from pathlib import Path
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -26,21 +27,22 @@ from dagster import (
 from pydantic import Field
 
 from rag_assets.assets.indexing import milvus_collection
-from rag_assets.reporting import baseline_metrics, latest_metadata, log_retrieval_runs, metric_name
+from rag_assets.reporting import baseline_metrics, latest_metadata, log_retrieval_runs, metric_names
 from rag_assets.resources import (
     CatalogResource,
     EmbedderResource,
     EvaluationResource,
     MilvusResource,
+    SearchableBuild,
     TrackingResource,
 )
 from rag_core.baseline import shortfall
+from rag_core.build_record import BuildRecord
 from rag_core.catalog import INDEXED
-from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, write_report
+from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, judged_dataset, write_report
+from rag_core.fusion_tuning import FusionProposal, describe, propose_fusion
 from rag_core.indexing import RowCheck, check_rows
-from rag_core.models import BUNDLED_MODEL
-from rag_core.promotion import GateDecision, gate, recorded_ndcg, reject, spec_of, waiting_candidate
-from rag_core.search.engines import Searcher
+from rag_core.promotion import GateDecision, adopt_fusion, judge, waiting_candidate
 from rag_core.store import MilvusStore
 
 GATE_CHECK = "ndcg_within_margin_of_promoted"
@@ -55,11 +57,9 @@ class RetrievalEvalConfig(Config):
     max_queries: int = Field(-1, ge=-1, description="-1 = RAG_EVAL_MAX_QUERIES; 0 = every judged query.")
 
 
-def _target(store: MilvusStore, target: str, alias: str) -> tuple[str, str]:
-    """(the collection to evaluate, the served collection) for a `RetrievalEvalConfig.target`."""
-    served = store.alias_target()
-    if served is None:
-        raise Failure(f"alias {alias} serves nothing yet — build the index first (`rag index`)")
+def _roles(store: MilvusStore, target: str, served: str) -> dict[str, str]:
+    """{role: collection} for a `RetrievalEvalConfig.target`: the build evaluated first (a candidate, or the
+    served build alone), then the served one beside a candidate."""
     if target == "candidate":
         candidate = waiting_candidate(store)
         if candidate is None:
@@ -69,50 +69,109 @@ def _target(store: MilvusStore, target: str, alias: str) -> tuple[str, str]:
         target = served
     if not store.has_collection(target):
         raise Failure(f"collection {target} does not exist — `rag builds` lists the builds")
-    return target, served
+    return {"candidate": target, "served": served} if target != served else {"served": served}
+
+
+def _max_queries(evaluation: EvaluationResource, config: RetrievalEvalConfig) -> int:
+    return evaluation.max_queries if config.max_queries < 0 else config.max_queries
 
 
 def _evaluate(
-    searcher: Searcher,
-    properties: dict[str, str],
-    collection: str,
-    embedder: EmbedderResource,
-    evaluation: EvaluationResource,
-    max_queries: int,
+    build: SearchableBuild, embedder: EmbedderResource, evaluation: EvaluationResource, config: RetrievalEvalConfig
 ) -> RetrievalEvaluation:
-    spec = spec_of(properties, BUNDLED_MODEL)
-    model = embedder.load(spec.model, spec.backend)  # queries embed as the build's chunks were
     return evaluate_collection(
-        searcher,
-        collection,
-        model,
+        build.searcher,
+        build.collection,
+        embedder.load_build(build.properties),  # queries embed as the build's chunks were
         evaluation.dataset(),
         evaluation.modes,
-        evaluation.fusion(),
+        evaluation.served_fusion(BuildRecord.from_properties(build.properties)),
         evaluation.tenant,
-        evaluation.max_queries if max_queries < 0 else max_queries,
+        _max_queries(evaluation, config),
         baseline_cache=embedder.cache(),
     )
 
 
-def _judge(
-    store: MilvusStore, evaluations: dict[str, RetrievalEvaluation], target: str, served: str, gate_mode: str,
-    margin: float,
-) -> GateDecision:
-    """The gate against the served build measured in the same run (a candidate), or against the nDCG
-    recorded at promotion (the served build after a reindex). A failing candidate is marked rejected; the
-    first measurement of the served build becomes the baseline later evaluations hold."""
-    score = evaluations["candidate" if target != served else "served"].modes[gate_mode].means["ndcg@10"]
-    if target != served:
-        baseline = evaluations["served"].modes[gate_mode].means["ndcg@10"]
-    else:
-        baseline = recorded_ndcg(store, served)
-    decision = gate(score, baseline, margin)
-    if not decision.passed and target != served:
-        reject(store, target, decision.reason)
-    if target == served and baseline is None:
-        store.update_record(served, eval_ndcg_at_10=score)
-    return decision
+def _propose_fusion(
+    build: SearchableBuild,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+    config: RetrievalEvalConfig,
+    evaluated: RetrievalEvaluation,
+) -> FusionProposal | str:
+    """Fusion weights tuned on the train split for `build`, judged on the queries it was just evaluated on;
+    or why there is nothing to tune."""
+    if not evaluation.tune_fusion:
+        return "off (RAG_EVAL_TUNE_FUSION=false)"
+    if "hybrid" not in evaluated.modes:
+        return "hybrid is not among the evaluated modes"
+    if evaluation.train_split == evaluation.split:
+        return f"the train split is the evaluation split ({evaluation.split}): tuning on it would grade its own work"
+    limit = _max_queries(evaluation, config)
+    doc_ids = build.searcher.doc_ids()
+    try:
+        tuning_queries = judged_dataset(evaluation.dataset(evaluation.train_split), doc_ids, build.collection, limit)
+    except (FileNotFoundError, ValueError) as error:
+        return f"no labelled {evaluation.train_split} queries for this build ({error})"
+    gate_queries = judged_dataset(evaluation.dataset(), doc_ids, build.collection, limit)
+    current = evaluation.served_fusion(BuildRecord.from_properties(build.properties))
+    return propose_fusion(
+        build.searcher, embedder.load_build(build.properties), tuning_queries, gate_queries, evaluation.tenant,
+        current, evaluated.modes["hybrid"].means["ndcg@10"],
+    )
+
+
+def _fusion_metadata(proposal: FusionProposal | str) -> dict[str, object]:
+    if isinstance(proposal, str):
+        return {"fusion_tuning": f"skipped: {proposal}", "fusion_adopted": False}
+    tuning = proposal.tuning
+    return {
+        "fusion_tuning": MetadataValue.md(f"Tuned on {tuning.dataset} ({tuning.queries} queries)\n\n{tuning.table()}"),
+        "fusion_served": describe(tuning.current.fusion),
+        "fusion_proposed": describe(tuning.best.fusion) if tuning.proposal() else "none",
+        "fusion_proposed_ndcg_at_10": proposal.proposed_ndcg if proposal.proposed_ndcg is not None else "none",
+        "fusion_adopted": proposal.decision.adopted,
+        "fusion_reason": proposal.decision.reason,
+    }
+
+
+def _gate_metadata(decision: GateDecision) -> dict[str, object]:
+    return {
+        "ndcg_at_10": decision.candidate_ndcg,
+        "baseline_ndcg_at_10": decision.baseline_ndcg if decision.baseline_ndcg is not None else "none",
+        "gate_passed": decision.passed,
+        "gate_reason": decision.reason,
+    }
+
+
+def _metrics_metadata(evaluations: dict[str, RetrievalEvaluation]) -> dict[str, float]:
+    """Every build's metrics per mode (`<role>_<mode>_<metric>`) and over its naive baseline."""
+    per_mode = {
+        key: value
+        for role, result in evaluations.items()
+        for mode, scores in result.modes.items()
+        for key, value in metric_names(scores.means, f"{role}_{mode}_").items()
+    }
+    return per_mode | {
+        f"{role}_{key}": value
+        for role, result in evaluations.items()
+        for key, value in baseline_metrics(result).items()
+    }
+
+
+def _shortfall_metadata(
+    context: AssetExecutionContext, evaluations: dict[str, RetrievalEvaluation]
+) -> dict[str, object]:
+    """Every build that loses to its naive baseline in some mode, with the likely cause; each is warned of."""
+    shortfalls = {role: losing for role, result in evaluations.items() if (losing := shortfall(result))}
+    for losing in shortfalls.values():
+        context.log.warning(f"naive baseline: {losing.message}")
+    return {
+        "below_naive_baseline": MetadataValue.json(
+            {role: {"modes": losing.margins, "cause": losing.cause} for role, losing in shortfalls.items()}
+        ),
+        "naive_baseline_warning": " ".join(losing.message for losing in shortfalls.values()) or "none",
+    }
 
 
 @asset(group_name="evaluation", deps=[milvus_collection, "candidate_index"], kinds={"mlflow"})
@@ -127,62 +186,36 @@ def retrieval_eval_report(
     """The labelled queries against the live index in each mode (bm25, dense, hybrid): nDCG@10,
     recall@10/100, MRR@10, MAP — a markdown report with plots, logged to MLflow (experiment `retrieval`)."""
     started = time.perf_counter()
-    with contextlib.ExitStack() as held:
-        store = held.enter_context(milvus.store())
-        target, served = _target(store, config.target, milvus.alias)
-        role = "candidate" if target != served else "served"
-        builds = {name: (milvus.searcher(store, name), store.collection_properties(name)) for name in {target, served}}
-        if milvus.connection().engine == "memory":
-            # The in-memory engine evaluates from the search log: Milvus (a Lite file only one process
-            # may open) is let go meanwhile, so other steps and the API keep writing and serving.
-            held.close()
-        evaluations = {role: _evaluate(*builds[target], target, embedder, evaluation, config.max_queries)}
-        if target != served:
-            evaluations["served"] = _evaluate(*builds[served], served, embedder, evaluation, config.max_queries)
+    with milvus.searchable(lambda store: _roles(store, config.target, milvus.served_collection(store))) as builds:
+        evaluations = {role: _evaluate(build, embedder, evaluation, config) for role, build in builds.items()}
+        role = "candidate" if "candidate" in builds else "served"
+        proposal = _propose_fusion(builds[role], embedder, evaluation, config, evaluations[role])
+    target, served = builds[role].collection, builds["served"].collection
+    ndcg = {name: result.modes[evaluation.gate_mode].means["ndcg@10"] for name, result in evaluations.items()}
     with milvus.store() as store:
-        decision = _judge(store, evaluations, target, served, evaluation.gate_mode, evaluation.gate_margin)
+        decision = judge(store, target, served, ndcg[role], ndcg["served"], evaluation.gate_margin)
         records = {name: store.record(name) for name in {target, served}}
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    report = write_report(
-        evaluations, Path(evaluation.reports_dir) / f"{stamp}-{target}", f"Retrieval evaluation of {target}"
-    )
+        if not isinstance(proposal, str):
+            adopt_fusion(store, target, proposal.decision)  # served from the API's next poll
+    report = write_report(evaluations, evaluation.report_folder(target), f"Retrieval evaluation of {target}")
     run_ids = log_retrieval_runs(tracking.tracker(), evaluations, records, evaluation, report)
     (context.log.info if decision.passed else context.log.error)(f"quality gate: {decision.reason}")
-    per_mode = {
-        f"{role}_{mode}_{metric_name(metric)}": value
-        for role, result in evaluations.items()
-        for mode, scores in result.modes.items()
-        for metric, value in scores.means.items()
-    }
-    per_mode |= {
-        f"{role}_{key}": value
-        for role, result in evaluations.items()
-        for key, value in baseline_metrics(result).items()
-    }
-    shortfalls = {role: losing for role, result in evaluations.items() if (losing := shortfall(result))}
-    for losing in shortfalls.values():
-        context.log.warning(f"naive baseline: {losing.message}")
     return MaterializeResult(
         metadata={
             "evaluated_collection": target,
             "served_collection": served,
             "role": role,
             "gate_mode": evaluation.gate_mode,
-            "ndcg_at_10": decision.candidate_ndcg,
-            "baseline_ndcg_at_10": decision.baseline_ndcg if decision.baseline_ndcg is not None else "none",
-            "gate_passed": decision.passed,
-            "gate_reason": decision.reason,
-            "below_naive_baseline": MetadataValue.json(
-                {role: {"modes": losing.margins, "cause": losing.cause} for role, losing in shortfalls.items()}
-            ),
-            "naive_baseline_warning": " ".join(losing.message for losing in shortfalls.values()) or "none",
+            **_gate_metadata(decision),
+            **_shortfall_metadata(context, evaluations),
+            **_fusion_metadata(proposal),
             "queries": evaluations[role].queries,
             "dropped_queries": evaluations[role].dropped_queries,
             "report": MetadataValue.md(report.read_text()),
             "report_path": MetadataValue.path(str(report)),
             "mlflow_runs": MetadataValue.json(run_ids),
             "seconds": round(time.perf_counter() - started, 3),
-            **per_mode,
+            **_metrics_metadata(evaluations),
         }
     )
 

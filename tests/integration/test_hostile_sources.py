@@ -18,6 +18,7 @@ from rag_core.search.engines import IndexConnection
 from rag_core.search.filters import SearchFilter
 from rag_core.settings import Settings
 from tests.integration.pipeline_helpers import served_rows
+from tests.support.settings import embedded_settings
 
 pytestmark = pytest.mark.slow
 SHARED_RECORD = {"_id": "claim-42", "title": "Vitamin D", "text": "Vitamin D supplements reduce fractures in the old."}
@@ -54,14 +55,7 @@ def _doc_ids(settings: Settings, tenant: str, doc_id: str) -> list[tuple[str, st
 def test_bad_and_hostile_sources_never_fail_the_run_or_touch_another_tenant(tmp_path):
     documents = tmp_path / "documents"
     _write_corpus(documents)
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        documents_dir=documents,
-        dagster_home=tmp_path / "dagster",
-        milvus_uri="",
-        catalog_url="",
-        max_expanded_mb=20,
-    )
+    settings = embedded_settings(tmp_path, documents, max_expanded_mb=20)
     settings.resolved_dagster_home.mkdir(parents=True)
     with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
         first = index(settings, instance=instance)

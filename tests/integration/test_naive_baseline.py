@@ -15,13 +15,10 @@ import random
 from pathlib import Path
 
 import pytest
-from dagster import instance_for_test, materialize
 
-from rag_assets.assets.retrieval_eval import retrieval_eval_report
-from rag_assets.cli import index
-from rag_assets.resources import build_resources
-from rag_core.settings import Settings
 from rag_core.tracking import Tracker
+from tests.support.evaluation import index_and_evaluate
+from tests.support.settings import embedded_settings
 
 pytestmark = pytest.mark.slow
 
@@ -69,31 +66,12 @@ def write_chunking_hurts_corpus(root: Path) -> tuple[Path, Path]:
 
 def test_report_shows_the_naive_baseline_and_warns_when_chunking_loses(tmp_path: Path) -> None:
     documents, dataset = write_chunking_hurts_corpus(tmp_path)
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        documents_dir=documents,
-        dagster_home=tmp_path / "dagster",
-        milvus_uri="",
-        catalog_url="",
-        serving_db_url="",
-        mlflow_tracking_uri="",
-        collection_alias="rag_chunks",
-        eval_dataset_dir=dataset,
-        chunk_max_tokens=64,
+    settings = embedded_settings(
+        tmp_path, documents, collection_alias="rag_chunks", eval_dataset_dir=dataset, chunk_max_tokens=64,
         chunk_overlap_tokens=8,
     )
-    (tmp_path / "dagster").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        index(settings, instance=instance)
-        result = materialize([retrieval_eval_report], resources=build_resources(settings), instance=instance)
-        assert result.success
-        (materialization,) = result.asset_materializations_for_node("retrieval_eval_report")
-        metadata = {key: value.value for key, value in materialization.metadata.items()}
-        warnings = [
-            event.message
-            for event in instance.all_logs(result.run_id)
-            if event.level == 30 and "naive baseline" in event.message  # logging.WARNING
-        ]
+    metadata, logged = index_and_evaluate(settings)
+    warnings = [message for message in logged if "naive baseline" in message]
 
     # The chunked build really loses in BM25: each relevant document ranks first whole, third by best chunk.
     assert metadata["served_naive_bm25_ndcg_at_10"] == 1.0

@@ -3,9 +3,6 @@ the search log) must answer like Milvus, stay fresh while writes land, and keep 
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import json
 import subprocess
 import sys
 import threading
@@ -18,74 +15,23 @@ import pytest
 from rag_core.indexing import sync_partitions
 from rag_core.retrieval import FusionConfig, Retriever
 from rag_core.search.analyzer import term_counts, term_matrix
-from rag_core.search.engines import IndexConnection, MemoryEngine, MilvusEngine
+from rag_core.search.engines import IndexConnection
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
 from rag_core.settings import Settings
-from rag_core.store import IndexBuild, MilvusStore, milvus_client
+from rag_core.store import MilvusStore, milvus_client
 from tests.serving_server import free_port
+from tests.support.search_index import BUILD, DIMENSION, Index, rows_for, scifact
 from tests.support.waiting import wait_for
 
-CORPUS = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "scifact" / "corpus.jsonl.gz"
-DIMENSION = 32
-BUILD = IndexBuild("test-model", "test-model@abc123", DIMENSION, "tokens64-overlap8")
 # The served fusion, with fewer candidates per list: under a filter that leaves ~100 rows, Milvus' HNSW returns
 # only ~96 of them at depth 100 (an approximate graph), which moves min-max normalisation.
 FUSION = FusionConfig(method="convex", dense_weight=0.55, bm25_weight=0.45, candidates=30)
 
 
-def scifact(count: int, skip: int = 0) -> list[dict]:
-    with gzip.open(CORPUS) as handle:
-        records = [json.loads(line) for _, line in zip(range(skip + count), handle, strict=False)]
-    return records[skip:]
-
-
 def unit_vectors(count: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(count, DIMENSION)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def rows_for(records: list[dict], vectors: np.ndarray, tenant_of, prefix: str = "") -> list[dict]:
-    return [
-        {
-            "chunk_id": f"{prefix}{record['_id']}#0",
-            "doc_id": f"{prefix}{record['_id']}",
-            "source_key": f"source-{index % 4}",
-            "tenant": tenant_of(index),
-            "source": f"source-{index % 4}.jsonl",
-            "title": record["title"],
-            "text": record["text"],
-            "search_text": f"{record['title']}\n{record['text']}",
-            "position": 0,
-            "start_char": 0,
-            "end_char": len(record["text"]),
-            "dense": vector.tolist(),
-            "metadata": {},
-        }
-        for index, (record, vector) in enumerate(zip(records, vectors, strict=True))
-    ]
-
-
-class Index:
-    """A Milvus Lite file written through MilvusStore (which appends to the search log) and both engines."""
-
-    def __init__(self, root: Path, alias: str = "idx") -> None:
-        self.uri = str(root / "milvus.db")
-        self.connection = IndexConnection(self.uri, "", alias, root / "search", lock_timeout_s=30)
-        self.memory = MemoryEngine(SearchLog(root / "search"), alias, self.connection.store)
-
-    def write(self, rows: list[dict], collection: str | None = None, publish: bool = True) -> str:
-        with self.connection.store() as store:
-            name = store.ensure_collection(BUILD, collection)
-            store.upsert(name, rows)
-            if publish:
-                store.point_alias(name)
-        return name
-
-    @contextlib.contextmanager
-    def milvus(self):
-        with self.connection.store() as store:
-            yield MilvusEngine(store)
 
 
 def top_ids(searcher, mode: str, query: str, vector, search_filter: SearchFilter, k: int = 10) -> list[str]:
