@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     finetune_cmd = commands.add_parser("finetune", help="fine-tune, register in MLflow, build, evaluate, promote")
     finetune_cmd.add_argument("--epochs", type=int, default=0)
     finetune_cmd.add_argument("--max-train-queries", type=int, default=0)
+    rerank_cmd = commands.add_parser("train-reranker", help="train the cross-encoder reranker, register it in MLflow")
+    rerank_cmd.add_argument("--epochs", type=int, default=0)
+    rerank_cmd.add_argument("--max-train-queries", type=int, default=0)
     commands.add_parser("rollback", help="serve the previously promoted build again")
     commands.add_parser("builds", help="list the index builds and which one is served")
     metrics_cmd = commands.add_parser("metrics", help="serve index freshness/size and run-failure metrics")
@@ -251,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
         print(f"quality gate: {report.get('gate_reason')}")
         print(f"promoted: {bool(_report(result, 'promoted_index').get('alias_moved'))}")
+        return 0 if result.success else 1
+    elif args.command == "train-reranker":
+        config = {"epochs": args.epochs, "max_train_queries": args.max_train_queries}
+        result = _materialize(settings, "reranker_job", {"ops": {"reranker_model": {"config": config}}})
+        model = _report(result, "reranker_model")
+        print(f"model: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
+        dev, bm25 = model.get("final_dev_ndcg_at_10"), model.get("final_dev_first_stage_ndcg_at_10")
+        print(f"dev nDCG@10 reranking BM25's candidates: {dev} (BM25's own order: {bm25})")
+        print(f"serve it: RAG_RERANK_MODEL={model.get('model_uri')} (measure first: evals/bench_rerank.py)")
         return 0 if result.success else 1
     elif args.command == "rollback":
         moved_from, moved_to = rollback(settings)

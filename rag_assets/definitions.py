@@ -8,6 +8,7 @@ from rag_assets.assets.indexing import INDEX_ASSETS
 from rag_assets.assets.models import MODEL_ASSETS
 from rag_assets.assets.promotion import promoted_index
 from rag_assets.assets.rag_eval import rag_eval_report
+from rag_assets.assets.reranker import RERANKER_ASSETS
 from rag_assets.assets.retrieval_eval import (
     index_rows_match_chunks,
     ndcg_within_margin_of_promoted,
@@ -33,6 +34,7 @@ def build_definitions(settings: Settings) -> Definitions:
             promoted_index,
             rag_eval_report,
             *MODEL_ASSETS,
+            *RERANKER_ASSETS,
         ],
         asset_checks=[ndcg_within_margin_of_promoted, index_rows_match_chunks],
         jobs=JOBS,

@@ -71,6 +71,14 @@ finetune_and_promote_job = define_asset_job(
     description="Fine-tune, build the candidate collection, evaluate it, promote it only past the gate.",
 )
 
+reranker_job = define_asset_job(
+    "reranker_job",
+    selection=AssetSelection.assets("reranker_model"),
+    tags={"rag/experiment": "reranker"},
+    description="Train the cross-encoder reranker and register it as `rag-reranker` in MLflow (serving uses it "
+    "only when RAG_RERANK_MODEL names it).",
+)
+
 
 @job(
     tags={"rag/experiment": "grid"},
@@ -88,6 +96,7 @@ JOBS = [
     promote_job,
     candidate_job,
     finetune_and_promote_job,
+    reranker_job,
     experiment_grid_job,
     search_index_job,
 ]

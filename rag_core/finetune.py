@@ -18,7 +18,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,16 @@ class FinetuneConfig:
         """A seconds-long configuration for CI: one short epoch, short sequences."""
         return cls(epochs=1, batch_size=4, max_seq_length=64, logging_steps=1, learning_rate=5e-5)
 
+    @classmethod
+    def preset(cls, name: str, epochs: int = 0, batch_size: int = 0) -> FinetuneConfig:
+        """`small` (seconds, for CI) or the tuned default, with `epochs` / `batch_size` when not 0."""
+        config = cls.small() if name == "small" else cls()
+        if epochs:
+            config = replace(config, epochs=epochs)
+        if batch_size:
+            config = replace(config, batch_size=batch_size)
+        return config
+
 
 @dataclass
 class FinetuneResult:
@@ -261,9 +271,16 @@ def _training_dataset(examples: Sequence[TrainingExample], with_negatives: bool)
     return Dataset.from_dict(columns)
 
 
-def _epoch_callback(
-    model, dev: DevSet | None, config: FinetuneConfig, output_dir: Path, history: list, on_epoch: EpochCallback | None
+def epoch_reporter(
+    evaluate: Callable[[], dict[str, float]] | None,
+    save: Callable[[], None],
+    keep_best: bool,
+    history: list[dict[str, float]],
+    on_epoch: EpochCallback | None,
 ):
+    """(a Trainer callback, `report(epoch, loss)`): after every epoch, the mean training loss and `evaluate()`'s
+    dev metrics go to `history` and `on_epoch`. With `keep_best`, `save()` runs whenever dev nDCG@10 beats
+    every earlier epoch (that epoch's metrics carry `saved`: 1.0). Shared by the embedder and the reranker."""
     from transformers import TrainerCallback
 
     started = time.perf_counter()
@@ -272,11 +289,11 @@ def _epoch_callback(
         metrics: dict[str, float] = {"epoch": float(epoch), "seconds": round(time.perf_counter() - started, 1)}
         if loss is not None:
             metrics["train_loss"] = round(loss, 4)
-        if dev is not None:
-            metrics.update(evaluate_dev(model, dev, config.dev_top_k))
+        if evaluate is not None:
+            metrics.update(evaluate())
             best = max((m["dev_ndcg@10"] for m in history if m["epoch"] >= 1), default=-1.0)
-            if config.keep_best and epoch >= 1 and metrics["dev_ndcg@10"] > best:
-                _save(model, output_dir)
+            if keep_best and epoch >= 1 and metrics["dev_ndcg@10"] > best:
+                save()
                 metrics["saved"] = 1.0
         history.append(metrics)
         log.info("epoch %s: %s", epoch, metrics)
@@ -332,7 +349,13 @@ def finetune(
     model.max_seq_length = config.max_seq_length
     with_negatives = config.use_hard_negatives and all(example.negative for example in examples)
     history: list[dict[str, float]] = []
-    reporter, report = _epoch_callback(model, dev, config, output_dir, history, on_epoch)
+    reporter, report = epoch_reporter(
+        (lambda: evaluate_dev(model, dev, config.dev_top_k)) if dev is not None else None,
+        lambda: _save(model, output_dir),
+        config.keep_best,
+        history,
+        on_epoch,
+    )
     if dev is not None:
         report(0, None)
     with tempfile.TemporaryDirectory(prefix="finetune-") as scratch:

@@ -1,8 +1,9 @@
-"""The query engine: retrieve, then answer. The API serves this path and the evaluations measure it
-(`rag_eval_report`, `evals/eval_retrieval.py`), so what is measured is what is served.
+"""The query engine: retrieve (and optionally rerank), then answer. The API serves this path and the
+evaluations measure it (`rag_eval_report`, `evals/eval_retrieval.py`, `evals/bench_rerank.py`), so what is
+measured is what is served.
 
 `Query` carries what a caller may choose, with the served defaults; `QueryEngine` holds what the deployment
-decided once (the searcher of one build, how queries are embedded, the fusion and the answerer).
+decided once (the searcher of one build, how queries are embedded, the fusion, the reranker and the answerer).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from rag_core.retrieval import FusionConfig, Mode, RetrievedChunk, Retriever
 from rag_core.search.filters import SearchFilter
 
 if TYPE_CHECKING:
+    from rag_core.rerank import Reranker
     from rag_core.search.engines import Searcher
 
 DEFAULT_TOP_K = 5
+DEFAULT_RERANK_CANDIDATES = 30  # chunks the reranker reads per query: each costs a cross-encoder pass
 DEFAULT_MODE: Mode = "hybrid"
 
 
@@ -40,8 +43,9 @@ class QueryEngine:
     """Retrieval over one build's searcher, then an answer from what was retrieved.
 
     `encode` embeds a query with the model the build was made with (the API caches and batches it).
-    `llm` answers; an engine that only retrieves (a retrieval evaluation) has none. `stage(name)` times the
-    `search` and `generate` stages when the caller keeps timings."""
+    `llm` answers; an engine that only retrieves (a retrieval evaluation) has none. With a `reranker`, the
+    first `rerank_candidates` retrieved chunks are reordered by it before the list is cut to `top_k`.
+    `stage(name)` times the `search`, `rerank` and `generate` stages when the caller keeps timings."""
 
     def __init__(
         self,
@@ -50,21 +54,30 @@ class QueryEngine:
         fusion: FusionConfig,
         llm: LLMConfig | None = None,
         stage: Callable[[str], AbstractContextManager[object]] = _untimed,
+        reranker: Reranker | None = None,
+        rerank_candidates: int = DEFAULT_RERANK_CANDIDATES,
     ) -> None:
         self.retriever = Retriever(searcher, fusion)
         self.encode = encode
         self.llm = llm
         self.stage = stage
+        self.reranker = reranker
+        self.rerank_candidates = rerank_candidates
 
     def retrieve(self, query: Query, vector: Sequence[float] | None = None) -> list[RetrievedChunk]:
         """The query's chunks, best first. `vector`: its embedding, when the caller encoded it already (an
         evaluation encodes all its queries in one batch)."""
         if vector is None and query.mode != "bm25":
             vector = self.encode(query.text)
+        depth = query.top_k if self.reranker is None else max(query.top_k, self.rerank_candidates)
         with self.stage("search"):
-            return self.retriever.retrieve(
-                query.text, vector, query.top_k, query.mode, query.search_filter, query.fusion
-            )
+            chunks = self.retriever.retrieve(query.text, vector, depth, query.mode, query.search_filter, query.fusion)
+        if self.reranker is None:
+            return chunks
+        # Only the candidates are reordered; a top_k deeper than them keeps retrieval's order below them.
+        with self.stage("rerank"):
+            reranked = self.reranker.run(query.text, chunks[: self.rerank_candidates])
+        return (reranked + chunks[self.rerank_candidates :])[: query.top_k]
 
     def answer(self, question: str, chunks: Sequence[RetrievedChunk]) -> Answer:
         with self.stage("generate"):

@@ -18,6 +18,11 @@ from typing import Any
 from rag_core.settings import Settings
 
 REGISTERED_EMBEDDER = "rag-embedder"
+REGISTERED_RERANKER = "rag-reranker"
+DESCRIPTIONS = {
+    REGISTERED_EMBEDDER: "Fine-tuned embedding models of the RAG index.",
+    REGISTERED_RERANKER: "Cross-encoders that rerank retrieved chunks (RAG_RERANK_MODEL=models:/rag-reranker/N).",
+}
 _configure_lock = threading.Lock()
 for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -85,7 +90,7 @@ class Tracker:
         client = self.client()
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
             with contextlib.suppress(Exception):  # registered concurrently
-                client.create_registered_model(name, description="Fine-tuned embedding models of the RAG index.")
+                client.create_registered_model(name, description=DESCRIPTIONS.get(name, ""))
         source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         version = client.create_model_version(name, source=source, run_id=run_id)
         return f"models:/{name}/{version.version}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from rag_core.query import DEFAULT_MODE, DEFAULT_TOP_K
 from rag_core.search.filters import FILTERABLE, MAX_FILTER_VALUES
@@ -23,7 +23,15 @@ FilterField = Literal[FILTERABLE]  # type: ignore[valid-type]
 FilterValues = Name | Annotated[list[Name], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
 
 
+EXAMPLE_QUESTION = "What does the embedding cache key on?"
+
+
 class RetrieveRequest(BaseModel):
+    # The example /docs' Try-it-out sends: a valid request (a generated one would send filter placeholders).
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"query": EXAMPLE_QUESTION, "top_k": 5, "mode": "hybrid"}]}
+    )
+
     query: str = Field(..., min_length=1, pattern=TEXT_PATTERN, description="The question or search text.")
     top_k: int = Field(DEFAULT_TOP_K, ge=1, description="Chunks to return (bounded by RAG_MAX_TOP_K).")
     mode: Literal["dense", "bm25", "hybrid"] = DEFAULT_MODE
@@ -44,6 +52,10 @@ class RetrieveRequest(BaseModel):
 
 
 class QueryRequest(RetrieveRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"query": EXAMPLE_QUESTION, "top_k": 5, "stream": False}]}
+    )
+
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
 
 
@@ -75,9 +87,12 @@ class ChunkOut(BaseModel):
     title: str
     text: str
     source: str
-    score: float
+    score: float = Field(..., description="The retrieval score (dense, BM25 or fused).")
     start_char: int
     end_char: int
+    rerank_score: float | None = Field(
+        None, description="The reranker's score when RAG_RERANK_MODEL is set; chunks are then in its order."
+    )
 
 
 class RetrieveResponse(BaseModel):
@@ -123,6 +138,10 @@ class QueryResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"query_id": "<query_id from /v1/query>", "rating": 5, "is_relevant": True}]}
+    )
+
     query_id: Name
     rating: int | None = Field(None, ge=1, le=5)
     is_relevant: bool | None = None

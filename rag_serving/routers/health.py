@@ -1,4 +1,4 @@
-"""GET /health (alive), GET /ready (can serve: index resolved, embedder and answerer warm), GET /metrics."""
+"""GET /health (alive), GET /ready (can serve: index resolved, embedder, reranker and answerer warm), GET /metrics."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def ready(who: OptionalCallerDep, state: ServingState = Depends(get_state)) -> J
             "index_version": snapshot.index_version,
             "rows": snapshot.rows,
             "embedding_version": snapshot.embedding_version,
+            "reranker": state.reranker.version if state.reranker else "off",
             "cache": state.cache.backend,
             "cache_healthy": state.cache_healthy,
             "milvus_healthy": not state.index.milvus_error,  # the memory engine serves while Milvus is down

@@ -64,6 +64,7 @@ def _chunks_out(chunks: list[RetrievedChunk]) -> list[ChunkOut]:
             score=round(c.score, 6),
             start_char=c.start_char,
             end_char=c.end_char,
+            rerank_score=None if c.rerank_score is None else round(c.rerank_score, 6),
         )
         for c in chunks
     ]

@@ -1,0 +1,342 @@
+"""Reranking benchmark on SciFact: test nDCG@10 per mode with and without the cross-encoder, and its latency.
+
+1. index the corpus with `rag index` (the real pipeline: parser, chunker, embedding cache, Milvus Lite, the
+   in-memory search engine the API serves Milvus Lite with) — once per embedder, reused on later runs;
+2. train the reranker (`rag_core.rerank.train_reranker`) from the bundled MiniLM on the *train* qrels — all
+   809 claims by default, a held-out tenth of them for per-epoch dev metrics — with hard negatives mined by
+   BM25 + the base model over the index's chunk texts; or take `--reranker DIR|models:/…`;
+3. choose `RAG_RERANK_WEIGHT` (the cross-encoder's share of the order, the rest the retrieval score) on the
+   held-out train claims, reranking hybrid's candidates — never on test;
+4. evaluate every test claim through `QueryEngine` (the API's path) in bm25, dense and hybrid: without the
+   reranker, with the cross-encoder alone (weight 1) and with the chosen weight; documents are scored by their
+   best chunk's position in the served order;
+5. time hybrid retrieval as served (query encode + search [+ rerank], top 10) with and without the reranker,
+   interleaved, and report p50 / p95 and the p50 ratio.
+
+Run:  nice .venv/bin/python evals/bench_rerank.py --work-dir /tmp/bench-rerank
+      nice .venv/bin/python evals/bench_rerank.py --work-dir /tmp/bench-rerank --reranker /tmp/bench-rerank/reranker
+      ... --embedder models:/rag-embedder/1   (or a fine-tuned model directory): adds its rows
+The test split is never used for training or for any choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import statistics
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATASET = Path(__file__).parent / "datasets" / "scifact"
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+DEPTH = 100
+
+
+def settings_for(work: Path, label: str, embedder: str):
+    from rag_core.settings import Settings
+
+    root = work / label
+    return Settings(
+        data_dir=root / "data",
+        documents_dir=work / "documents",
+        dagster_home=root / "dagster",
+        embedding_model=embedder,
+        milvus_uri="",
+        mlflow_tracking_uri="",
+    )
+
+
+def built_index(settings) -> str:
+    """The served collection of this data dir, after a `rag index` of the corpus when there is none yet."""
+    from dagster import instance_for_test
+
+    from rag_assets.cli import index
+    from rag_core.search.engines import IndexConnection
+
+    with IndexConnection.from_settings(settings).store() as store:
+        served = store.alias_target()
+    if served:
+        return served
+    settings.resolved_dagster_home.mkdir(parents=True, exist_ok=True)
+    with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
+        stats = index(settings, instance=instance)
+    print(f"indexed: {stats}", flush=True)
+    with IndexConnection.from_settings(settings).store() as store:
+        return store.alias_target()
+
+
+def write_documents(work: Path, dataset: Path) -> None:
+    target = work / "documents" / "scifact.jsonl"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(dataset / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+            target.write_text(handle.read(), encoding="utf-8")
+
+
+def train_split(args, examples: list) -> list:
+    """The train pairs of the first `--max-train-queries` claims by id (all by default)."""
+    if not args.max_train_queries:
+        return examples
+    keep = set(sorted({example.query_id for example in examples})[: args.max_train_queries])
+    return [example for example in examples if example.query_id in keep]
+
+
+def train(args, settings) -> Path:
+    """The reranker trained on the train split: chunk texts of the index as passages, negatives mined over them."""
+    from evals.bench_finetune import first_chunks, load_documents, load_sources
+    from rag_core.embedding import EmbeddingCache
+    from rag_core.finetune import pairs_from_qrels
+    from rag_core.rerank import (
+        RerankerConfig,
+        mine_reranker_negatives,
+        rerank_dev_set,
+        split_dev,
+        train_reranker,
+    )
+    from rag_core.settings import bundled_model_dir
+
+    base_dir = bundled_model_dir()
+    config = RerankerConfig.preset("small" if args.small else "default", args.epochs)
+    if args.hard_negatives:
+        config = replace(config, hard_negatives=args.hard_negatives)
+    examples = train_split(args, pairs_from_qrels(args.dataset, "train"))
+    # The passages the reranker will read when serving: the index's chunks (their vectors are in its cache).
+    corpus = first_chunks(load_documents(load_sources(args.dataset, args.work_dir)), base_dir)
+    examples = [replace(example, positive=corpus.get(example.positive_id, example.positive)) for example in examples]
+    examples, dev_examples = split_dev(examples, args.dev_fraction)
+    started = time.perf_counter()
+    mined = mine_reranker_negatives(
+        examples, corpus, base_dir, config.hard_negatives, "hybrid", EmbeddingCache(settings.embedding_cache_path)
+    )
+    dev = rerank_dev_set(dev_examples, corpus, config.dev_depth)
+    print(
+        f"{len(examples)} train pairs from {len({e.query_id for e in examples})} claims, "
+        f"{len(dev_examples)} dev pairs; negatives mined in {time.perf_counter() - started:.1f} s; {config}",
+        flush=True,
+    )
+    result = train_reranker(
+        mined,
+        base_dir,
+        args.work_dir / "reranker",
+        config,
+        on_epoch=lambda epoch, metrics: print(f"epoch {epoch}: {metrics}", flush=True),
+        dev=dev,
+    )
+    print(f"reranker: {result.pairs} pairs ({result.positives} positive) trained in {result.seconds:.0f} s", flush=True)
+    return result.model_dir
+
+
+def evaluate(engine, dataset, vectors: dict[str, list[float]], mode: str, search_filter) -> dict[str, float]:
+    """Test metrics of the engine's served order: a document scores by its best chunk's position."""
+    from rag_core.evaluation import document_run, ir_metrics
+    from rag_core.query import Query
+
+    def search(text: str) -> list[tuple[str, float]]:
+        chunks = engine.retrieve(Query(text, DEPTH, mode, search_filter), vectors.get(text))  # type: ignore[arg-type]
+        return [(chunk.doc_id, float(len(chunks) - rank)) for rank, chunk in enumerate(chunks)]
+
+    means, _ = ir_metrics(dataset.qrels, document_run(dataset, search, DEPTH), METRICS)
+    return means
+
+
+def dev_claims(args):
+    """The train claims `train` held out (the same deterministic split), as an evaluation set."""
+    from rag_core.evaluation import EvalDataset
+    from rag_core.finetune import pairs_from_qrels
+    from rag_core.rerank import split_dev
+
+    _, held = split_dev(train_split(args, pairs_from_qrels(args.dataset, "train")), args.dev_fraction)
+    qrels: dict[str, dict[str, int]] = {}
+    for example in held:
+        qrels.setdefault(example.query_id, {})[example.positive_id] = 1
+    queries = {example.query_id: example.query for example in held}
+    return EvalDataset("scifact/train-dev", queries, qrels)
+
+
+def tune_weight(plain, reranker, dev, vectors, candidates: int, search_filter) -> list[tuple[float, float]]:
+    """(dev nDCG@10, weight) for weights 0 (hybrid's own order) … 1 (the cross-encoder alone), best first:
+    hybrid's candidates and the cross-encoder's scores are computed once per claim, then ordered by
+    `rag_core.rerank.blend` as `Reranker.run` does."""
+    import numpy as np
+
+    from rag_core.chunking import search_text
+    from rag_core.evaluation import document_run, ir_metrics
+    from rag_core.query import Query
+    from rag_core.rerank import blend
+
+    scored = {}
+    for text in dev.queries.values():
+        chunks = plain.retrieve(Query(text, DEPTH, "hybrid", search_filter), vectors[text])
+        head = chunks[:candidates]
+        logits = reranker.scores(text, [search_text(chunk.title, chunk.text) for chunk in head])
+        scored[text] = (chunks, logits, np.array([chunk.score for chunk in head], dtype=np.float32))
+    results = []
+    for weight in [round(0.1 * step, 1) for step in range(11)]:
+
+        def search(text: str, weight=weight) -> list[tuple[str, float]]:
+            chunks, logits, retrieval = scored[text]
+            final = blend(logits, retrieval, weight)
+            order = sorted(range(len(logits)), key=lambda i: (-float(final[i]), i))
+            ranked = [chunks[i] for i in order] + chunks[candidates:]
+            return [(chunk.doc_id, float(len(ranked) - rank)) for rank, chunk in enumerate(ranked)]
+
+        means, _ = ir_metrics(dev.qrels, document_run(dev, search, DEPTH), ("ndcg@10",))
+        results.append((means["ndcg@10"], weight))
+    return sorted(results, key=lambda item: (-item[0], -item[1]))
+
+
+def latency(plain, reranked, texts: list[str], search_filter) -> dict[str, list[float]]:
+    """ms per hybrid top-10 retrieval as served (encode + search [+ rerank]), the two engines interleaved."""
+    from rag_core.query import Query
+
+    timings: dict[str, list[float]] = {"hybrid": [], "hybrid + rerank": []}
+    for text in texts:
+        for name, engine in (("hybrid", plain), ("hybrid + rerank", reranked)):
+            started = time.perf_counter()
+            engine.retrieve(Query(text, 10, "hybrid", search_filter))
+            timings[name].append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DATASET)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-rerank"))
+    parser.add_argument("--reranker", default="", help="a trained reranker (directory or models:/…): skip training")
+    parser.add_argument("--embedder", default="", help="a fine-tuned embedder (models:/… or a directory): more rows")
+    parser.add_argument("--epochs", type=int, default=0, help="override RerankerConfig.epochs")
+    parser.add_argument("--hard-negatives", type=int, default=0, help="override RerankerConfig.hard_negatives")
+    parser.add_argument("--small", action="store_true", help="RerankerConfig.small() (a CI-sized run)")
+    parser.add_argument("--max-train-queries", type=int, default=0, help="0 = all 809 train claims")
+    parser.add_argument("--dev-fraction", type=float, default=0.1, help="train claims held out for dev metrics")
+    parser.add_argument("--candidates", type=int, default=0, help="chunks reranked per query (0 = the setting)")
+    parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--test-queries", type=int, default=0, help="the first N test claims by id (0 = all 300)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch's default); 1 on a machine shared with other "
+        "work, where OpenMP threads waiting for a busy core make every forward pass ~40x slower",
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.work_dir = args.work_dir.resolve()
+    write_documents(args.work_dir, args.dataset)
+
+    from rag_core.evaluation import EvalDataset
+    from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+    from rag_core.promotion import spec_of
+    from rag_core.query import QueryEngine
+    from rag_core.rerank import Reranker
+    from rag_core.retrieval import SearchFilter
+    from rag_core.search.engines import IndexConnection
+
+    builds = [("base", "")] + ([("fine-tuned", args.embedder)] if args.embedder else [])
+    base_settings = settings_for(args.work_dir, "base", "")
+    collections = {label: built_index(settings_for(args.work_dir, label, ref)) for label, ref in builds}
+    resolver = ModelResolver.from_settings(base_settings)
+    reranker_dir = args.reranker or str(train(args, base_settings))
+    reranker = Reranker.from_reference(reranker_dir, resolver).warm_up()
+    candidates = args.candidates or base_settings.rerank_candidates
+    test = EvalDataset.load(args.dataset, "test")
+    if args.test_queries:
+        keep = sorted(test.queries)[: args.test_queries]
+        test = EvalDataset(test.name, {q: test.queries[q] for q in keep}, {q: test.qrels[q] for q in keep})
+    search_filter = SearchFilter(base_settings.default_tenant)
+    fusion = base_settings.fusion()
+    print(f"\nreranker {reranker.version} ({reranker_dir}), {candidates} candidates per query", flush=True)
+
+    rows: list[tuple[str, str, dict[str, float], dict[str, float], dict[str, float]]] = []
+    timings: dict[str, list[float]] = {}
+    weight = 1.0
+    for label, reference in builds:
+        settings = settings_for(args.work_dir, label, reference)
+        connection = IndexConnection.from_settings(settings)
+        collection = collections[label]
+        with connection.store() as store:
+            spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
+        embedder = load_embedder(spec.model, ModelResolver.from_settings(settings), backend=spec.backend).load()
+        vectors = dict(zip(test.queries.values(), embedder.encode(list(test.queries.values())).tolist(), strict=True))
+        searcher = connection.memory_engine().searcher(collection)
+
+        def encode(text: str, embedder=embedder) -> list[float]:
+            return embedder.encode([text])[0].tolist()
+
+        plain = QueryEngine(searcher, encode, fusion)
+        reranked = QueryEngine(searcher, encode, fusion, reranker=reranker, rerank_candidates=candidates)
+        if label == "base":
+            dev = dev_claims(args)
+            dev_texts = list(dev.queries.values())
+            dev_vectors = dict(zip(dev_texts, embedder.encode(dev_texts).tolist(), strict=True))
+            tuned = tune_weight(plain, reranker, dev, dev_vectors, candidates, search_filter)
+            weight = tuned[0][1]
+            grid = ", ".join(f"{w:g}: {score:.4f}" for score, w in sorted(tuned, key=lambda item: item[1]))
+            print(f"train-dev ({len(dev.queries)} claims) hybrid nDCG@10 by weight: {grid} → {weight:g}", flush=True)
+        for mode in args.modes:
+            started = time.perf_counter()
+            without = evaluate(plain, test, vectors, mode, search_filter)
+            reranker.weight = weight
+            blended = evaluate(reranked, test, vectors, mode, search_filter)
+            alone = blended
+            if weight != 1.0 and mode == "hybrid":  # the cross-encoder's own order, once: each run costs minutes
+                reranker.weight = 1.0
+                alone = evaluate(reranked, test, vectors, mode, search_filter)
+                reranker.weight = weight
+            rows.append((label, mode, without, alone, blended))
+            print(
+                f"{label} {mode}: nDCG@10 {without['ndcg@10']:.4f} → {blended['ndcg@10']:.4f} (weight {weight:g}), "
+                f"{alone['ndcg@10']:.4f} (cross-encoder alone) ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        if label == "base":
+            texts = list(test.queries.values())[: args.latency_queries]
+            latency(plain, reranked, texts[:3], search_filter)  # warm both paths
+            timings = latency(plain, reranked, texts, search_filter)
+
+    print(
+        f"\nSciFact test ({len(test.queries)} claims), documents scored by their best chunk's served position; "
+        f"reranker: {candidates} candidates\n"
+    )
+    print(
+        f"| embedder | mode | nDCG@10 | + rerank, cross-encoder alone | + rerank, weight {weight:g} | Δ nDCG@10 "
+        f"(weight {weight:g}) | MRR@10 | + rerank, alone | + rerank, weight {weight:g} |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, mode, without, alone, blended in rows:
+        delta = blended["ndcg@10"] - without["ndcg@10"]
+        measured = alone is not blended or weight == 1.0
+        alone_ndcg, alone_mrr = (f"{alone['ndcg@10']:.4f}", f"{alone['mrr@10']:.4f}") if measured else ("–", "–")
+        print(
+            f"| {label} | {mode} | {without['ndcg@10']:.4f} | {alone_ndcg} | {blended['ndcg@10']:.4f} | "
+            f"{delta:+.4f} | {without['mrr@10']:.4f} | {alone_mrr} | {blended['mrr@10']:.4f} |"
+        )
+    if timings:
+        base_p50 = percentile(timings["hybrid"], 50)
+        print(
+            f"\nLatency: base hybrid, top 10, {len(timings['hybrid'])} test claims one at a time "
+            "(query encode + search [+ rerank]), interleaved\n"
+        )
+        print("| path | p50 ms | p95 ms | p50 / hybrid p50 |\n|---|---|---|---|")
+        for name, values in timings.items():
+            p50 = percentile(values, 50)
+            print(f"| {name} | {p50:.1f} | {percentile(values, 95):.1f} | {p50 / base_p50:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The reranker end to end on the real components: the `reranker_model` asset trains a cross-encoder on the
+fixture slice of SciFact (real training steps) and registers it in a real MLflow store; it loads back by its
+models:/ URI; its stage reorders only the retrieved candidates, through the query engine and the served API."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, instance_for_test
+
+from rag_assets.cli import index
+from rag_assets.definitions import build_definitions
+from rag_core.embedding import model_fingerprint
+from rag_core.evaluation import EvalDataset
+from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+from rag_core.query import Query, QueryEngine
+from rag_core.querylog import ServingDatabase
+from rag_core.rerank import Reranker, is_cross_encoder
+from rag_core.retrieval import SearchFilter
+from rag_core.search.engines import IndexConnection
+from rag_core.settings import Settings
+from rag_core.tracking import REGISTERED_RERANKER, Tracker
+from rag_serving.app import create_app
+from tests.conftest import FIXTURES
+from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.serving_server import ServerThread
+
+pytestmark = pytest.mark.slow
+CANDIDATES = 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """The fixture corpus indexed, one relevance judgement from a user, then `reranker_job` (small preset)."""
+    root = tmp_path_factory.mktemp("reranker")
+    shutil.copytree(FIXTURES / "corpus", root / "documents")
+    settings = Settings(
+        data_dir=root / "data",
+        documents_dir=root / "documents",
+        dagster_home=root / "dagster",
+        milvus_uri="",
+        catalog_url="",
+        serving_db_url="",
+        mlflow_tracking_uri="",  # a real SQLite MLflow store under the data dir
+        collection_alias="rag_chunks",
+        eval_dataset_dir=write_fixture_dataset(root / "dataset"),
+    )
+    settings.resolved_dagster_home.mkdir(parents=True)
+    with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
+        index(settings, instance=instance)
+        with IndexConnection.from_settings(settings).store() as store:
+            collection = store.alias_target()
+            (chunk_id,) = store.sample_texts(collection, 1)
+        feedback = ServingDatabase(settings.resolved_serving_db_url)
+        query_id = feedback.log_query(
+            tenant="default", key_id="", question="Which passage did the user like?", mode="hybrid", top_k=5,
+            chunk_ids=[chunk_id], timings_ms={}, index_version="0", model="extractive/best-sentences",
+        )
+        feedback.add_feedback(query_id, 5, True, "this one")
+        feedback.close()
+        result = build_definitions(settings).resolve_job_def("reranker_job").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"reranker_model": {"config": {"preset": "small", "dev_fraction": 0.2}}}},
+        )
+        assert result.success
+        event = instance.get_latest_materialization_event(AssetKey("reranker_model"))
+        metadata = {key: value.value for key, value in event.asset_materialization.metadata.items()}
+    return {"settings": settings, "collection": collection, "metadata": metadata}
+
+
+def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: dict) -> None:
+    settings, metadata = trained["settings"], trained["metadata"]
+    train = EvalDataset.load(settings.eval_dataset_dir, "train")
+    held_out = len(train.queries) // 5  # dev_fraction 0.2, whole questions
+    assert metadata["model_uri"] == f"models:/{REGISTERED_RERANKER}/1"
+    judged_pairs = sum(len(judged) for judged in train.qrels.values())
+    assert metadata["examples"]["feedback"] == 1 and 0 < metadata["examples"]["qrels"] <= judged_pairs - held_out
+    # every positive, at least one mined and one random negative per question
+    assert metadata["train_pairs"] >= 2 * metadata["positive_pairs"] > 0
+    assert [epoch["epoch"] for epoch in metadata["history"]] == [0.0, 1.0]
+    assert 0.0 <= metadata["final_dev_ndcg_at_10"] <= 1.0 and "final_dev_first_stage_ndcg_at_10" in metadata
+
+    tracker = Tracker.from_settings(settings)
+    (run,) = tracker.runs("rerankers")
+    assert run.data.params["train.max_length"] == "64" and run.data.params["examples.feedback"] == "1"
+    assert run.data.tags["model_uri"] == metadata["model_uri"]
+    steps = [m.step for m in tracker.client().get_metric_history(run.info.run_id, "dev_ndcg_at_10")]
+    assert steps == [0, 1], "dev metrics are logged before training and after each epoch"
+    assert tracker.client().get_metric_history(run.info.run_id, "train_loss")
+    (version,) = tracker.client().search_model_versions(f"name = '{REGISTERED_RERANKER}'")
+    assert version.run_id == run.info.run_id
+
+    # Loaded back by its URI (downloaded from MLflow into the model cache): the very weights trained.
+    reranker = Reranker.from_reference(metadata["model_uri"], ModelResolver.from_settings(settings)).warm_up()
+    trained_dir = Path(metadata["model_dir"])
+    assert reranker.model_dir != trained_dir and is_cross_encoder(reranker.model_dir)
+    assert reranker.version.endswith(f"@{model_fingerprint(trained_dir)}")
+    scores = reranker.scores("Which passage did the user like?", ["a passage", "another passage"])
+    assert scores.shape == (2,) and scores[0] != scores[1]
+
+
+def test_the_rerank_stage_reorders_only_the_candidates(trained: dict) -> None:
+    settings, collection = trained["settings"], trained["collection"]
+    resolver = ModelResolver.from_settings(settings)
+    reranker = Reranker.from_reference(trained["metadata"]["model_uri"], resolver).warm_up()
+    embedder = load_embedder(BUNDLED_MODEL, resolver)
+    searcher = IndexConnection.from_settings(settings).memory_engine().searcher(collection)
+    fusion = settings.fusion()
+    stages: list[str] = []
+
+    def encode(text: str) -> list[float]:
+        return embedder.encode([text])[0].tolist()
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        stages.append(name)
+        yield
+
+    plain = QueryEngine(searcher, encode, fusion)
+    reranking = QueryEngine(searcher, encode, fusion, stage=timed, reranker=reranker, rerank_candidates=CANDIDATES)
+    questions = list(EvalDataset.load(settings.eval_dataset_dir, "train").queries.values())[:6]
+    changed = 0
+    for question in questions:
+        for mode in ("bm25", "dense", "hybrid"):
+            search_filter = SearchFilter(settings.default_tenant)
+            candidates = plain.retrieve(Query(question, CANDIDATES, mode, search_filter))  # type: ignore[arg-type]
+            deeper = plain.retrieve(Query(question, CANDIDATES + 4, mode, search_filter))  # type: ignore[arg-type]
+            stages.clear()
+            reranked = reranking.retrieve(Query(question, CANDIDATES, mode, search_filter))  # type: ignore[arg-type]
+            assert stages == ["search", "rerank"]
+            by_id = {chunk.chunk_id: chunk for chunk in candidates}
+            assert sorted(by_id) == sorted(chunk.chunk_id for chunk in reranked), "the same candidates, reordered"
+            for chunk in reranked:  # every field kept; the cross-encoder's score added
+                assert chunk.rerank_score is not None and replace(chunk, rerank_score=None) == by_id[chunk.chunk_id]
+            scores = [chunk.rerank_score for chunk in reranked]
+            assert scores == sorted(scores, reverse=True)
+            changed += [c.chunk_id for c in reranked] != [c.chunk_id for c in candidates]
+
+            top = reranking.retrieve(Query(question, 3, mode, search_filter))  # type: ignore[arg-type]
+            assert [c.chunk_id for c in top] == [c.chunk_id for c in reranked[:3]], "top_k cuts the reranked list"
+            beyond = reranking.retrieve(Query(question, CANDIDATES + 4, mode, search_filter))  # type: ignore[arg-type]
+            assert [c.chunk_id for c in beyond[:CANDIDATES]] == [c.chunk_id for c in reranked]
+            assert beyond[CANDIDATES:] == deeper[CANDIDATES:], "below the candidates, retrieval's order stays"
+    assert changed > 0, "the reranker changed the order of some candidate list"
+
+
+def test_the_served_api_reranks_and_times_the_stage(trained: dict) -> None:
+    settings = trained["settings"].model_copy(
+        update={"rerank_model": trained["metadata"]["model_uri"], "rerank_candidates": CANDIDATES}
+    )
+    key = ServingDatabase(settings.resolved_serving_db_url).create_key("default", "rerank test")
+    server = ServerThread(create_app(settings)).start()
+    try:
+        with server.client(key) as client:
+            ready = client.get("/ready").json()
+            body = client.post("/v1/retrieve", json={"query": "vitamin D and fractures", "top_k": 4}).json()
+    finally:
+        server.stop()
+    assert ready["status"] == "ready" and ready["reranker"].startswith(f"{REGISTERED_RERANKER}-1@")
+    assert len(body["chunks"]) == 4 and {"embed", "search", "rerank"} <= set(body["timings_ms"])
+    scores = [chunk["rerank_score"] for chunk in body["chunks"]]
+    assert None not in scores and scores == sorted(scores, reverse=True)

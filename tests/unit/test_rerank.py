@@ -1,0 +1,87 @@
+"""The reranker's training pairs and blend, and a server that refuses to start on a bad RAG_RERANK_MODEL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from rag_core.finetune import TrainingExample
+from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
+from rag_core.settings import Settings, bundled_model_dir
+from rag_serving.app import create_app
+from rag_serving.state import ServingState
+
+
+def example(query: str, positive: str, negative: str | None = None) -> TrainingExample:
+    return TrainingExample(query, positive, negative, query_id=query, positive_id=positive)
+
+
+def test_pairs_label_positives_mined_and_random_negatives() -> None:
+    examples = [
+        example("q1", "p1", "n1"),
+        example("q1", "p1", "n1"),  # the same negative mined twice: one pair
+        example("q1", "p1b", "p1"),  # a "negative" that is another positive of q1 is never a 0
+        example("q2", "p2", "n2"),
+        example("q3", "p3", None),
+    ]
+    queries, passages, labels = reranker_pairs(examples, random_negatives=1)
+    pairs = list(zip(queries, passages, labels, strict=True))
+    assert len(set((q, p) for q, p, _ in pairs)) == len(pairs), "no pair twice"
+    positives = {(q, p) for q, p, label in pairs if label == 1.0}
+    assert positives == {("q1", "p1"), ("q1", "p1b"), ("q2", "p2"), ("q3", "p3")}
+    negatives = {(q, p) for q, p, label in pairs if label == 0.0}
+    assert {("q1", "n1"), ("q2", "n2")} <= negatives and ("q1", "p1") not in negatives
+    own = {"q1": {"p1", "p1b"}, "q2": {"p2"}, "q3": {"p3"}}
+    random_ones = negatives - {("q1", "n1"), ("q2", "n2")}
+    assert {q for q, _ in random_ones} == {"q1", "q2", "q3"}, "one passage of another question each"
+    assert all(p not in own[q] and p in {"p1", "p1b", "p2", "p3"} for q, p in random_ones)
+
+
+def test_dev_split_holds_out_whole_questions() -> None:
+    examples = [example(f"q{i}", f"p{i}{j}") for i in range(20) for j in range(2)]
+    train, dev = split_dev(examples, 0.25)
+    assert len({e.query for e in dev}) == 5 and len(train) + len(dev) == len(examples)
+    assert not {e.query for e in train} & {e.query for e in dev}
+    assert split_dev(examples[:8], 0.25) == (examples[:8], []), "fewer than 10 questions: nothing held out"
+
+
+def test_blend_weighs_the_cross_encoder_against_retrieval() -> None:
+    logits = np.array([-3.0, 5.0, 1.0], dtype=np.float32)  # the cross-encoder prefers 1, then 2, then 0
+    retrieval = np.array([0.9, 0.1, 0.5], dtype=np.float32)  # retrieval prefers 0, then 2, then 1
+    assert np.array_equal(blend(logits, retrieval, 1.0), logits), "weight 1: the cross-encoder's logits as they are"
+    assert list(np.argsort(-blend(logits, retrieval, 0.0))) == [0, 2, 1], "weight 0: retrieval's order"
+    assert np.allclose(blend(logits, retrieval, 0.5), [0.5, 0.5, 0.5 * 0.5 + 0.5 * 0.5])  # both min-max-normalised
+    assert list(np.argsort(-blend(logits, retrieval, 0.7), kind="stable")) == [1, 2, 0]
+    assert np.array_equal(blend(np.array([2.0, 2.0]), np.array([1.0, 0.0]), 0.5), [1.0, 0.5]), "a flat list counts 1"
+
+
+def test_the_bundled_embedder_is_not_a_cross_encoder() -> None:
+    assert not is_cross_encoder(bundled_model_dir())
+
+
+@pytest.mark.parametrize(
+    "reference, error, message",
+    [
+        ("{missing}", FileNotFoundError, r"RAG_RERANK_MODEL=.* is not a directory — train one with the `reranker_"),
+        ("{bundled}", ValueError, r"RAG_RERANK_MODEL=.* is an embedding model, not a one-logit cross-encoder"),
+        ("models:/rag-reranker/7", FileNotFoundError, r"RAG_RERANK_MODEL='models:/rag-reranker/7': could not fetch"),
+    ],
+)
+def test_a_bad_rerank_model_stops_the_start(
+    settings: Settings, tmp_path: Path, reference: str, error: type, message: str
+) -> None:
+    reference = reference.format(missing=tmp_path / "no-such-reranker", bundled=bundled_model_dir())
+    bad = settings.model_copy(update={"rerank_model": reference})
+    with pytest.raises(error, match=message):
+        ServingState(bad)
+
+
+def test_the_app_fails_its_start_up_naming_the_fix(settings: Settings, tmp_path: Path) -> None:
+    bad = settings.model_copy(update={"rerank_model": str(tmp_path / "no-such-reranker")})
+    app = create_app(bad)
+    # TestClient runs the lifespan as uvicorn does before it listens: the start fails, naming the fix.
+    with pytest.raises(FileNotFoundError, match=r"unset RAG_RERANK_MODEL to serve without reranking"), TestClient(app):
+        pass
