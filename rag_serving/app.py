@@ -25,6 +25,7 @@ from rag_core.search.engines import IndexNotReady
 from rag_core.settings import Settings, get_settings
 from rag_core.store import MilvusUnavailable
 from rag_serving.deps import unavailable
+from rag_serving.docs import add_docs
 from rag_serving.limits import MULTIPART_OVERHEAD_BYTES, RequestBodyLimit
 from rag_serving.routers import documents, feedback, health, query
 from rag_serving.schemas import bounded_requests
@@ -57,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Hybrid retrieval and cited answers over the index the Dagster assets materialized.",
         lifespan=lifespan,
+        docs_url=None,  # rag_serving.docs serves Swagger UI itself: the default page needs a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     bodies = bounded_requests(settings)
     for router in (health.router, query.router, feedback.router, documents.router):
         app.include_router(_with_bodies(router, bodies))

@@ -9,10 +9,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Response, params, status
+from fastapi import Depends, HTTPException, Request, Response, Security, params, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from rag_serving.state import IndexNotReady, IndexSnapshot, ServingState
@@ -48,7 +49,17 @@ def _too_many_failures(retry_after_s: int) -> HTTPException:
     )
 
 
-def caller(request: Request, state: ServingState = Depends(get_state)) -> Caller:
+# Declared for the OpenAPI schema (so /docs' "Authorize" sends the key); `_presented_key` reads either header.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="A key from `rag-serve create-key`.")
+BEARER = HTTPBearer(auto_error=False, description="The same key as `Authorization: Bearer <key>`.")
+
+
+def caller(
+    request: Request,
+    state: ServingState = Depends(get_state),
+    _api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> Caller:
     """The authenticated caller, after its rate limit. 401 without a valid key, 429 over the limit, and
     429 for an address over RAG_AUTH_FAILURES_PER_MINUTE failed key attempts (before its key is looked up)."""
     if (checked := getattr(request.state, "caller", None)) is not None:
