@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -271,6 +272,37 @@ def _training_dataset(examples: Sequence[TrainingExample], with_negatives: bool)
     return Dataset.from_dict(columns)
 
 
+class TrainingSchedule(Protocol):
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    seed: int
+    logging_steps: int
+
+
+def cpu_training_arguments(config: TrainingSchedule, scratch: str) -> dict[str, object]:
+    """The Trainer arguments the embedder and the reranker share: this schedule, on the CPU, no checkpoints
+    (the best epoch is saved by `epoch_reporter`), no in-trainer evaluation, no outside reporting."""
+    return {
+        "output_dir": scratch,
+        "num_train_epochs": config.epochs,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "warmup_steps": config.warmup_ratio,  # a float below 1 is a ratio of the steps in Transformers 5
+        "weight_decay": config.weight_decay,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": config.logging_steps,
+        "report_to": "none",
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+    }
+
+
 def epoch_reporter(
     evaluate: Callable[[], dict[str, float]] | None,
     save: Callable[[], None],
@@ -360,22 +392,7 @@ def finetune(
         report(0, None)
     with tempfile.TemporaryDirectory(prefix="finetune-") as scratch:
         arguments = SentenceTransformerTrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the steps in Transformers 5
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-            data_seed=config.seed,
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_steps=config.logging_steps,
-            report_to="none",
-            use_cpu=True,
-            dataloader_num_workers=0,
-            disable_tqdm=False,
+            **cpu_training_arguments(config, scratch), batch_sampler=BatchSamplers.NO_DUPLICATES, disable_tqdm=False
         )
         trainer = SentenceTransformerTrainer(
             model=model,

@@ -27,7 +27,14 @@ import numpy as np
 from rag_core.chunking import search_text
 from rag_core.embedding import model_fingerprint
 from rag_core.evaluation import ir_metrics
-from rag_core.finetune import EpochCallback, TrainingExample, bm25_scores, epoch_reporter, mine_hard_negatives
+from rag_core.finetune import (
+    EpochCallback,
+    TrainingExample,
+    bm25_scores,
+    cpu_training_arguments,
+    epoch_reporter,
+    mine_hard_negatives,
+)
 from rag_core.retrieval import RetrievedChunk
 
 if TYPE_CHECKING:
@@ -381,22 +388,7 @@ def train_reranker(
     if dev is not None:
         report(0, None)
     with tempfile.TemporaryDirectory(prefix="reranker-") as scratch:
-        arguments = CrossEncoderTrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the steps in Transformers 5
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-            data_seed=config.seed,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_steps=config.logging_steps,
-            report_to="none",
-            use_cpu=True,
-            dataloader_num_workers=0,
-        )
+        arguments = CrossEncoderTrainingArguments(**cpu_training_arguments(config, scratch))
         trainer = CrossEncoderTrainer(
             model=model,
             args=arguments,
