@@ -220,7 +220,9 @@ def main() -> None:
     parser.add_argument("--max-train-queries", type=int, default=0, help="0 = all 809 train claims")
     parser.add_argument("--dev-fraction", type=float, default=0.1, help="train claims held out for dev metrics")
     parser.add_argument("--candidates", type=int, default=0, help="chunks reranked per query (0 = the setting)")
-    parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--modes", nargs="*", default=["bm25", "dense", "hybrid"], help="none: latency only")
+    parser.add_argument("--weight", type=float, help="RAG_RERANK_WEIGHT to evaluate (default: chosen on train-dev)")
+    parser.add_argument("--no-base", action="store_true", help="with --embedder: evaluate only the fine-tuned build")
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--test-queries", type=int, default=0, help="the first N test claims by id (0 = all 300)")
     parser.add_argument(
@@ -247,7 +249,9 @@ def main() -> None:
     from rag_core.retrieval import SearchFilter
     from rag_core.search.engines import IndexConnection
 
-    builds = [("base", "")] + ([("fine-tuned", args.embedder)] if args.embedder else [])
+    builds = ([] if args.no_base and args.embedder else [("base", "")]) + (
+        [("fine-tuned", args.embedder)] if args.embedder else []
+    )
     base_settings = settings_for(args.work_dir, "base", "")
     collections = {label: built_index(settings_for(args.work_dir, label, ref)) for label, ref in builds}
     resolver = ModelResolver.from_settings(base_settings)
@@ -264,7 +268,7 @@ def main() -> None:
 
     rows: list[tuple[str, str, dict[str, float], dict[str, float], dict[str, float]]] = []
     timings: dict[str, list[float]] = {}
-    weight = 1.0
+    weight = 1.0 if args.weight is None else args.weight
     for label, reference in builds:
         settings = settings_for(args.work_dir, label, reference)
         connection = IndexConnection.from_settings(settings)
@@ -280,7 +284,7 @@ def main() -> None:
 
         plain = QueryEngine(searcher, encode, fusion)
         reranked = QueryEngine(searcher, encode, fusion, reranker=reranker, rerank_candidates=candidates)
-        if label == "base":
+        if label == builds[0][0] and args.weight is None:
             dev = dev_claims(args)
             dev_texts = list(dev.queries.values())
             dev_vectors = dict(zip(dev_texts, embedder.encode(dev_texts).tolist(), strict=True))
@@ -304,7 +308,8 @@ def main() -> None:
                 f"{alone['ndcg@10']:.4f} (cross-encoder alone) ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
-        if label == "base":
+        if label == builds[0][0]:
+            latency_build = label
             texts = list(test.queries.values())[: args.latency_queries]
             latency(plain, reranked, texts[:3], search_filter)  # warm both paths
             timings = latency(plain, reranked, texts, search_filter)
@@ -329,7 +334,7 @@ def main() -> None:
     if timings:
         base_p50 = percentile(timings["hybrid"], 50)
         print(
-            f"\nLatency: base hybrid, top 10, {len(timings['hybrid'])} test claims one at a time "
+            f"\nLatency: {latency_build} hybrid, top 10, {len(timings['hybrid'])} test claims one at a time "
             "(query encode + search [+ rerank]), interleaved\n"
         )
         print("| path | p50 ms | p95 ms | p50 / hybrid p50 |\n|---|---|---|---|")

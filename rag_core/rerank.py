@@ -285,8 +285,9 @@ def evaluate_reranker(score, dev: RerankDevSet) -> dict[str, float]:
 
 @dataclass
 class RerankerConfig:
-    # On 300 SciFact train claims (dev: held-out claims, BM25's top 20), BCE learned little in one epoch (loss at
-    # chance, dev nDCG@10 0.51) and most in the second (0.64); an in-batch softmax loss reached 0.55 in two.
+    # All SciFact train claims but 80 held out (dev: reranking BM25's top 20, BM25 itself 0.629): dev nDCG@10
+    # 0.661, 0.731, 0.717 after epochs 1-3 (keep_best keeps the second). On 300 claims an in-batch softmax loss
+    # reached 0.55 in two epochs where this BCE reached 0.64.
     epochs: int = 3
     batch_size: int = 16
     learning_rate: float = 5e-5

@@ -52,7 +52,8 @@ def test_llm_failure_degrades_to_sources_never_500(fragile, postgres_database):
         response = client.post("/v1/query", json={"query": "What does the sensor do?", "top_k": 3})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["degraded"] is True and "Connection error" in body["reason"]
+        # The reason names what failed underneath litellm's wrappers: the provider refused the connection.
+        assert body["degraded"] is True and "Connection refused" in body["reason"], body["reason"]
         assert len(body["sources"]) == 3 and [c["number"] for c in body["citations"]] == [1, 2, 3]
         feedback = client.post("/v1/feedback", json={"query_id": body["query_id"], "rating": 1, "is_relevant": False})
         assert feedback.status_code == 201
