@@ -89,7 +89,8 @@ def train_split(args, examples: list) -> list:
 
 def train(args, settings) -> Path:
     """The reranker trained on the train split: chunk texts of the index as passages, negatives mined over them."""
-    from evals.bench_finetune import first_chunks, load_documents, load_sources
+    from evals.bench_finetune import first_chunks, load_documents
+    from rag_core.documents import discover_sources
     from rag_core.embedding import EmbeddingCache
     from rag_core.finetune import pairs_from_qrels
     from rag_core.rerank import (
@@ -107,7 +108,8 @@ def train(args, settings) -> Path:
         config = replace(config, hard_negatives=args.hard_negatives)
     examples = train_split(args, pairs_from_qrels(args.dataset, "train"))
     # The passages the reranker will read when serving: the index's chunks (their vectors are in its cache).
-    corpus = first_chunks(load_documents(load_sources(args.dataset, args.work_dir)), base_dir)
+    units = discover_sources(settings.documents_dir, settings.default_tenant, 1 << 30)  # the indexed folder, as is
+    corpus = first_chunks(load_documents(units), base_dir)
     examples = [replace(example, positive=corpus.get(example.positive_id, example.positive)) for example in examples]
     examples, dev_examples = split_dev(examples, args.dev_fraction)
     started = time.perf_counter()
@@ -132,8 +134,9 @@ def train(args, settings) -> Path:
     return result.model_dir
 
 
-def evaluate(engine, dataset, vectors: dict[str, list[float]], mode: str, search_filter) -> dict[str, float]:
-    """Test metrics of the engine's served order: a document scores by its best chunk's position."""
+def evaluate(engine, dataset, vectors: dict[str, list[float]], mode: str, search_filter) -> dict:
+    """Test metrics of the engine's served order (a document scores by its best chunk's position), with the
+    per-claim nDCG@10 under `per_query` for the paired test."""
     from rag_core.evaluation import document_run, ir_metrics
     from rag_core.query import Query
 
@@ -141,8 +144,18 @@ def evaluate(engine, dataset, vectors: dict[str, list[float]], mode: str, search
         chunks = engine.retrieve(Query(text, DEPTH, mode, search_filter), vectors.get(text))  # type: ignore[arg-type]
         return [(chunk.doc_id, float(len(chunks) - rank)) for rank, chunk in enumerate(chunks)]
 
-    means, _ = ir_metrics(dataset.qrels, document_run(dataset, search, DEPTH), METRICS)
-    return means
+    means, per_query = ir_metrics(dataset.qrels, document_run(dataset, search, DEPTH), METRICS)
+    return {**means, "per_query": per_query["ndcg@10"]}
+
+
+def paired_p(before: dict[str, float], after: dict[str, float], draws: int = 10_000) -> float:
+    """Two-sided p of a paired sign-flip permutation test on the per-claim nDCG@10 differences."""
+    import numpy as np
+
+    differences = np.array([after[query] - before[query] for query in before])
+    observed = abs(differences.mean())
+    signs = np.random.default_rng(13).choice([-1.0, 1.0], size=(draws, len(differences)))
+    return float((np.abs((signs * differences).mean(axis=1)) >= observed - 1e-12).mean())
 
 
 def dev_claims(args):
@@ -266,7 +279,7 @@ def main() -> None:
     fusion = base_settings.fusion()
     print(f"\nreranker {reranker.version} ({reranker_dir}), {candidates} candidates per query", flush=True)
 
-    rows: list[tuple[str, str, dict[str, float], dict[str, float], dict[str, float]]] = []
+    rows: list[tuple[str, str, dict, dict, dict]] = []
     timings: dict[str, list[float]] = {}
     weight = 1.0 if args.weight is None else args.weight
     for label, reference in builds:
@@ -320,16 +333,17 @@ def main() -> None:
     )
     print(
         f"| embedder | mode | nDCG@10 | + rerank, cross-encoder alone | + rerank, weight {weight:g} | Δ nDCG@10 "
-        f"(weight {weight:g}) | MRR@10 | + rerank, alone | + rerank, weight {weight:g} |"
+        f"(weight {weight:g}) | paired p | MRR@10 | + rerank, alone | + rerank, weight {weight:g} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, mode, without, alone, blended in rows:
         delta = blended["ndcg@10"] - without["ndcg@10"]
         measured = alone is not blended or weight == 1.0
         alone_ndcg, alone_mrr = (f"{alone['ndcg@10']:.4f}", f"{alone['mrr@10']:.4f}") if measured else ("–", "–")
         print(
             f"| {label} | {mode} | {without['ndcg@10']:.4f} | {alone_ndcg} | {blended['ndcg@10']:.4f} | "
-            f"{delta:+.4f} | {without['mrr@10']:.4f} | {alone_mrr} | {blended['mrr@10']:.4f} |"
+            f"{delta:+.4f} | {paired_p(without['per_query'], blended['per_query']):.3f} | {without['mrr@10']:.4f} | "
+            f"{alone_mrr} | {blended['mrr@10']:.4f} |"
         )
     if timings:
         base_p50 = percentile(timings["hybrid"], 50)
