@@ -255,18 +255,25 @@ def ndcg_within_margin_of_promoted(
 
 def _row_check(store: MilvusStore, collection: str, catalog: CatalogResource) -> RowCheck:
     """Rows per source in Milvus against the row count a one-pass build recorded, else against the chunk
-    counts the catalog recorded for this collection; a collection neither vouches for fails."""
+    counts the catalog recorded for this collection; a collection neither vouches for fails.
+
+    The record is read before the catalog: promotion retargets the catalog first and clears `expected_rows`
+    after, so whichever state this check meets, the pair it reads agrees."""
+    expected_rows = store.record(collection).expected_rows
     catalog_chunks = {
         key: entry.chunks
         for key, entry in catalog.get().entries().items()
         if entry.status == INDEXED and entry.collection == collection
     }
-    return check_rows(store.rows_by_source(collection), catalog_chunks, store.record(collection).expected_rows)
+    return check_rows(store.rows_by_source(collection), catalog_chunks, expected_rows)
 
 
 @asset_check(
     asset=retrieval_eval_report,
     name=ROWS_CHECK,
+    # Blocking: a build missing rows is never promoted, and `promoted_index` (which retargets the catalog
+    # this check reads) waits for it instead of racing it under the multiprocess executor.
+    blocking=True,
     description="The evaluated collection holds exactly the chunks the pipeline produced for it.",
 )
 def index_rows_match_chunks(

@@ -127,7 +127,14 @@ def test_assets_and_one_pass_builds_write_the_same_rows(settings, instance):
         chunking = BuildSpec(model.reference, 256, 32).chunking(model.max_seq_length - 2)
         build = index_build(model, chunking)
         scratch, _ = build_from_sources(
-            store, build, sources.discover(), model, embedder.cache(), chunking, sources.limits(), False,
+            store,
+            build,
+            sources.discover(),
+            model,
+            embedder.cache(),
+            chunking,
+            sources.limits(),
+            False,
             f"{store.alias}_scratch",
         )
         fields = ["chunk_id", "source_key", "text", "metadata"]
@@ -148,9 +155,12 @@ def test_the_row_check_fails_when_the_catalog_has_no_entry_for_the_collection(se
     result = (
         build_definitions(settings)
         .resolve_job_def("evaluation_job")
-        .execute_in_process(instance=instance, asset_selection=[AssetKey("retrieval_eval_report")])
+        .execute_in_process(
+            instance=instance, asset_selection=[AssetKey("retrieval_eval_report")], raise_on_error=False
+        )
     )
     checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
     rows = checks["index_rows_match_chunks"]
+    assert not result.success  # the check is blocking: a build missing rows stops the run before promotion
     assert rows.passed is False and rows.metadata["rows"].value > 0
     assert "catalog records no indexed source" in rows.metadata["reason"].value
