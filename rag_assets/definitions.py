@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, json_console_logger
 
+from rag_assets.assets.experiment_report import experiment_report
 from rag_assets.assets.indexing import INDEX_ASSETS
 from rag_assets.assets.models import MODEL_ASSETS
 from rag_assets.assets.promotion import promoted_index
@@ -35,6 +36,7 @@ def build_definitions(settings: Settings) -> Definitions:
             rag_eval_report,
             *MODEL_ASSETS,
             *RERANKER_ASSETS,
+            experiment_report,
         ],
         asset_checks=[ndcg_within_margin_of_promoted, index_rows_match_chunks],
         jobs=JOBS,

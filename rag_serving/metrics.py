@@ -52,3 +52,35 @@ class Metrics:
             ["target", "action"],
             registry=self.registry,
         )
+        # A/B experiments (rag_core.experiments): per arm, what the experiment_report asset decides on.
+        self.arm_requests = Counter(
+            "rag_experiment_requests_total",
+            "Requests served by an A/B experiment's arm",
+            ["experiment", "arm", "route"],
+            registry=self.registry,
+        )
+        self.arm_retrieval = Histogram(
+            "rag_experiment_retrieval_seconds",
+            "Retrieval latency (embed + search + rerank) per A/B arm",
+            ["experiment", "arm"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.arm_degraded = Counter(
+            "rag_experiment_degraded_answers_total",
+            "Answers of an A/B arm that fell back to sources",
+            ["experiment", "arm"],
+            registry=self.registry,
+        )
+        self.arm_feedback = Counter(
+            "rag_experiment_feedback_total",
+            "Feedback on an A/B arm's queries: kind relevant / irrelevant (judgements) or rated",
+            ["experiment", "arm", "kind"],
+            registry=self.registry,
+        )
+        self.arm_rating = Counter(
+            "rag_experiment_rating_sum_total",
+            "The sum of an A/B arm's ratings (÷ rag_experiment_feedback_total{kind=\"rated\"} = mean rating)",
+            ["experiment", "arm"],
+            registry=self.registry,
+        )

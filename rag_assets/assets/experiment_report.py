@@ -1,0 +1,190 @@
+"""The A/B decision: `experiment_report`, configured per experiment, reads the arms' traffic and feedback from
+the serving database, computes their metrics with intervals, applies the rule the experiment declared and
+states ship / keep / continue. It logs one run to the MLflow experiment `ab-tests` and renders the report
+as markdown here. When a build wins, it faces the offline promotion gate (rag_core.promotion.judge) before
+the alias moves; the offline replay of every arm over the eval dataset's judged queries sits beside the
+online result."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from rag_assets.assets.indexing import INDEX_WRITER_TAG
+from rag_assets.reporting import DagsterOrigin, embedded_report, mlflow_links
+from rag_assets.resources import (
+    CatalogResource,
+    EmbedderResource,
+    EvaluationResource,
+    MilvusResource,
+    TrackingResource,
+)
+from rag_core.build_record import BuildRecord
+from rag_core.errors import Refusal
+from rag_core.evaluation import evaluate_collection
+from rag_core.experiments import SHIP, Experiment, ExperimentStore, Report, markdown, report, write_plot
+from rag_core.promotion import judge, promote
+from rag_core.query import DEFAULT_MODE
+from rag_core.querylog import ServingDatabase
+from rag_core.tracking import Tracker
+
+AB_TESTS = "ab-tests"  # the MLflow experiment of every A/B report
+
+
+class ExperimentReportConfig(Config):
+    experiment: str = Field(..., description="The experiment's name (`rag experiment list`).")
+    replay: bool = Field(True, description="Replay the arms offline first when the experiment has no replay yet.")
+    promote: bool = Field(True, description="When a build ships, hold it to the offline gate and promote it.")
+    max_queries: int = Field(0, ge=0, description="Judged queries of the replay and the gate; 0 = all.")
+
+
+def replay(
+    milvus: MilvusResource,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+    experiment: Experiment,
+    max_queries: int = 0,
+) -> dict[str, float]:
+    """nDCG@10 of each arm over the eval dataset's judged queries, through the query engine the API serves
+    with: the arm's build (embedded with its own model), mode, fusion and top_k."""
+    dataset = evaluation.dataset()
+
+    def arms(store) -> dict[str, str]:
+        served = milvus.served_collection(store)
+        return {arm.name: arm.collection or served for arm in experiment.arms}
+
+    found = {}
+    with milvus.searchable(arms) as builds:
+        for arm in experiment.arms:
+            build = builds[arm.name]
+            fusion = arm.overrides_fusion(evaluation.served_fusion(BuildRecord.from_properties(build.properties)))
+            mode = arm.mode or DEFAULT_MODE
+            result = evaluate_collection(
+                build.searcher, build.collection, embedder.load_build(build.properties), dataset, [mode], fusion,
+                evaluation.tenant, max_queries, depth=arm.top_k or 100,
+            )
+            found[arm.name] = round(result.modes[mode].means["ndcg@10"], 6)
+    return found
+
+
+def promote_winner(
+    milvus: MilvusResource,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+    catalog: CatalogResource,
+    collection: str,
+    max_queries: int = 0,
+) -> dict[str, object]:
+    """The winning build through the gate offline promotion uses (`judge`: measured beside the served build in
+    the gate's mode), and promoted only if it passes; a failing one is marked rejected."""
+    dataset, mode = evaluation.dataset(), evaluation.gate_mode
+    ndcg = {}
+    with milvus.searchable(lambda store: {"served": milvus.served_collection(store), "winner": collection}) as builds:
+        served = builds["served"].collection
+        if served == collection:
+            return {"promoted": False, "gate": f"{collection} is served already"}
+        for role, build in builds.items():
+            fusion = evaluation.served_fusion(BuildRecord.from_properties(build.properties))
+            result = evaluate_collection(
+                build.searcher, build.collection, embedder.load_build(build.properties), dataset, [mode], fusion,
+                evaluation.tenant, max_queries,
+            )
+            ndcg[role] = result.modes[mode].means["ndcg@10"]
+    with milvus.store() as store:
+        decision = judge(store, collection, served, ndcg["winner"], ndcg["served"], evaluation.gate_margin)
+        if not decision.passed:
+            return {"promoted": False, "gate": decision.reason}
+        promote(store, collection, ndcg["winner"])
+        record = store.record(collection)
+        if record.expected_rows is not None:  # a one-pass build: the catalog tracks its rows from now on
+            catalog.get().retarget(collection, record.embedding_version, dict(store.rows_by_source(collection)))
+            store.update_record(collection, expected_rows=None)
+    return {"promoted": True, "gate": decision.reason, "previous_collection": served}
+
+
+def log_ab_run(tracker: Tracker, result: Report, folder: Path, origin: DagsterOrigin) -> tuple[str, str]:
+    """One run in `ab-tests`: the arms as params, each arm's metrics and offline nDCG, the report and its plot."""
+    experiment, decision = result.experiment, result.decision
+    params: dict[str, object] = {
+        "experiment": experiment.name,
+        "control": experiment.control,
+        **{f"rule.{key}": value for key, value in experiment.to_dict()["rule"].items()},
+    }
+    for arm in experiment.arms:
+        set_fields = {key: value for key, value in asdict(arm).items() if key != "name" and value not in (None, "")}
+        params |= {f"arm.{arm.name}.{key}": value for key, value in set_fields.items()}
+    metrics = {
+        f"{arm}.{metric}": value for arm, found in decision.metrics.items() for metric, value in found.flat().items()
+    }
+    metrics |= {f"{arm}.offline_ndcg_at_10": value for arm, value in experiment.replay.items()}
+    tags = {"verdict": decision.verdict, "winner": decision.winner or "", **origin.tags()}
+    with tracker.run(AB_TESTS, f"{experiment.name}:{decision.verdict}", tags) as run:
+        mlflow = tracker.mlflow()
+        mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(folder), artifact_path="report")
+    return run.info.experiment_id, run.info.run_id
+
+
+@asset(group_name="experiments", kinds={"mlflow"}, op_tags=INDEX_WRITER_TAG)
+def experiment_report(
+    context: AssetExecutionContext,
+    config: ExperimentReportConfig,
+    milvus: MilvusResource,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+    tracking: TrackingResource,
+    catalog: CatalogResource,
+) -> MaterializeResult:
+    """An A/B experiment's per-arm metrics with intervals and the verdict of its declared rule (ship / keep /
+    continue: nothing before every arm has the declared sample size), beside each arm's offline nDCG@10. A
+    winning build is promoted only past the offline gate. Logged to MLflow (`ab-tests`)."""
+    database = ServingDatabase(evaluation.serving_db_url)
+    try:
+        store = ExperimentStore(database.engine)
+        experiment = store.get(config.experiment)
+        if config.replay and not experiment.replay:
+            store.record_replay(experiment.name, replay(milvus, embedder, evaluation, experiment, config.max_queries))
+            experiment = store.get(config.experiment)
+        result = report(database.engine, experiment)
+    except Refusal as refusal:
+        raise Failure(str(refusal)) from refusal
+    finally:
+        database.close()
+    decision = result.decision
+    winner = experiment.arm(decision.winner) if decision.winner else None
+    promotion: dict[str, object] = {"promoted": False, "gate": "nothing to promote"}
+    if decision.verdict == SHIP and winner is not None and winner.collection and config.promote:
+        promotion = promote_winner(milvus, embedder, evaluation, catalog, winner.collection, config.max_queries)
+    folder = evaluation.report_folder(f"ab-{experiment.name}")
+    write_plot(result, folder / "arms.png")
+    (folder / "report.md").write_text(markdown(result, "arms.png") + f"\nPromotion: {promotion['gate']}\n")
+    tracker = tracking.tracker()
+    run = log_ab_run(tracker, result, folder, DagsterOrigin.of(context, tracking.dagster_ui_url))
+    context.log.info(f"{experiment.name}: {decision.verdict} ({'; '.join(decision.reasons)})")
+    return MaterializeResult(
+        metadata={
+            "experiment": experiment.name,
+            "verdict": decision.verdict,
+            "winner": decision.winner or "none yet",
+            "primary_metric": experiment.rule.primary_metric,
+            **_winner_interval(result),
+            "reasons": "\n".join(decision.reasons),
+            "arms": MetadataValue.json({arm: found.flat() for arm, found in decision.metrics.items()}),
+            "offline_ndcg_at_10": MetadataValue.json(experiment.replay),
+            "promoted": bool(promotion["promoted"]),
+            "promotion_gate": str(promotion["gate"]),
+            "report": MetadataValue.md(embedded_report(folder / "report.md")),
+            "report_path": str(folder / "report.md"),
+            **mlflow_links(tracker, {"mlflow_run": run}),
+        }
+    )
+
+
+def _winner_interval(result: Report) -> dict[str, float]:
+    """The winning arm's primary metric and its 95% interval; nothing while the experiment continues."""
+    primary = result.winner_primary
+    if primary is None or primary.value is None or primary.low is None or primary.high is None:
+        return {}
+    return {"winner_primary": primary.value, "winner_primary_low": primary.low, "winner_primary_high": primary.high}

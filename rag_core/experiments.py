@@ -1,0 +1,731 @@
+"""Online A/B experiments: a named split of live traffic between arms, stored in the serving database.
+
+An arm is a served build (a collection), a retrieval configuration (mode, fusion and its weights, top_k), an
+answerer (an `RAG_LLM_MODEL`-style model), or a combination; what it leaves unset is served as usual.
+Assignment is a hash of the experiment id and a stable unit (the API key, or a caller's `user_id`), so one
+user always sees one arm. The query log records the experiment and arm of every query, so feedback joins
+back to the arm; `arm_metrics` reads them, `decide` applies the rule the experiment declared when it was
+created, and holds back any verdict until every arm has the declared sample size (no peeking)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from rag_core.errors import Refusal
+from rag_core.querylog import feedback, queries
+from rag_core.retrieval import FusionConfig
+from rag_core.tables import create_tables
+from rag_core.tenants import validate_tenant
+
+RUNNING, PAUSED, STOPPED = "running", "paused", "stopped"
+SHIP, KEEP, CONTINUE = "ship", "keep", "continue"
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"  # fullmatch
+MODES = ("dense", "bm25", "hybrid")
+RETRIEVAL_STAGES = ("embed", "search", "rerank")
+# metric → True when higher is better. Latencies are retrieval's (embed + search + rerank), in ms.
+METRICS: dict[str, bool] = {
+    "relevance_rate": True,
+    "mean_rating": True,
+    "feedback_rate": True,
+    "latency_p50_ms": False,
+    "latency_p95_ms": False,
+    "degraded_rate": False,
+}
+PRIMARY_METRICS = ("relevance_rate", "mean_rating")
+
+metadata = sa.MetaData()
+experiments = sa.Table(
+    "rag_experiments",
+    metadata,
+    sa.Column("experiment_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("arms", sa.Text, nullable=False),
+    sa.Column("excluded_tenants", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # {arm: nDCG@10 over the eval dataset's judged queries}, from `rag experiment replay`.
+    sa.Column("replay", sa.Text, nullable=True),
+)
+
+
+class UnknownExperiment(Refusal):
+    """No experiment of that name."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of an experiment. Unset fields (None / "") serve what the deployment serves."""
+
+    name: str
+    share: float
+    collection: str = ""  # a build of the alias; "" = the served one
+    mode: str | None = None
+    top_k: int | None = None
+    fusion: str | None = None  # "rrf" | "convex"
+    dense_weight: float | None = None
+    bm25_weight: float | None = None
+    rrf_k: int | None = None
+    llm_model: str = ""
+
+    def validate(self) -> None:
+        if not re.fullmatch(NAME_PATTERN, self.name):
+            raise ValueError(f"arm name {self.name!r}: use lower-case letters, digits, _ and - (at most 63)")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"arm {self.name}: share {self.share} must be in (0, 1]")
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"arm {self.name}: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.fusion is not None and self.fusion not in ("rrf", "convex"):
+            raise ValueError(f"arm {self.name}: fusion {self.fusion!r} is not rrf or convex")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"arm {self.name}: top_k must be at least 1")
+        for weight in (self.dense_weight, self.bm25_weight):
+            if weight is not None and not 0 <= weight <= 1:
+                raise ValueError(f"arm {self.name}: fusion weights are between 0 and 1")
+
+    def overrides_fusion(self, fusion: FusionConfig) -> FusionConfig:
+        """`fusion` with what this arm sets."""
+        return replace(
+            fusion,
+            method=self.fusion or fusion.method,
+            dense_weight=fusion.dense_weight if self.dense_weight is None else self.dense_weight,
+            bm25_weight=fusion.bm25_weight if self.bm25_weight is None else self.bm25_weight,
+            rrf_k=self.rrf_k or fusion.rrf_k,
+        )
+
+    def describe(self) -> str:
+        parts = [f"{key}={value}" for key, value in asdict(self).items() if key not in ("name", "share") and value]
+        return ", ".join(parts) or "the served configuration"
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """Declared when the experiment is created, before any data: the verdict it will be held to.
+
+    Each arm needs `min_samples` observations of the primary metric (judged answers for `relevance_rate`,
+    ratings for `mean_rating`) before there is any verdict. An arm ships when its primary metric beats the
+    control's with the interval of the difference above zero (confidence 1 − alpha, Bonferroni-split over
+    the arms), and no guardrail is worse than the control's by more than `guardrail_tolerance` (a fraction
+    of the control's value) with its whole interval."""
+
+    min_samples: int = 200
+    primary_metric: str = "relevance_rate"
+    guardrails: tuple[str, ...] = ("latency_p95_ms", "degraded_rate")
+    control: str = ""  # "" = the first arm
+    alpha: float = 0.05
+    guardrail_tolerance: float = 0.1
+
+    def validate(self, arms: Sequence[Arm]) -> None:
+        if self.min_samples < 1:
+            raise ValueError("min_samples must be at least 1")
+        if self.primary_metric not in PRIMARY_METRICS:
+            raise ValueError(f"primary metric {self.primary_metric!r}: choose one of {', '.join(PRIMARY_METRICS)}")
+        if unknown := [name for name in self.guardrails if name not in METRICS]:
+            raise ValueError(f"guardrails {unknown}: choose from {', '.join(METRICS)}")
+        if self.control and self.control not in {arm.name for arm in arms}:
+            raise ValueError(f"the control {self.control!r} is not one of the arms")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError("alpha must be between 0 and 0.5")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    name: str
+    arms: tuple[Arm, ...]
+    rule: DecisionRule
+    excluded_tenants: frozenset[str] = frozenset()
+    status: str = RUNNING
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    replay: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def control(self) -> str:
+        return self.rule.control or self.arms[0].name
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment_id": self.experiment_id,
+            "name": self.name,
+            "status": self.status,
+            "arms": [asdict(arm) for arm in self.arms],
+            "rule": asdict(self.rule) | {"control": self.control},
+            "excluded_tenants": sorted(self.excluded_tenants),
+            "created_at": self.created_at.isoformat(),
+            "replay": self.replay,
+        }
+
+
+def new_experiment(
+    name: str, arms: Sequence[Arm], rule: DecisionRule | None = None, excluded_tenants: Sequence[str] = ()
+) -> Experiment:
+    """A validated experiment; raises ValueError naming what to change."""
+    rule = rule or DecisionRule()
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"experiment name {name!r}: use lower-case letters, digits, _ and - (at most 63)")
+    if len(arms) < 2:
+        raise ValueError("an experiment needs at least two arms (the control first)")
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must differ: {names}")
+    for arm in arms:
+        arm.validate()
+    if abs(sum(arm.share for arm in arms) - 1) > 1e-6:
+        raise ValueError(f"the arms' shares add up to {sum(arm.share for arm in arms):g}; they must add up to 1")
+    rule.validate(arms)
+    for tenant in excluded_tenants:
+        validate_tenant(tenant)
+    return Experiment(uuid.uuid4().hex[:16], name, tuple(arms), rule, frozenset(excluded_tenants))
+
+
+# ---------------------------------------------------------------------------------------------- assignment
+
+
+def bucket(experiment_id: str, unit: str) -> float:
+    """A point in [0, 1) fixed by (experiment, unit): the same unit always lands in the same place, and
+    another experiment's split is independent of this one's."""
+    digest = hashlib.sha256(f"{experiment_id}\x00{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign(experiment: Experiment, unit: str, tenant: str) -> Arm | None:
+    """The arm `unit` sees; None for an excluded tenant."""
+    if tenant in experiment.excluded_tenants:
+        return None
+    point, edge = bucket(experiment.experiment_id, unit), 0.0
+    for arm in experiment.arms:
+        edge += arm.share
+        if point < edge:
+            return arm
+    return experiment.arms[-1]  # shares add up to 1 within rounding
+
+
+# ------------------------------------------------------------------------------------------------- storage
+
+
+class ExperimentStore:
+    """Experiments in the serving database. At most one runs at a time: two would split the same traffic
+    and each one's arms would carry the other's effect."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        create_tables(metadata, engine)
+
+    def create(self, experiment: Experiment) -> Experiment:
+        with self.engine.begin() as connection:
+            if connection.execute(sa.select(experiments.c.name).where(experiments.c.name == experiment.name)).first():
+                raise Refusal(f"an experiment named {experiment.name} exists already — choose another name")
+            self._refuse_second_running(connection, experiment.name)
+            now = datetime.now(UTC)
+            connection.execute(
+                experiments.insert().values(
+                    experiment_id=experiment.experiment_id,
+                    name=experiment.name,
+                    status=RUNNING,
+                    arms=json.dumps([asdict(arm) for arm in experiment.arms]),
+                    excluded_tenants=json.dumps(sorted(experiment.excluded_tenants)),
+                    rule=json.dumps(asdict(experiment.rule)),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return self.get(experiment.name)
+
+    def get(self, name: str) -> Experiment:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(experiments).where(experiments.c.name == name)).mappings().first()
+        if row is None:
+            raise UnknownExperiment(f"no experiment named {name} — `rag experiment list` shows them")
+        return _experiment(row)
+
+    def list(self) -> list[Experiment]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(experiments).order_by(experiments.c.created_at.desc())).mappings()
+            return [_experiment(row) for row in rows]
+
+    def running(self) -> Experiment | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(experiments).where(experiments.c.status == RUNNING)).mappings().first()
+        return _experiment(row) if row is not None else None
+
+    def set_status(self, name: str, status: str) -> Experiment:
+        """pause (running → paused), resume (paused → running) or stop (for good)."""
+        current = self.get(name)
+        if current.status == STOPPED:
+            raise Refusal(f"experiment {name} is stopped for good — create a new one to test again")
+        with self.engine.begin() as connection:
+            if status == RUNNING:
+                self._refuse_second_running(connection, name)
+            connection.execute(
+                experiments.update()
+                .where(experiments.c.name == name)
+                .values(status=status, updated_at=datetime.now(UTC))
+            )
+        return self.get(name)
+
+    def record_replay(self, name: str, ndcg: dict[str, float]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                experiments.update().where(experiments.c.name == name).values(replay=json.dumps(ndcg))
+            )
+
+    @staticmethod
+    def _refuse_second_running(connection: sa.Connection, name: str) -> None:
+        other = connection.execute(
+            sa.select(experiments.c.name).where((experiments.c.status == RUNNING) & (experiments.c.name != name))
+        ).first()
+        if other is not None:
+            raise Refusal(
+                f"experiment {other.name} is running — pause or stop it first (`rag experiment pause {other.name}`): "
+                "two experiments would split the same traffic"
+            )
+
+
+def _experiment(row: sa.RowMapping) -> Experiment:
+    rule = json.loads(row["rule"])
+    rule["guardrails"] = tuple(rule.get("guardrails", ()))
+    created = row["created_at"]
+    return Experiment(
+        experiment_id=row["experiment_id"],
+        name=row["name"],
+        arms=tuple(Arm(**arm) for arm in json.loads(row["arms"])),
+        rule=DecisionRule(**rule),
+        excluded_tenants=frozenset(json.loads(row["excluded_tenants"])),
+        status=row["status"],
+        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+        replay=json.loads(row["replay"]) if row["replay"] else {},
+    )
+
+
+# ------------------------------------------------------------------------------------------ observations
+
+
+@dataclass
+class ArmObservations:
+    """What the query log and feedback hold for one arm: one entry per query, per rating, per judgement."""
+
+    queries: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    answers: int = 0
+    degraded: int = 0
+    with_feedback: int = 0
+    ratings: list[int] = field(default_factory=list)
+    judgements: list[bool] = field(default_factory=list)
+    chunk_ranks: list[int] = field(default_factory=list)  # 1-based rank of the chunk feedback names
+
+
+def observations(engine: sa.Engine, experiment: Experiment) -> dict[str, ArmObservations]:
+    """Every arm's observations, read from the query log and the feedback joined to it."""
+    found = {arm.name: ArmObservations() for arm in experiment.arms}
+    logged = sa.select(
+        queries.c.query_id, queries.c.arm, queries.c.timings_ms, queries.c.model, queries.c.degraded,
+        queries.c.chunk_ids,
+    ).where(queries.c.experiment == experiment.name)
+    given = (
+        sa.select(feedback.c.query_id, feedback.c.rating, feedback.c.is_relevant, feedback.c.chunk_id)
+        .join(queries, feedback.c.query_id == queries.c.query_id)
+        .where(queries.c.experiment == experiment.name)
+    )
+    chunk_ids: dict[str, tuple[str, list[str]]] = {}
+    with engine.connect() as connection:
+        for row in connection.execute(logged):
+            arm = found.get(row.arm)
+            if arm is None:
+                continue
+            timings = json.loads(row.timings_ms)
+            arm.queries += 1
+            arm.latency_ms.append(sum(timings.get(stage, 0.0) for stage in RETRIEVAL_STAGES))
+            if row.model:  # an answer; a retrieval has no model and cannot degrade
+                arm.answers += 1
+                arm.degraded += bool(row.degraded)
+            chunk_ids[row.query_id] = (row.arm, json.loads(row.chunk_ids))
+        rated: set[str] = set()
+        for row in connection.execute(given):
+            if row.query_id not in chunk_ids:
+                continue
+            arm_name, retrieved = chunk_ids[row.query_id]
+            arm = found[arm_name]
+            if row.query_id not in rated:
+                rated.add(row.query_id)
+                arm.with_feedback += 1
+            if row.rating is not None:
+                arm.ratings.append(row.rating)
+            if row.is_relevant is not None:
+                arm.judgements.append(bool(row.is_relevant))
+            if row.chunk_id and row.chunk_id in retrieved:
+                arm.chunk_ranks.append(retrieved.index(row.chunk_id) + 1)
+    return found
+
+
+def arm_of(engine: sa.Engine, query_id: str) -> tuple[str, str] | None:
+    """(experiment, arm) that served a logged query; None outside an experiment."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(queries.c.experiment, queries.c.arm).where(queries.c.query_id == query_id)
+        ).first()
+    return (row.experiment, row.arm) if row is not None and row.experiment and row.arm else None
+
+
+# -------------------------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    low: float | None
+    high: float | None
+    samples: int
+
+    def show(self, digits: int = 3) -> str:
+        if self.value is None:
+            return "–"
+        if self.low is None or self.high is None:
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of one arm against the control: the difference (arm − control), its interval, and a
+    two-sided p-value where the test gives one."""
+
+    metric: str
+    difference: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None = None
+
+    def better(self, higher_is_better: bool) -> bool:
+        if self.low is None or self.high is None:
+            return False
+        return self.low > 0 if higher_is_better else self.high < 0
+
+    def worse_beyond(self, higher_is_better: bool, tolerance: float) -> bool:
+        if self.low is None or self.high is None:
+            return False
+        return self.high < -tolerance if higher_is_better else self.low > tolerance
+
+
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson(successes: int, trials: int, confidence: float = 0.95) -> Estimate:
+    """A proportion with its Wilson score interval (sound near 0 and 1, unlike the normal one)."""
+    if trials == 0:
+        return Estimate(None, None, None, 0)
+    z, p = _z(confidence), successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return Estimate(p, max(0.0, centre - spread), min(1.0, centre + spread), trials)
+
+
+def two_proportions(
+    metric: str, control: Sequence[bool], arm: Sequence[bool], confidence: float = 0.95
+) -> Comparison:
+    """The two-proportion z-test: the difference's interval (unpooled) and its p-value (pooled)."""
+    n1, n2 = len(control), len(arm)
+    if not n1 or not n2:
+        return Comparison(metric, None, None, None)
+    p1, p2 = sum(control) / n1, sum(arm) / n2
+    spread = _z(confidence) * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    pooled = (sum(control) + sum(arm)) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    p_value = math.erfc(abs(p2 - p1) / se / math.sqrt(2)) if se > 0 else (1.0 if p1 == p2 else 0.0)
+    return Comparison(metric, p2 - p1, p2 - p1 - spread, p2 - p1 + spread, p_value)
+
+
+Statistic = Callable[[np.ndarray], np.ndarray]  # over the last axis of a (resamples, n) array
+
+
+def _mean(samples: np.ndarray) -> np.ndarray:
+    return samples.mean(axis=-1)
+
+
+def _percentile(q: float) -> Statistic:
+    return lambda samples: np.percentile(samples, q, axis=-1)
+
+
+STATISTICS: dict[str, Statistic] = {
+    "mean_rating": _mean,
+    "latency_p50_ms": _percentile(50),
+    "latency_p95_ms": _percentile(95),
+}
+
+
+def _resampled(values: Sequence[float], statistic: Statistic, rounds: int, rng: np.random.Generator) -> np.ndarray:
+    data = np.asarray(values, dtype=float)
+    return statistic(data[rng.integers(0, len(data), size=(rounds, len(data)))])
+
+
+def bootstrap(
+    values: Sequence[float], statistic: Statistic, confidence: float = 0.95, rounds: int = 2000, seed: int = 0
+) -> Estimate:
+    """The statistic with its percentile bootstrap interval (seeded: a report reads the same twice)."""
+    if not values:
+        return Estimate(None, None, None, 0)
+    value = float(statistic(np.asarray(values, dtype=float)))
+    spread = _resampled(values, statistic, rounds, np.random.default_rng(seed))
+    tail = (1 - confidence) / 2 * 100
+    return Estimate(value, float(np.percentile(spread, tail)), float(np.percentile(spread, 100 - tail)), len(values))
+
+
+def bootstrap_difference(
+    metric: str,
+    control: Sequence[float],
+    arm: Sequence[float],
+    statistic: Statistic,
+    confidence: float = 0.95,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """statistic(arm) − statistic(control), each group resampled on its own."""
+    if not control or not arm:
+        return Comparison(metric, None, None, None)
+    rng = np.random.default_rng(seed)
+    differences = _resampled(arm, statistic, rounds, rng) - _resampled(control, statistic, rounds, rng)
+    observed = float(statistic(np.asarray(arm, dtype=float)) - statistic(np.asarray(control, dtype=float)))
+    tail = (1 - confidence) / 2 * 100
+    return Comparison(
+        metric, observed, float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))
+    )
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class ArmMetrics:
+    arm: str
+    queries: int
+    latency_p50_ms: Estimate
+    latency_p95_ms: Estimate
+    degraded_rate: Estimate
+    feedback_rate: Estimate
+    mean_rating: Estimate
+    relevance_rate: Estimate
+    chunk_rank: Estimate  # the mean rank of the chunk feedback names
+
+    def estimate(self, metric: str) -> Estimate:
+        return getattr(self, metric)
+
+    def flat(self) -> dict[str, float]:
+        """{metric: value, metric_n: its observations, metric_low/_high: its interval} of what was measured."""
+        values: dict[str, float] = {"queries": float(self.queries)}
+        for metric in (*METRICS, "chunk_rank"):
+            estimate = self.estimate(metric)
+            if estimate.value is not None:
+                values[metric] = round(estimate.value, 6)
+                values[f"{metric}_n"] = float(estimate.samples)  # the observations behind it
+                if estimate.low is not None and estimate.high is not None:
+                    values[f"{metric}_low"] = round(estimate.low, 6)
+                    values[f"{metric}_high"] = round(estimate.high, 6)
+        return values
+
+
+def arm_metrics(name: str, seen: ArmObservations, confidence: float = 0.95) -> ArmMetrics:
+    return ArmMetrics(
+        arm=name,
+        queries=seen.queries,
+        latency_p50_ms=bootstrap(seen.latency_ms, STATISTICS["latency_p50_ms"], confidence),
+        latency_p95_ms=bootstrap(seen.latency_ms, STATISTICS["latency_p95_ms"], confidence),
+        degraded_rate=wilson(seen.degraded, seen.answers, confidence),
+        feedback_rate=wilson(seen.with_feedback, seen.queries, confidence),
+        mean_rating=bootstrap(seen.ratings, _mean, confidence),
+        relevance_rate=wilson(sum(seen.judgements), len(seen.judgements), confidence),
+        chunk_rank=bootstrap(seen.chunk_ranks, _mean, confidence),
+    )
+
+
+def compare(metric: str, control: ArmObservations, arm: ArmObservations, confidence: float) -> Comparison:
+    """The test each metric takes: two proportions for rates, a bootstrap for ratings and latencies."""
+    if metric == "relevance_rate":
+        return two_proportions(metric, control.judgements, arm.judgements, confidence)
+    if metric == "degraded_rate":
+        return two_proportions(
+            metric, _flags(control.degraded, control.answers), _flags(arm.degraded, arm.answers), confidence
+        )
+    if metric == "feedback_rate":
+        return two_proportions(
+            metric, _flags(control.with_feedback, control.queries), _flags(arm.with_feedback, arm.queries), confidence
+        )
+    values = {"mean_rating": lambda seen: seen.ratings}.get(metric, lambda seen: seen.latency_ms)
+    return bootstrap_difference(metric, values(control), values(arm), STATISTICS[metric], confidence)
+
+
+def _flags(hits: int, total: int) -> list[bool]:
+    return [True] * hits + [False] * (total - hits)
+
+
+def samples_of(metric: str, seen: ArmObservations) -> int:
+    """How many observations of the primary metric an arm has: judged answers, or ratings."""
+    return len(seen.judgements) if metric == "relevance_rate" else len(seen.ratings)
+
+
+# --------------------------------------------------------------------------------------------- decision
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str  # ship | keep | continue
+    winner: str | None  # the arm to serve: the shipped one, the control kept; None while it continues
+    reasons: tuple[str, ...]
+    metrics: dict[str, ArmMetrics]
+    comparisons: dict[str, dict[str, Comparison]]  # {arm: {metric: against the control}}
+
+
+@dataclass(frozen=True)
+class Report:
+    experiment: Experiment
+    decision: Decision
+
+    @property
+    def winner_primary(self) -> Estimate | None:
+        """The winning arm's primary metric with its interval."""
+        if self.decision.winner is None:
+            return None
+        return self.decision.metrics[self.decision.winner].estimate(self.experiment.rule.primary_metric)
+
+
+def decide(experiment: Experiment, seen: dict[str, ArmObservations]) -> Decision:
+    """The verdict of the experiment's declared rule on what has been observed."""
+    rule, control = experiment.rule, experiment.control
+    treatments = [arm.name for arm in experiment.arms if arm.name != control]
+    # Bonferroni: k comparisons against the control share the error rate.
+    confidence = 1 - rule.alpha / len(treatments)
+    metrics = {name: arm_metrics(name, observed) for name, observed in seen.items()}
+    comparisons = {
+        name: {
+            metric: compare(metric, seen[control], seen[name], confidence)
+            for metric in (rule.primary_metric, *rule.guardrails)
+        }
+        for name in treatments
+    }
+    short = [
+        f"arm {name} has {samples_of(rule.primary_metric, observed)} of the {rule.min_samples} "
+        f"{rule.primary_metric} observations the rule needs"
+        for name, observed in seen.items()
+        if samples_of(rule.primary_metric, observed) < rule.min_samples
+    ]
+    if short:
+        return Decision(CONTINUE, None, tuple(short), metrics, comparisons)
+    reasons, winners = [], []
+    higher = METRICS[rule.primary_metric]
+    for name in treatments:
+        primary = comparisons[name][rule.primary_metric]
+        failed = [
+            guard
+            for guard in rule.guardrails
+            if comparisons[name][guard].worse_beyond(
+                METRICS[guard], rule.guardrail_tolerance * abs(metrics[control].estimate(guard).value or 0.0)
+            )
+        ]
+        interval = f"{primary.difference:+.4f} [{primary.low:+.4f}, {primary.high:+.4f}]"
+        if not primary.better(higher):
+            worse = primary.better(not higher)
+            reasons.append(
+                f"{name} vs {control}: {rule.primary_metric} {interval} — "
+                + ("significantly worse" if worse else "no significant difference")
+            )
+        elif failed:
+            reasons.append(
+                f"{name} vs {control}: {rule.primary_metric} {interval} better, but guardrails {failed} regressed"
+            )
+        else:
+            reasons.append(f"{name} vs {control}: {rule.primary_metric} {interval} better, guardrails hold")
+            winners.append((primary.difference if higher else -(primary.difference or 0.0), name))
+    if winners:
+        return Decision(SHIP, max(winners)[1], tuple(reasons), metrics, comparisons)
+    return Decision(KEEP, control, tuple(reasons), metrics, comparisons)
+
+
+def report(engine: sa.Engine, experiment: Experiment) -> Report:
+    return Report(experiment, decide(experiment, observations(engine, experiment)))
+
+
+def markdown(result: Report, plot: str = "") -> str:
+    """The report: the rule, each arm's metrics with intervals, the comparisons, the verdict and why."""
+    experiment, decision = result.experiment, result.decision
+    rule = experiment.rule
+    lines = [
+        f"# A/B test `{experiment.name}`: **{decision.verdict}**"
+        + (f" — winner `{decision.winner}`" if decision.winner else ""),
+        "",
+        f"Rule (declared at creation): primary metric `{rule.primary_metric}`, at least {rule.min_samples} "
+        f"observations per arm, control `{experiment.control}`, alpha {rule.alpha}, guardrails "
+        f"{', '.join(f'`{g}`' for g in rule.guardrails) or 'none'} (tolerance {rule.guardrail_tolerance:.0%}).",
+        "",
+    ]
+    if (primary := result.winner_primary) is not None:
+        lines += [f"Winner `{decision.winner}`: {rule.primary_metric} {primary.show()} (95% interval).", ""]
+    lines += ["| arm | serves | share | queries | " + " | ".join(METRICS) + " | clicked rank | offline nDCG@10 |"]
+    lines.append("|---" * (len(METRICS) + 6) + "|")
+    for arm in experiment.arms:
+        measured = decision.metrics[arm.name]
+        offline = experiment.replay.get(arm.name)
+        lines.append(
+            f"| {arm.name} | {arm.describe()} | {arm.share:.0%} | {measured.queries} | "
+            + " | ".join(measured.estimate(metric).show() for metric in METRICS)
+            + f" | {measured.chunk_rank.show(2)} | {'–' if offline is None else f'{offline:.4f}'} |"
+        )
+    lines += ["", "## Against the control", ""]
+    for name, found in decision.comparisons.items():
+        for metric, comparison in found.items():
+            if comparison.difference is None:
+                lines.append(f"- `{name}` {metric}: not measured")
+                continue
+            p = "" if comparison.p_value is None else f", p = {comparison.p_value:.4g}"
+            lines.append(
+                f"- `{name}` {metric}: {comparison.difference:+.4f} [{comparison.low:+.4f}, {comparison.high:+.4f}]{p}"
+            )
+    lines += ["", "## Verdict", "", *[f"- {reason}" for reason in decision.reasons]]
+    if plot:
+        lines += ["", f"![per-arm metrics]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(result: Report, path: Path) -> Path:
+    """Each arm's relevance rate, mean rating and retrieval p95 with their intervals, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("relevance_rate", "mean_rating", "latency_p95_ms")
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2))
+    names = [arm.name for arm in result.experiment.arms]
+    for axis, metric in zip(axes, shown, strict=True):
+        estimates = [result.decision.metrics[name].estimate(metric) for name in names]
+        values = [e.value or 0.0 for e in estimates]
+        below = [(e.value - e.low) if e.value is not None and e.low is not None else 0.0 for e in estimates]
+        above = [(e.high - e.value) if e.value is not None and e.high is not None else 0.0 for e in estimates]
+        colours = ["#2b8a3e" if name == result.decision.winner else "#868e96" for name in names]
+        axis.bar(names, values, yerr=[below, above], capsize=6, color=colours)
+        axis.set_title(metric)
+    figure.suptitle(f"{result.experiment.name}: {result.decision.verdict} (95% intervals)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
