@@ -214,6 +214,7 @@ class EmbeddingStats:
     cached: int
     computed: int
     seconds: float
+    computed_hashes: frozenset[str] = frozenset()  # which texts were encoded now: a partition's own count
 
 
 def embed_with_cache(
@@ -238,5 +239,7 @@ def embed_with_cache(
     dimension = next(iter(known.values())).shape[0] if known else embedder.dimension
     vectors = np.vstack([known[key] for key in text_hashes]) if texts else np.zeros((0, dimension), np.float32)
     served_from_cache = sum(1 for key in text_hashes if key not in missing)
-    stats = EmbeddingStats(len(texts), served_from_cache, len(missing), time.perf_counter() - started)
+    stats = EmbeddingStats(
+        len(texts), served_from_cache, len(missing), time.perf_counter() - started, frozenset(missing)
+    )
     return vectors, stats

@@ -23,6 +23,10 @@ DESCRIPTIONS = {
     REGISTERED_EMBEDDER: "Fine-tuned embedding models of the RAG index.",
     REGISTERED_RERANKER: "Cross-encoders that rerank retrieved chunks (RAG_RERANK_MODEL=models:/rag-reranker/N).",
 }
+# The MLflow 3 UI opens an experiment in the workflow its kind names (the sidebar's switch): runs under
+# "Model training", traces under "GenAI".
+MODEL_TRAINING = "custom_model_development"
+GENAI = "genai_development"
 _configure_lock = threading.Lock()
 for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -43,13 +47,22 @@ class Tracker:
     """One tracking store. Each call sets the URI on a client of its own, so processes that evaluate
     and train at the same time never cross stores."""
 
-    def __init__(self, uri: str, artifacts: Path | None) -> None:
+    def __init__(self, uri: str, artifacts: Path | None, ui_url: str = "http://127.0.0.1:5000") -> None:
         self.uri = uri
         self.artifacts = artifacts
+        self.ui_url = ui_url.rstrip("/")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tracker:
-        return cls(tracking_uri(settings), artifact_root(settings))
+        return cls(tracking_uri(settings), artifact_root(settings), settings.resolved_mlflow_ui_url)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        """The run's page in the MLflow UI."""
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def trace_url(self, experiment_id: str, trace_id: str) -> str:
+        """The trace opened in its experiment's Traces tab in the MLflow UI."""
+        return f"{self.ui_url}/#/experiments/{experiment_id}/traces?selectedEvaluationId={trace_id}"
 
     def mlflow(self):
         import mlflow
@@ -64,14 +77,14 @@ class Tracker:
         self.mlflow()
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, kind: str = MODEL_TRAINING) -> str:
         client = self.client()
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         location = (self.artifacts / name).as_uri() if self.artifacts else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": kind})
         except Exception:  # created concurrently by another process
             experiment = client.get_experiment_by_name(name)
             if experiment is None:

@@ -2,7 +2,9 @@
 the Dagster UI tells the story of a build: counts, tokens, seconds, model version, quarantined files.
 
 All four are partitioned by source file and use a single-run backfill policy: a build over thousands
-of partitions is one run, and the embedding step sees every chunk of the run in one batched encode.
+of partitions is one run, and the embedding step sees every chunk of the run in one batched encode. Each
+partition's materialization still tells its own story: its counts are recorded on its own event
+(`context.add_asset_metadata(..., partition_key=...)`), and the run's totals ride beside them as `run_*`.
 
 The build a run writes (model, embedding version, backend, chunk sizes, target collection) is decided once,
 where the run is requested (the documents sensor, `rag index`), and travels with the run as its
@@ -11,15 +13,26 @@ where the run is requested (the documents sensor, `rag index`), and travels with
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 
-from dagster import AssetExecutionContext, BackfillPolicy, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
 
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, MilvusResource, SourcesResource
 from rag_core.catalog import INDEXED, QUARANTINED, CatalogEntry
 from rag_core.chunking import Chunk
 from rag_core.documents import ParsedSource
-from rag_core.embedding import Embedder
+from rag_core.embedding import Embedder, EmbeddingStats
 from rag_core.indexing import (
     PartitionVectors,
     SyncStats,
@@ -43,8 +56,93 @@ PARTITIONED = dict(
 )
 
 
+# Dagster checks each partition-scoped metadata call against the run's partition range, reading every
+# partition key from the instance: a run over N partitions costs N such reads per asset. Past this many, the
+# events carry only the run's `run_*` totals (clearly named as such), and the run log says so.
+PER_PARTITION_METADATA_LIMIT = 500
+PREVIEW_CHUNKS = 5  # sample chunks shown per partition in document_chunks' metadata
+PREVIEW_CHARS = 200
+PREVIEW_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("position", "int"),
+        TableColumn("doc_id", "string"),
+        TableColumn("tokens", "int"),
+        TableColumn("chars", "string", description="start–end offsets in the document's text"),
+        TableColumn("text", "string"),
+    ]
+)
+
+
 def _seconds(started: float) -> MetadataValue:
     return MetadataValue.float(round(time.perf_counter() - started, 3))
+
+
+def _per_partition(context: AssetExecutionContext, metadata: Mapping[str, Mapping[str, object]]) -> None:
+    """Records each partition's own metadata on its own materialization event. A run over many partitions
+    materializes each of them; without this every event would carry the run's totals."""
+    if len(context.partition_keys) > PER_PARTITION_METADATA_LIMIT:
+        context.log.info(
+            f"{len(context.partition_keys)} partitions in this run (over {PER_PARTITION_METADATA_LIMIT}): their "
+            "events carry the run's run_* totals only"
+        )
+        return
+    for key in context.partition_keys:
+        if key in metadata:
+            context.add_asset_metadata(dict(metadata[key]), partition_key=key)
+
+
+def _source_metadata(source: ParsedSource) -> dict[str, object]:
+    """What one source partition parsed to."""
+    redactions: Counter[str] = Counter()
+    for document in source.documents:
+        redactions.update(document.redactions)
+    return {
+        "source": source.unit.relative_path,
+        "tenant": source.unit.tenant,
+        "documents": len(source.documents),
+        "characters": sum(len(document.text) for document in source.documents),
+        "quarantined": len(source.quarantined),
+        "quarantine_reasons": MetadataValue.md(
+            "\n".join(f"- {item.describe()}" for item in source.quarantined) or "none"
+        ),
+        "parsers": MetadataValue.json(dict(Counter(document.parser for document in source.documents))),
+        "pii_redactions": MetadataValue.json(dict(redactions)),
+    }
+
+
+def _chunk_preview(chunks: list[Chunk]) -> MetadataValue:
+    """The partition's first chunks as a table: what the embedder will read, and where it came from."""
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "position": chunk.position,
+                    "doc_id": chunk.doc_id,
+                    "tokens": chunk.token_count,
+                    "chars": f"{chunk.start_char}–{chunk.end_char}",
+                    "text": chunk.text[:PREVIEW_CHARS] + ("…" if len(chunk.text) > PREVIEW_CHARS else ""),
+                }
+            )
+            for chunk in chunks[:PREVIEW_CHUNKS]
+        ],
+        schema=PREVIEW_SCHEMA,
+    )
+
+
+def _chunks_metadata(chunks: list[Chunk], documents: int) -> dict[str, object]:
+    tokens = [chunk.token_count for chunk in chunks]
+    return {
+        "chunks": len(chunks),
+        "documents": documents,
+        "tokens": sum(tokens),
+        "max_chunk_tokens": max(tokens, default=0),
+        "preview": _chunk_preview(chunks),
+    }
+
+
+def _vectors_metadata(chunks: list[Chunk], vectors: PartitionVectors, stats: EmbeddingStats) -> dict[str, object]:
+    computed = sum(chunk.content_hash in stats.computed_hashes for chunk in chunks)
+    return {"vectors": len(vectors.vectors), "computed": computed, "from_cache": len(chunks) - computed}
 
 
 def build_tags(spec: BuildSpec) -> dict[str, str]:
@@ -90,21 +188,14 @@ def raw_documents(context: AssetExecutionContext, sources: SourcesResource) -> M
     quarantined = [item for source in parsed.values() for item in source.quarantined]
     for item in quarantined:
         context.log.warning(f"quarantined {item.describe()}")
-    redactions: Counter[str] = Counter()
-    for source in parsed.values():
-        for document in source.documents:
-            redactions.update(document.redactions)
-    parsers = Counter(document.parser for source in parsed.values() for document in source.documents)
+    _per_partition(context, {key: _source_metadata(source) for key, source in parsed.items()})
     return MaterializeResult(
         value=parsed,
         metadata={
-            "partitions": len(parsed),
-            "documents": sum(len(source.documents) for source in parsed.values()),
-            "characters": sum(len(d.text) for source in parsed.values() for d in source.documents),
-            "quarantined": len(quarantined),
-            "quarantine_reasons": MetadataValue.md("\n".join(f"- {item.describe()}" for item in quarantined) or "none"),
-            "parsers": MetadataValue.json(dict(parsers)),
-            "pii_redactions": MetadataValue.json(dict(redactions)),
+            "run_partitions": len(parsed),
+            "run_documents": sum(len(source.documents) for source in parsed.values()),
+            "run_characters": sum(len(d.text) for source in parsed.values() for d in source.documents),
+            "run_quarantined": len(quarantined),
             "redact_pii": sources.redact_pii,
             "seconds": _seconds(started),
         },
@@ -121,14 +212,18 @@ def document_chunks(
     model = _model(spec, embedder)
     config = spec.chunking(model.max_seq_length - 2)
     by_partition = chunk_sources(raw_documents.values(), model.tokenizer, config)
+    _per_partition(
+        context,
+        {key: _chunks_metadata(chunks, len(raw_documents[key].documents)) for key, chunks in by_partition.items()},
+    )
     tokens = [chunk.token_count for partition in by_partition.values() for chunk in partition]
     return MaterializeResult(
         value=by_partition,
         metadata={
-            "chunks": len(tokens),
-            "documents": sum(len(source.documents) for source in raw_documents.values()),
-            "tokens": sum(tokens),
-            "max_chunk_tokens": max(tokens, default=0),
+            "run_chunks": len(tokens),
+            "run_documents": sum(len(source.documents) for source in raw_documents.values()),
+            "run_tokens": sum(tokens),
+            "run_max_chunk_tokens": max(tokens, default=0),
             "chunking": config.describe(),
             "build": spec.describe(),
             "seconds": _seconds(started),
@@ -147,12 +242,16 @@ def chunk_embeddings(
     by_partition, stats = embed_chunks(model, embedder.cache(), document_chunks, show_progress=True)
     context.log.info(f"embedded {stats.computed} chunks, {stats.cached} from the cache, in {stats.seconds:.1f} s")
     widths = {int(partition.vectors.shape[1]) for partition in by_partition.values() if len(partition.vectors)}
+    _per_partition(
+        context,
+        {key: _vectors_metadata(document_chunks[key], vectors, stats) for key, vectors in by_partition.items()},
+    )
     return MaterializeResult(
         value=by_partition,
         metadata={
-            "vectors": stats.total,
-            "computed": stats.computed,
-            "from_cache": stats.cached,
+            "run_vectors": stats.total,
+            "run_computed": stats.computed,
+            "run_from_cache": stats.cached,
             "model_version": model.version,
             "dimension": widths.pop() if widths else model.dimension,
             "chunks_per_second": round(stats.computed / stats.seconds, 1) if stats.computed else 0.0,
@@ -234,6 +333,21 @@ def _write_build(
     return stats
 
 
+def _rows_metadata(
+    rows: list[dict], stats: SyncStats, key: str, disabled: Mapping[str, set[str] | frozenset[str]]
+) -> dict[str, object]:
+    """One partition's write: a partition that parsed to nothing has no rows here and keeps its old ones."""
+    own = stats.partitions.get(key, SyncStats())
+    return {
+        "rows_inserted": own.inserted,
+        "rows_deleted": own.deleted,
+        "rows_unchanged": own.unchanged,
+        "partition_rows": len(rows),
+        "kept_previous_rows": not rows,
+        "disabled_chunks": sum(row["chunk_id"] in disabled.get(row["tenant"], ()) for row in rows),
+    }
+
+
 @asset(**PARTITIONED, kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
 def milvus_collection(
     context: AssetExecutionContext,
@@ -257,17 +371,23 @@ def milvus_collection(
         stats = _write_build(context, store, spec, embedder, chunk_embeddings, rows)
         total_rows, alias_after = store.count(spec.collection), store.alias_target()
     catalog.get().record(_catalog_entries(raw_documents, document_chunks, spec))
+    disabled = catalog.get().disabled_chunks()
+    _per_partition(context, {key: _rows_metadata(rows.get(key, []), stats, key, disabled) for key in raw_documents})
     return MaterializeResult(
         metadata={
             "collection": spec.collection,
             "alias": f"{milvus.alias} → {alias_after}",
             "embedding_model": spec.embedding_version,
-            "rows_inserted": stats.inserted,
-            "rows_deleted": stats.deleted,
-            "rows_unchanged": stats.unchanged,
-            "partition_rows": sum(len(r) for r in rows.values()),
+            "run_rows_inserted": stats.inserted,
+            "run_rows_deleted": stats.deleted,
+            "run_rows_unchanged": stats.unchanged,
+            "run_partition_rows": sum(len(r) for r in rows.values()),
             "collection_rows": total_rows,
-            "kept_quarantined_partitions": len(kept),
+            "run_kept_quarantined_partitions": len(kept),
+            # Written, but excluded from retrieval: disabled in the console (rag_core.catalog.disabled_chunks).
+            "disabled_chunks": sum(
+                row["chunk_id"] in disabled.get(row["tenant"], ()) for partition in rows.values() for row in partition
+            ),
             "milvus_uri": milvus.uri,
             "seconds": _seconds(started),
         },

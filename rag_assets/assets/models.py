@@ -15,7 +15,7 @@ from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, M
 from pydantic import Field
 
 from rag_assets.assets.indexing import INDEX_WRITER_TAG
-from rag_assets.reporting import latest_metadata, metric_names
+from rag_assets.reporting import DagsterOrigin, latest_metadata, metric_names, mlflow_links
 from rag_assets.resources import (
     EmbedderResource,
     EvaluationResource,
@@ -123,7 +123,8 @@ def finetuned_embedding_model(
     output_dir = Path(embedder.models_dir) / f"finetuned-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     params = _training_params(config, train_config, training, f"{dataset_dir.name}/{evaluation.train_split}")
     tracker = tracking.tracker()
-    with tracker.run("embeddings", output_dir.name, {"base_model": config.base_model}) as run:
+    tags = {"base_model": config.base_model, **DagsterOrigin.of(context, tracking.dagster_ui_url).tags()}
+    with tracker.run("embeddings", f"{output_dir.name}:{config.base_model}", tags) as run:
         mlflow = tracker.mlflow()
         mlflow.log_params(params)
         on_epoch = _epoch_logger(context, mlflow)
@@ -132,7 +133,8 @@ def finetuned_embedding_model(
     for note in training.notes:
         context.log.warning(note)
     metadata = _model_metadata(result, model_uri, run.info.run_id, training)
-    return MaterializeResult(metadata={**metadata, "seconds": round(time.perf_counter() - started, 1)})
+    link = mlflow_links(tracker, {"mlflow_run_url": (run.info.experiment_id, run.info.run_id)})
+    return MaterializeResult(metadata={**metadata, **link, "seconds": round(time.perf_counter() - started, 1)})
 
 
 class CandidateConfig(Config):

@@ -6,7 +6,7 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from rag_assets.assets.indexing import milvus_collection
-from rag_assets.reporting import log_rag_run, metric_names
+from rag_assets.reporting import DagsterOrigin, log_rag_run, metric_names, mlflow_links
 from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusResource, TrackingResource
 from rag_core.evaluation import judged_dataset
 
@@ -38,7 +38,8 @@ def rag_eval_report(
     )
     folder = evaluation.report_folder(f"rag-{served.collection}")
     markdown = write_answer_report(result, folder, served.collection)
-    run_id = log_rag_run(tracking.tracker(), served.collection, model.version, evaluation, dataset.name, result, folder)
+    tracker, origin = tracking.tracker(), DagsterOrigin.of(context, tracking.dagster_ui_url)
+    run = log_rag_run(tracker, served.collection, model.version, evaluation, dataset.name, result, folder, origin)
     return MaterializeResult(
         metadata={
             "collection": served.collection,
@@ -46,7 +47,8 @@ def rag_eval_report(
             **metric_names({metric: round(value, 4) for metric, value in result.means.items()}),
             "skipped_metrics": MetadataValue.json(result.skipped),
             "report": MetadataValue.md(markdown),
-            "mlflow_run": run_id,
+            "mlflow_run": run[1],
+            **mlflow_links(tracker, {"mlflow_run_url": run}),
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

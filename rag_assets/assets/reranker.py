@@ -13,7 +13,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from rag_assets.reporting import metric_name
+from rag_assets.reporting import DagsterOrigin, metric_name, mlflow_links
 from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusResource, TrackingResource
 from rag_core.finetune import TrainingExample, load_corpus, pairs_from_feedback, pairs_from_qrels
 from rag_core.models import BUNDLED_MODEL
@@ -101,7 +101,8 @@ def reranker_model(
     dev = rerank_dev_set(dev_examples, corpus, train_config.dev_depth)
     output_dir = Path(embedder.models_dir) / f"reranker-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     tracker = tracking.tracker()
-    with tracker.run(EXPERIMENT, output_dir.name, {"base_model": config.base_model}) as run:
+    tags = {"base_model": config.base_model, **DagsterOrigin.of(context, tracking.dagster_ui_url).tags()}
+    with tracker.run(EXPERIMENT, f"{output_dir.name}:{config.base_model}", tags) as run:
         mlflow = tracker.mlflow()
         mlflow.log_params(
             {
@@ -133,6 +134,7 @@ def reranker_model(
             "model_uri": model_uri,
             "model_dir": MetadataValue.path(str(result.model_dir)),
             "mlflow_run": run.info.run_id,
+            **mlflow_links(tracker, {"mlflow_run_url": (run.info.experiment_id, run.info.run_id)}),
             "examples": MetadataValue.json(origins),
             "train_pairs": result.pairs,
             "positive_pairs": result.positives,

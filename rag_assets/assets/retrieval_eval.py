@@ -27,7 +27,15 @@ from dagster import (
 from pydantic import Field
 
 from rag_assets.assets.indexing import milvus_collection
-from rag_assets.reporting import baseline_metrics, latest_metadata, log_retrieval_runs, metric_names
+from rag_assets.reporting import (
+    DagsterOrigin,
+    baseline_metrics,
+    embedded_report,
+    latest_metadata,
+    log_retrieval_runs,
+    metric_names,
+    mlflow_links,
+)
 from rag_assets.resources import (
     CatalogResource,
     EmbedderResource,
@@ -198,7 +206,9 @@ def retrieval_eval_report(
         if not isinstance(proposal, str):
             adopt_fusion(store, target, proposal.decision)  # served from the API's next poll
     report = write_report(evaluations, evaluation.report_folder(target), f"Retrieval evaluation of {target}")
-    run_ids = log_retrieval_runs(tracking.tracker(), evaluations, records, evaluation, report)
+    tracker = tracking.tracker()
+    origin = DagsterOrigin.of(context, tracking.dagster_ui_url)
+    runs = log_retrieval_runs(tracker, evaluations, records, evaluation, report, origin)
     (context.log.info if decision.passed else context.log.error)(f"quality gate: {decision.reason}")
     return MaterializeResult(
         metadata={
@@ -211,9 +221,10 @@ def retrieval_eval_report(
             **_fusion_metadata(proposal),
             "queries": evaluations[role].queries,
             "dropped_queries": evaluations[role].dropped_queries,
-            "report": MetadataValue.md(report.read_text()),
+            "report": MetadataValue.md(embedded_report(report)),
             "report_path": MetadataValue.path(str(report)),
-            "mlflow_runs": MetadataValue.json(run_ids),
+            "mlflow_runs": MetadataValue.json({name: run_id for name, (_, run_id) in runs.items()}),
+            **{f"mlflow_run {name}": link for name, link in mlflow_links(tracker, runs).items()},
             "seconds": round(time.perf_counter() - started, 3),
             **_metrics_metadata(evaluations),
         }

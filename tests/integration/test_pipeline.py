@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, SkipReason, instance_for_test
+from dagster import AssetKey, AssetRecordsFilter, SkipReason, instance_for_test
 
 from rag_assets.cli import index, status
 from rag_assets.resources import build_resources
@@ -28,6 +28,14 @@ def _catalog(settings):
     return build_resources(settings)["catalog"].get().entries()
 
 
+def _partition_metadata(instance, asset: str, relative_path: str) -> dict:
+    """What the asset recorded for one source file at its latest materialization."""
+    (record,) = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[source_key(relative_path)]), limit=1
+    ).records
+    return {key: value.value for key, value in record.asset_materialization.metadata.items()}
+
+
 def test_full_build_indexes_everything_and_search_finds_documents(settings, instance):
     summary = index(settings, instance=instance)
     assert summary["partitions"] == 6 and summary["documents"] == 17 and summary["quarantined"] == 0
@@ -46,7 +54,7 @@ def test_full_build_indexes_everything_and_search_finds_documents(settings, inst
     assert report["rows"] == summary["chunks"] and report["embedding_version"].startswith("all-MiniLM-L6-v2@")
     # the Dagster UI tells the story: metadata on every asset
     materialization = instance.get_latest_materialization_event(AssetKey("milvus_collection")).asset_materialization
-    assert materialization.metadata["rows_inserted"].value == summary["chunks"]
+    assert materialization.metadata["run_rows_inserted"].value == summary["chunks"]
     assert materialization.metadata["alias"].value.startswith("rag_chunks → rag_chunks__all_minilm_l6_v2_")
 
 
@@ -126,8 +134,7 @@ def test_corrupt_files_are_quarantined_while_the_rest_index(settings, instance):
     assert set(quarantined) == {"scan.pdf", "broken.docx", "binary.txt", "empty.md", "latin1.txt", "dangling.html"}
     assert "UTF-8" in quarantined["latin1.txt"] and "empty" in quarantined["empty.md"]
     assert set(served_rows(settings)) == {key for key, entry in entries.items() if entry.status == INDEXED}
-    metadata = instance.get_latest_materialization_event(AssetKey("raw_documents")).asset_materialization.metadata
-    assert "binary content" in metadata["quarantine_reasons"].value
+    assert "binary content" in _partition_metadata(instance, "raw_documents", "binary.txt")["quarantine_reasons"]
     # quarantined files are not re-requested until they change
     assert isinstance(sensor_tick(settings, instance), SkipReason)
 
@@ -140,8 +147,8 @@ def test_pii_is_redacted_before_chunks_are_embedded_or_stored(settings, instance
     [hit] = [hit for hit in search(settings, "how to reach Jane contacts", 10) if hit.fields["source"] == "contacts.md"]
     assert "jane.doe@example.com" not in hit.fields["text"] and "[REDACTED_EMAIL]" in hit.fields["text"]
     assert "[REDACTED_PHONE]" in hit.fields["text"] and "[REDACTED_NATIONAL_ID]" in hit.fields["text"]
-    metadata = instance.get_latest_materialization_event(AssetKey("raw_documents")).asset_materialization.metadata
-    assert metadata["pii_redactions"].value == {"email": 1, "phone": 1, "national_id": 1}
+    redactions = _partition_metadata(instance, "raw_documents", "contacts.md")["pii_redactions"]
+    assert redactions == {"email": 1, "phone": 1, "national_id": 1}
 
 
 def test_a_bulk_drop_is_one_batched_run(settings, instance):
