@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rag_core.answerers import Answerer, local_answerer
+from rag_core.answerers.extractive import content_terms
 from rag_core.prompt import PromptSource, Screened, Screening, build_messages, clean_citations, screen
 from rag_core.retrieval import RetrievedChunk
 
@@ -23,6 +24,7 @@ from rag_core.retrieval import RetrievedChunk
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 logger = logging.getLogger(__name__)
+NOT_IN_DOCUMENTS = "The documents do not contain an answer to this question."
 
 
 class LLMSettings(Protocol):
@@ -32,6 +34,7 @@ class LLMSettings(Protocol):
     llm_timeout_s: float
     llm_max_tokens: int
     injection_screen: str
+    relevance_threshold: float
 
     @property
     def data_dir(self) -> Path | str: ...
@@ -50,6 +53,10 @@ class LLMConfig:
     temperature: float = 0.0
     injection_screen: str = "drop"  # RAG_INJECTION_SCREEN: drop | flag | off
     data_dir: Path | None = None  # where a local model is converted and cached (RAG_DATA_DIR)
+    # RAG_RELEVANCE_THRESHOLD: when no passage is at least this similar to the question (cosine) and none holds
+    # all of its words, the answer is that the documents do not contain it. Chosen on SciFact train claims and
+    # the bundled corpus (evals/bench_answers.py): it refuses every tuning off-topic question, 2 % of claims.
+    relevance_threshold: float = 0.31
 
     @classmethod
     def from_settings(cls, settings: LLMSettings) -> LLMConfig:
@@ -61,6 +68,7 @@ class LLMConfig:
             timeout_s=settings.llm_timeout_s,
             max_tokens=settings.llm_max_tokens,
             injection_screen=settings.injection_screen,
+            relevance_threshold=settings.relevance_threshold,
             data_dir=Path(settings.data_dir).resolve(),
         )
 
@@ -121,6 +129,35 @@ def _reported(screening: Screening, answer: Answer) -> Answer:
     return replace(answer, screened=screening.screened, question_flags=screening.question_flags)
 
 
+def relevance(sources: Sequence[RetrievedChunk]) -> float | None:
+    """How close the best passage is to the question: its cosine similarity. None when no passage carries one
+    (BM25 retrieval): then nothing can be judged and the question is answered."""
+    similarities = [source.dense_score for source in sources if source.dense_score is not None]
+    return max(similarities) if similarities else None
+
+
+def holds_every_word(question: str, sources: Sequence[RetrievedChunk]) -> bool:
+    """Some passage holds every content word of the question. A short question about a long passage ("What
+    does the sensor do?") is on topic though its similarity is low: the passage is mostly about other things."""
+    words = set(content_terms(question))
+    return bool(words) and any(words <= set(content_terms(f"{s.title} {s.text}")) for s in sources)
+
+
+def _not_in_documents(question: str, sources: Sequence[PromptSource], config: LLMConfig) -> Answer | None:
+    """The answer to a question no passage is about, without asking the answerer: any answerer quotes or
+    paraphrases the nearest passages, and cited off-topic text reads as a confident wrong answer. Not degraded:
+    nothing failed, the documents just do not hold it."""
+    chunks = [source.chunk for source in sources]
+    best = relevance(chunks)
+    if best is None or best >= config.relevance_threshold or holds_every_word(question, chunks):
+        return None
+    reason = (
+        f"the closest passage's similarity to the question ({best:.3f}) is below the relevance threshold "
+        f"({config.relevance_threshold}, RAG_RELEVANCE_THRESHOLD) and no passage holds all of its words"
+    )
+    return Answer(NOT_IN_DOCUMENTS, [], config.model, reason=reason)
+
+
 def _unanswerable(sources: Sequence[RetrievedChunk], model: str) -> Answer:
     if not sources:
         return Answer("No indexed passage matches this question.", [], model, True, "no sources retrieved")
@@ -175,6 +212,9 @@ def generate(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig
     screening = screen(question, sources, config.injection_screen)
     if not screening.sources:
         return _reported(screening, _unanswerable(sources, config.model))
+    off_topic = _not_in_documents(question, screening.sources, config)
+    if off_topic is not None:
+        return _reported(screening, off_topic)
     try:
         raw = config.answerer().run(question, screening.sources)
     except Exception as error:  # litellm maps every provider failure to its own exception types
@@ -188,6 +228,11 @@ def stream(question: str, sources: Sequence[RetrievedChunk], config: LLMConfig) 
     screening = screen(question, sources, config.injection_screen)
     if not screening.sources:
         yield "", _reported(screening, _unanswerable(sources, config.model))
+        return
+    off_topic = _not_in_documents(question, screening.sources, config)
+    if off_topic is not None:
+        yield off_topic.text, None  # streamed like any answer, so a client that shows deltas shows it
+        yield "", _reported(screening, off_topic)
         return
     pieces: list[str] = []
     try:

@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from rag_core.prompt import PromptSource
+from rag_core.sentences import split_sentences
 
-SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
     """a an and are as at be by can do does for from has have how in is it its of on or that the this to was
@@ -27,7 +27,8 @@ def _stem(word: str) -> str:
     return word
 
 
-def _terms(text: str) -> list[str]:
+def content_terms(text: str) -> list[str]:
+    """The words that carry meaning (no stopwords), lightly stemmed."""
     return [_stem(word) for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
 
 
@@ -37,10 +38,6 @@ def _is_statement(sentence: str) -> bool:
     return words >= 4 and (sentence[-1] in ".!?;:)" or words >= 10)
 
 
-def _sentences(text: str) -> list[str]:
-    return [sentence.strip() for line in text.splitlines() for sentence in SENTENCE.split(line) if sentence.strip()]
-
-
 def extractive_answer(question: str, sources: Sequence[PromptSource], max_sentences: int = 3) -> str:
     """The sentences that share the most (IDF-weighted) terms with the question, each cited. A flagged
     source is never quoted: this answerer cannot be told to distrust it."""
@@ -48,19 +45,21 @@ def extractive_answer(question: str, sources: Sequence[PromptSource], max_senten
         (source.number, sentence)
         for source in sources
         if not source.flags
-        for sentence in _sentences(source.chunk.text)
+        for sentence in split_sentences(source.chunk.text)
         if _is_statement(sentence)
     ]
     if not candidates:
         return NO_ANSWER
-    document_frequency = Counter(term for _, sentence in candidates for term in set(_terms(sentence)))
-    question_terms = set(_terms(question))
+    document_frequency = Counter(term for _, sentence in candidates for term in set(content_terms(sentence)))
+    question_terms = set(content_terms(question))
 
     def score(item: tuple[int, str]) -> float:
-        terms = set(_terms(item[1]))
+        terms = set(content_terms(item[1]))
         overlap = sum(math.log(1 + len(candidates) / document_frequency[t]) for t in terms & question_terms)
-        # the retriever's order breaks near-ties: an earlier source is more likely the relevant one
-        return overlap / math.sqrt(len(terms) + 1) * (1 + 0.05 / item[0]) if overlap else 0.0
+        # The retriever read whole passages and ranked them: a sentence of an earlier source is more likely the
+        # answer than one sharing a word or two further down (1/√rank: chosen on SciFact train claims in
+        # evals/bench_answers.py; word overlap alone quoted off-topic sentences first).
+        return overlap / math.sqrt((len(terms) + 1) * item[0]) if overlap else 0.0
 
     ranked = sorted(enumerate(candidates), key=lambda pair: (-score(pair[1]), pair[0]))
     chosen = [index for index, item in ranked[:max_sentences] if score(item) > 0]

@@ -129,6 +129,29 @@ def test_query_answers_with_citations_that_map_to_sources(served):
         assert body["sources"][citation["number"] - 1]["chunk_id"] == citation["chunk_id"]
     assert any(c["source"] == "embedding-cache.pdf" for c in body["citations"])
     assert {"search", "generate"} <= set(body["timings_ms"])
+    # the whole sentence, though the PDF breaks it over three printed lines
+    assert "keyed by the model version and the hash of each chunk text, so a chunk" in body["answer"]
+    assert body["relevance"] >= body["relevance_threshold"] == served.settings.relevance_threshold
+
+
+def test_an_off_topic_question_is_told_the_documents_do_not_contain_the_answer(served):
+    from rag_core.generation import NOT_IN_DOCUMENTS
+
+    question = {"query": "Who won the 2018 FIFA world cup?", "top_k": 5}
+    with served.client() as client:
+        body = client.post("/v1/query", json=question).json()
+        with client.stream("POST", "/v1/query", json={**question, "stream": True}) as response:
+            events = [block for block in response.read().decode().split("\n\n") if block]
+        retrieved = client.post("/v1/retrieve", json=question).json()
+    assert body["answer"] == NOT_IN_DOCUMENTS, body["answer"]
+    assert body["citations"] == [] and body["degraded"] is False and len(body["sources"]) == 5
+    assert body["relevance"] < body["relevance_threshold"] == served.settings.relevance_threshold
+    assert "RAG_RELEVANCE_THRESHOLD" in body["reason"]
+    done = json.loads(events[-1].split("data: ", 1)[1])
+    assert done["answer"] == NOT_IN_DOCUMENTS and done["citations"] == [] and done["degraded"] is False
+    # what a console draws: the threshold beside the best similarity of the same chunks
+    assert retrieved["relevance_threshold"] == body["relevance_threshold"]
+    assert retrieved["relevance"] == body["relevance"]
 
 
 def test_query_streams_server_sent_events(served):

@@ -1,11 +1,13 @@
+import dataclasses
 import re
 
 import pytest
 
 from rag_core.answerers.extractive import extractive_answer
-from rag_core.generation import LLMConfig, generate, stream
+from rag_core.generation import NOT_IN_DOCUMENTS, LLMConfig, generate, stream
 from rag_core.prompt import PromptSource, Screened, build_messages, clean_citations, screen
 from rag_core.retrieval import RetrievedChunk
+from tests.conftest import FIXTURES
 from tests.support.prompts import parse_prompt
 
 
@@ -188,3 +190,71 @@ def test_a_generative_model_never_sees_a_dropped_passage_and_cannot_cite_one():
 def test_a_bracketed_run_of_digits_is_not_a_citation():
     text, used = clean_citations("Files are indexed [1] and [" + "9" * 5000 + "].", {1})
     assert used == [1] and "[1]" in text and "9" * 5000 in text
+
+
+def test_the_extractive_answer_quotes_a_hard_wrapped_pdf_sentence_whole():
+    """The bundled PDF breaks every printed line: the answer is the whole sentence, not its last line."""
+    from rag_core.documents import ParseLimits, SourceUnit, parse_source
+
+    pdf = FIXTURES / "corpus" / "embedding-cache.pdf"
+    unit = SourceUnit("embedding-cache", pdf, pdf.name, "default", "hash")
+    document = parse_source(unit, ParseLimits()).documents[0]
+    assert "keyed by\nthe model version" in document.text  # the hard wrap this is about
+    chunk = RetrievedChunk("c1", document.doc_id, document.title, document.text, pdf.name, 1.0, 0, 0, "default")
+    answer = generate("What does the embedding cache key on?", [chunk], LLMConfig())
+    assert (
+        "The platform keeps a cache of vectors keyed by the model version and the hash of each chunk text, so a "
+        "chunk that did not change is never embedded twice. [1]"
+    ) in answer.text
+
+
+def _similar(chunk: RetrievedChunk, similarity: float) -> RetrievedChunk:
+    return dataclasses.replace(chunk, dense_score=similarity)
+
+
+def test_no_passage_similar_enough_means_the_documents_do_not_contain_the_answer():
+    question, config = "Why do dogs howl at the full moon?", LLMConfig(relevance_threshold=0.3)
+    far = [_similar(SOURCES[0], 0.12), _similar(SOURCES[1], 0.2)]
+    answer = generate(question, far, config)
+    assert answer.text == NOT_IN_DOCUMENTS and answer.citations == [] and not answer.degraded
+    assert "0.200" in answer.reason and "RAG_RELEVANCE_THRESHOLD" in answer.reason
+    pieces = list(stream(question, far, config))
+    assert "".join(delta for delta, _ in pieces) == NOT_IN_DOCUMENTS
+    assert pieces[-1][1].citations == [] and not pieces[-1][1].degraded
+    # one passage over the threshold is enough; so is a list with no similarity to judge by (BM25)
+    assert generate(question, [far[0], _similar(SOURCES[1], 0.45)], config).citations == [2]
+    assert generate(question, SOURCES, config).citations == [2]
+    assert generate(question, far, LLMConfig(relevance_threshold=-1)).citations == [2]
+
+
+def test_a_short_question_whose_words_a_passage_holds_is_answered_below_the_threshold():
+    """A short question ("Why do dogs bark?") scores a low similarity against a long passage that says it."""
+    far = [_similar(SOURCES[0], 0.12), _similar(SOURCES[1], 0.2)]
+    answer = generate("Why do dogs bark?", far, LLMConfig(relevance_threshold=0.3))
+    assert answer.citations == [2] and answer.text.startswith("Dogs bark at strangers")
+
+
+def test_a_generative_model_is_not_asked_about_passages_below_the_threshold():
+    import litellm
+    from litellm import CustomLLM
+
+    calls: list[str] = []
+
+    class CitingModel(CustomLLM):  # stands in for an external model that cites whatever it is given
+        def completion(self, model: str, messages: list, *args, **kwargs):
+            calls.append(messages[-1]["content"])
+            response = kwargs.get("model_response") or args[3]
+            response.choices[0].message.content = "Dogs bark at strangers [2]."
+            return response
+
+    previous = litellm.custom_provider_map
+    litellm.custom_provider_map = [*previous, {"provider": "citing", "custom_handler": CitingModel()}]
+    try:
+        far = [_similar(source, 0.1) for source in SOURCES]
+        refused = generate("Who won the 2018 FIFA world cup?", far, LLMConfig("citing/any"))
+        near = [_similar(source, 0.6) for source in SOURCES]
+        answered = generate("Why do dogs bark?", near, LLMConfig("citing/any"))
+    finally:
+        litellm.custom_provider_map = previous
+    assert refused.text == NOT_IN_DOCUMENTS and refused.citations == [] and not refused.degraded
+    assert len(calls) == 1 and answered.citations == [2]
