@@ -1,7 +1,9 @@
 """Every job of the code location, in one place: what each run materializes or executes, and its tags.
 
 Jobs that write Milvus carry `INDEX_WRITER_TAG`, which `infra/dagster.yaml` uses to limit concurrent index
-writers. The sensors and schedules that launch these jobs live in `sensors.py` and `schedules.py`.
+writers; the jobs that keep the index true to the folder also carry `INDEX_RETRY_TAGS`, so that Dagster runs
+them again when they fail or never start (`run_retries` in dagster.yaml). The sensors and schedules that
+launch these jobs live in `sensors.py` and `schedules.py`.
 """
 
 from dagster import AssetSelection, define_asset_job, job
@@ -11,18 +13,23 @@ from rag_assets.experiments import experiment_grid
 from rag_assets.maintenance import remove_documents
 from rag_assets.partitions import documents_partitions
 
+# Two more tries from the failed steps (earlier steps' staged outputs are reused); after that the documents
+# sensor's backoff takes over (sensors.py).
+INDEX_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 EVALUATE_CANDIDATE = {"ops": {"retrieval_eval_report": {"config": {"target": "candidate"}}}}
 
 index_documents_job = define_asset_job(
     "index_documents_job",
     selection=INDEX_ASSETS,
     partitions_def=documents_partitions,
-    tags=INDEX_WRITER_TAG,
+    tags={**INDEX_WRITER_TAG, **INDEX_RETRY_TAGS},
     description="Parse → chunk → embed → upsert into Milvus for the selected document partitions.",
 )
 
 
-@job(tags=INDEX_WRITER_TAG, description="Deletes the vectors of source files that were deleted.")
+@job(
+    tags={**INDEX_WRITER_TAG, **INDEX_RETRY_TAGS}, description="Deletes the vectors of source files that were deleted."
+)
 def remove_documents_job() -> None:
     remove_documents()
 

@@ -5,18 +5,28 @@ from dagster import (
     AssetObservation,
     Config,
     DagsterInstance,
+    DagsterRunStatus,
     MaterializeResult,
     MetadataValue,
     OpExecutionContext,
     ResourceParam,
+    RunsFilter,
     asset,
     op,
+)
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, DagsterRun
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+    WILL_RETRY_TAG,
 )
 
 from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG
 from rag_assets.io_manager import PartitionedPickleIOManager
 from rag_assets.resources import CatalogResource, MilvusResource, SourcesResource
-from rag_core.catalog import QUARANTINED
+from rag_core.catalog import PENDING, QUARANTINED, CatalogEntry
+from rag_core.documents import SourceUnit
 from rag_core.indexing import ReconcilePlan, plan_reconcile, remove_sources
 
 STAGED_ASSETS = [list(asset_def.key.path) for asset_def in INDEX_ASSETS]
@@ -54,6 +64,39 @@ def _drift_report(plan: ReconcilePlan) -> str:
     )
 
 
+def awaiting_dagster_retry(run: DagsterRun) -> bool:
+    """Dagster's run retries are about to run this failed run again. Only a run launched from the code
+    location can be: an in-process run (`rag index`) has no origin to relaunch, whatever its tags say."""
+    return run.remote_job_origin is not None and run.is_complete_and_waiting_to_retry
+
+
+def _live_partitions(instance: DagsterInstance, order: list[str]) -> set[str]:
+    """The document partitions that a queued or running run covers, or a failed one Dagster is about to retry."""
+    runs = list(instance.get_runs(RunsFilter(statuses=NOT_FINISHED_STATUSES)))
+    retrying = RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"})
+    runs += [run for run in instance.get_runs(retrying, limit=100) if awaiting_dagster_retry(run)]
+    live: set[str] = set()
+    for run in runs:
+        if PARTITION_NAME_TAG in run.tags:
+            live.add(run.tags[PARTITION_NAME_TAG])
+        start, end = run.tags.get(ASSET_PARTITION_RANGE_START_TAG), run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+        if start in order and end in order:  # a batched run (the sensor's, or `rag index`) over a range
+            live.update(order[order.index(start) : order.index(end) + 1])
+    return live
+
+
+def _unindexed(units: dict[str, SourceUnit], entries: dict[str, CatalogEntry]) -> set[str]:
+    """Files the catalog does not record as they are now: new, changed, or marked stale."""
+    return {key for key, unit in units.items() if key not in entries or entries[key].content_hash != unit.content_hash}
+
+
+def _requeue(catalog: CatalogResource, keys: list[str], units: dict[str, SourceUnit]) -> None:
+    """Fresh run keys for files whose run was lost or failed: the sensor's next tick requests them."""
+    catalog.get().request_again(
+        CatalogEntry(key, units[key].relative_path, units[key].tenant, content_hash="", status=PENDING) for key in keys
+    )
+
+
 def _repair_partitions(
     instance: DagsterInstance, plan: ReconcilePlan, catalog: CatalogResource, staging: PartitionedPickleIOManager
 ) -> None:
@@ -79,11 +122,15 @@ def index_reconciliation(
     staging_io_manager: ResourceParam[PartitionedPickleIOManager],
 ) -> MaterializeResult:
     """Compares the source folder, the Dagster partitions, the catalog and the served Milvus collection,
-    and repairs drift: adds missing partitions, drops stale ones and orphan vectors, and marks files whose
-    vectors do not match for the sensor to re-index."""
-    source_keys = {unit.partition_key for unit in sources.discover()}
-    partitions = set(context.instance.get_dynamic_partitions("documents"))
+    and repairs drift: adds missing partitions, drops stale ones and orphan vectors, marks files whose
+    vectors do not match for the sensor to re-index, and requests again files left unindexed with no queued
+    or running run (their run failed, or never started)."""
+    units = {unit.partition_key: unit for unit in sources.discover()}
+    source_keys = set(units)
+    order = context.instance.get_dynamic_partitions("documents")
+    partitions = set(order)
     entries = catalog.get().entries()
+    unindexed = _unindexed(units, entries) - _live_partitions(context.instance, order)
     with milvus.store() as store:
         served = store.alias_target()
         milvus_rows = dict(store.rows_by_source(served)) if served else {}
@@ -92,11 +139,14 @@ def index_reconciliation(
             partitions,
             {key: (None if e.status == QUARANTINED else e.chunks) for key, e in entries.items()},
             milvus_rows,
+            unindexed,
         )
         removed_rows = (
             remove_sources(store, plan.orphan_sources + plan.forget) if (plan.orphan_sources or plan.forget) else 0
         )
     _repair_partitions(context.instance, plan, catalog, staging_io_manager)
+    if plan.requeue:
+        _requeue(catalog, plan.requeue, units)
     context.log.info(f"reconcile: {plan.summary()}")
     return MaterializeResult(
         metadata={

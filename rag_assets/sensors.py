@@ -7,14 +7,25 @@ served build changed after it was requested is requested again for the new build
 chunking, target collection) is decided here, once per tick, and travels with each run as a tag.
 More changes than the batch threshold in one tick → one batched run over the partition range instead of a
 run each. Deleted file → its partition is dropped and a run deletes its vectors.
+
+A requested run that fails (or never starts) is not the end of its change: Dagster's run retries try it
+again first (`run_retries` in dagster.yaml, `dagster/max_retries` on the index jobs); once they are spent,
+the sensor requests the change again under a new run key (change + attempt number) after a backoff that
+doubles per failed attempt up to a cap (RAG_INDEX_RETRY_DELAY_S, RAG_INDEX_RETRY_MAX_DELAY_S).
 """
+
+import time
+from dataclasses import dataclass
 
 from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -24,6 +35,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from rag_assets.assets.indexing import build_tags
 from rag_assets.jobs import evaluation_job, index_documents_job, remove_documents_job
+from rag_assets.maintenance import awaiting_dagster_retry
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, SourcesResource
 from rag_core.catalog import CatalogEntry
@@ -31,6 +43,41 @@ from rag_core.documents import SourceUnit
 from rag_core.ids import content_hash
 
 PartitionRequest = AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest
+CHANGE_TAG = "rag/change"  # the run key of a change, on every attempt at it (Dagster's retries copy it)
+ATTEMPT_TAG = "rag/attempt"
+RETRYABLE = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class RetryBackoff:
+    """How long the sensor waits after a change's latest failed attempt before requesting it again."""
+
+    delay_s: float
+    max_delay_s: float
+
+    def delay(self, failed_attempts: int) -> float:
+        # The exponent is capped first so that a change failing for weeks never overflows the float.
+        return min(self.delay_s * 2 ** min(max(failed_attempts - 1, 0), 32), self.max_delay_s)
+
+
+def _attempt(instance: DagsterInstance, request: RunRequest, backoff: RetryBackoff, now: float) -> RunRequest | None:
+    """The request for this change's next attempt, or None while one is queued or running, once one has
+    succeeded, while Dagster is about to retry a failed one, or until the backoff after it has passed."""
+    change = request.run_key
+    attempts = RunsFilter(tags={CHANGE_TAG: change})
+    latest = instance.get_run_records(attempts, limit=1)
+    if not latest:
+        return request.with_replaced_attrs(tags={**request.tags, CHANGE_TAG: change, ATTEMPT_TAG: "0"})
+    run = latest[0].dagster_run
+    if run.status not in RETRYABLE or awaiting_dagster_retry(run):
+        return None
+    failed = instance.get_runs_count(attempts)
+    ended = latest[0].end_time or latest[0].update_timestamp.timestamp()
+    if now < ended + backoff.delay(failed):
+        return None
+    return request.with_replaced_attrs(
+        run_key=f"{change}:attempt{failed}", tags={**request.tags, CHANGE_TAG: change, ATTEMPT_TAG: str(failed)}
+    )
 
 
 def _changes(
@@ -109,14 +156,22 @@ def documents_sensor(
     new_partitions = sorted(set(units) - set(partitions))
     changed, tags = _changes(units, entries, embedder)
     order = [key for key in partitions if key in units] + new_partitions
-    run_requests = _index_requests(order, changed, tags, sources.batch_threshold)
+    wanted = _index_requests(order, changed, tags, sources.batch_threshold)
     deleted = sorted((set(partitions) | set(entries)) - set(units))
     if deleted:
-        run_requests.append(_remove_request(deleted, entries))
+        wanted.append(_remove_request(deleted, entries))
+    backoff, now = RetryBackoff(sources.retry_delay_s, sources.retry_max_delay_s), time.time()
+    attempts = [_attempt(context.instance, request, backoff, now) for request in wanted]
+    run_requests = [request for request in attempts if request is not None]
     partition_requests = _partition_requests(new_partitions, sorted(set(partitions) - set(units)))
     if not run_requests and not partition_requests:
+        if wanted:
+            return SkipReason(f"{len(wanted)} change(s) already requested: in flight, or backing off after a failure")
         return SkipReason(f"{len(units)} source partitions, all indexed and unchanged")
-    context.log.info(f"{len(new_partitions)} new, {len(changed)} to (re)index, {len(deleted)} deleted")
+    context.log.info(
+        f"{len(new_partitions)} new, {len(changed)} to (re)index, {len(deleted)} deleted; "
+        f"{len(run_requests)} of {len(wanted)} requested now (the others in flight or backing off)"
+    )
     return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests)
 
 

@@ -7,7 +7,7 @@ unchanged chunk has the same id and is left alone, so re-running changes nothing
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class SyncStats:
     inserted: int = 0
     deleted: int = 0
     unchanged: int = 0
+    partitions: dict[str, SyncStats] = field(default_factory=dict)  # each partition's own counts
 
     def add(self, other: SyncStats) -> None:
         self.inserted += other.inserted
@@ -155,9 +156,12 @@ def sync_partitions(
     to_delete: list[str] = []
     for key, rows in rows_by_partition.items():
         wanted = {row["chunk_id"] for row in rows}
-        to_delete.extend(sorted(existing[key] - wanted))
-        to_insert.extend(row for row in rows if row["chunk_id"] not in existing[key])
-        stats.unchanged += len(wanted & existing[key])
+        deleted = sorted(existing[key] - wanted)
+        inserted = [row for row in rows if row["chunk_id"] not in existing[key]]
+        to_delete.extend(deleted)
+        to_insert.extend(inserted)
+        stats.partitions[key] = SyncStats(len(inserted), len(deleted), len(wanted & existing[key]))
+        stats.unchanged += stats.partitions[key].unchanged
     store.replace_rows(collection, to_insert, to_delete)
     stats.inserted, stats.deleted = len(to_insert), len(to_delete)
     if stats.inserted or stats.deleted:
@@ -185,6 +189,7 @@ class ReconcilePlan:
     orphan_sources: list[str]  # rows in Milvus whose file is gone
     reindex: list[str]  # files whose rows in Milvus do not match the catalog
     forget: list[str]  # catalog entries whose file is gone
+    requeue: list[str]  # files not indexed as they are now, with no run to do it: requested again
 
     @property
     def is_clean(self) -> bool:
@@ -199,8 +204,11 @@ def plan_reconcile(
     partitions: set[str],
     catalog_chunks: dict[str, int | None],
     milvus_rows: dict[str, int],
+    unindexed: set[str] | frozenset[str] = frozenset(),
 ) -> ReconcilePlan:
-    """`catalog_chunks` maps each catalogued key to its chunk count, or None when it is quarantined."""
+    """`catalog_chunks` maps each catalogued key to its chunk count, or None when it is quarantined;
+    `unindexed` holds the keys whose file the catalog does not record as it is now and that no queued or
+    running run covers. Those the sensor has seen (a partition exists) lost their run: requeue them."""
     expected_rows = {key: count for key, count in catalog_chunks.items() if count is not None}
     return ReconcilePlan(
         add_partitions=sorted(source_keys - partitions),
@@ -210,6 +218,7 @@ def plan_reconcile(
             key for key in source_keys & set(expected_rows) if milvus_rows.get(key, 0) != expected_rows[key]
         ),
         forget=sorted(set(catalog_chunks) - source_keys),
+        requeue=sorted(unindexed & source_keys & partitions),
     )
 
 
