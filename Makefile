@@ -2,6 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Ports and the data dir are variables: `make serve API_PORT=8100`, `RAG_DATA_DIR=/tmp/demo make dagster`.
+HOST ?= 127.0.0.1
+DAGSTER_PORT ?= 3000
+API_PORT ?= 8000
+MILVUS_PORT ?= 19530
+export RAG_DATA_DIR ?= .rag_data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -25,20 +31,20 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check rag_core rag_assets rag_serving evals tests
 
-dagster: install  ## the Dagster UI on http://127.0.0.1:3000 (sensor and schedules start with it)
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.rag_data/dagster} $(BIN)/python -c "from rag_assets.cli import prepare_dagster_home; from rag_core.settings import get_settings; prepare_dagster_home(get_settings())"
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.rag_data/dagster} $(BIN)/dagster dev -w workspace.yaml
+dagster: install  ## the Dagster UI on http://$(HOST):$(DAGSTER_PORT) (sensor and schedules start with it); honours RAG_DATA_DIR
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(abspath $(RAG_DATA_DIR))/dagster} $(BIN)/python -c "from rag_assets.cli import prepare_dagster_home; from rag_core.settings import settings_or_exit; prepare_dagster_home(settings_or_exit())"
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(abspath $(RAG_DATA_DIR))/dagster} $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
 
-serve: install  ## the query API and web page on http://127.0.0.1:8000
-	$(BIN)/rag-serve serve --host 127.0.0.1 --port 8000
+serve: install  ## the query API and web page on http://$(HOST):$(API_PORT)
+	$(BIN)/rag-serve serve --host $(HOST) --port $(API_PORT)
 
-milvus: install  ## share the embedded index between processes: then export MILVUS_URI=http://127.0.0.1:19530
-	$(BIN)/milvus-lite server --data-dir $${RAG_DATA_DIR:-.rag_data}/milvus.db --host 127.0.0.1 --port 19530
+milvus: install  ## share the embedded index between processes: then export MILVUS_URI=http://$(HOST):$(MILVUS_PORT)
+	$(BIN)/milvus-lite server --data-dir $(RAG_DATA_DIR)/milvus.db --host $(HOST) --port $(MILVUS_PORT)
 
 up: install  ## the production profile as real processes: PostgreSQL storage, daemon, MLflow server, Milvus endpoint, API
 	$(BIN)/python scripts/stack.py up $(STACK_ARGS)
 
-down:  ## stop what `make up` started
+down:  ## stop what `make up` started; it says what it leaves (the PostgreSQL databases, the data dir)
 	$(BIN)/python scripts/stack.py down $(STACK_ARGS)
 
 lock:  ## re-pin the whole tree after editing requirements.in (CUDA-only wheels dropped)

@@ -5,16 +5,25 @@ they appear in the Dagster UI next to the sensor's runs."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import shlex
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from rag_core.settings import Settings, settings_or_exit
+from pydantic import SecretStr
 
-EMBEDDED_DAGSTER_YAML = """\
-# Written by `rag` for the embedded profile: SQLite storage in this folder.
+from rag_assets import experiment_cli
+from rag_core.errors import Refusal
+from rag_core.settings import Settings, environment_variable, settings_or_exit
+
+GENERATED_HEADER = "# Written by `rag` for the embedded profile"
+EMBEDDED_DAGSTER_YAML = f"""\
+{GENERATED_HEADER}: SQLite storage in this folder. `rag` rewrites this file when
+# its template changes; remove this first line to keep your own edits.
 # Milvus Lite lets one process at a time open its file, so index-writing runs queue one at a time.
 # The production profile uses infra/dagster.yaml (PostgreSQL storage) instead.
 run_queue:
@@ -22,6 +31,17 @@ run_queue:
   tag_concurrency_limits:
     - key: "rag/index-writer"
       limit: 1
+# A failed run, or one that never started, is run again from its failed steps. Jobs opt in with their
+# `dagster/max_retries` tag (the index jobs do); evaluation and training runs are not repeated.
+run_retries:
+  enabled: true
+  max_retries: 0
+# A run still starting after 5 minutes (a code server slow to load on a busy machine) is marked failed,
+# so that its retry begins instead of the run waiting forever.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  poll_interval_seconds: 30
 telemetry:
   enabled: false
 """
@@ -31,7 +51,9 @@ def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.resolved_dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # A file `rag` wrote follows the template (an older one gains run retries); one the user wrote is theirs.
+    current = config.read_text() if config.exists() else ""
+    if current != EMBEDDED_DAGSTER_YAML and (not current or current.startswith(GENERATED_HEADER)):
         config.write_text(EMBEDDED_DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
@@ -58,12 +80,18 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
     instance = instance or _instance(settings)
     definitions = build_definitions(settings)
     resources = build_resources(settings)
+    _say(f"discovering sources in {settings.documents_dir.resolve()} …")
     keys = [unit.partition_key for unit in resources["sources"].discover()]
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     gone = sorted(set(existing) - set(keys))
+    _say(f"{len(keys)} source partitions; {len(set(keys) - set(existing))} new, {len(gone)} gone")
     if gone:
-        definitions.resolve_job_def("remove_documents_job").execute_in_process(
-            run_config={"ops": {"remove_documents": {"config": {"partition_keys": gone}}}}, instance=instance
+        _run(
+            settings,
+            definitions.resolve_job_def("remove_documents_job"),
+            instance,
+            {"ops": {"remove_documents": {"config": {"partition_keys": gone}}}},
+            raise_on_error=True,
         )
         for key in gone:
             instance.delete_dynamic_partition(documents_partitions.name, key)
@@ -74,44 +102,99 @@ def index(settings: Settings, instance=None) -> dict[str, float]:
     if not ordered:
         raise SystemExit(f"no supported files in {settings.documents_dir} — add .md/.txt/.html/.pdf/.docx/.jsonl files")
     range_tags = {ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]}
-    result = definitions.resolve_job_def("index_documents_job").execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        tags={**range_tags, **build_tags(resources["embedder"].decide_build())},  # the build, decided once
+    _say("deciding the build (model, chunking, target collection) …")
+    build = build_tags(resources["embedder"].decide_build())  # the build, decided once
+    result = _run(
+        settings,
+        definitions.resolve_job_def("index_documents_job"),
+        instance,
+        tags={**range_tags, **build},
+        raise_on_error=True,
     )
     metadata = _materializations(result)
     # The in-memory engine's snapshot of what was just written: every API worker loads it in seconds.
-    definitions.resolve_job_def("search_index_job").execute_in_process(instance=instance)
+    _run(settings, definitions.resolve_job_def("search_index_job"), instance, raise_on_error=True)
     return {
         "partitions": len(ordered),
         "removed_partitions": len(gone),
-        "documents": metadata.get("raw_documents", {}).get("documents", 0),
-        "quarantined": metadata.get("raw_documents", {}).get("quarantined", 0),
-        "chunks": metadata.get("document_chunks", {}).get("chunks", 0),
-        "embedded": metadata.get("chunk_embeddings", {}).get("computed", 0),
+        # each partition's event carries its own counts; the run's totals are the `run_*` keys on every one
+        "documents": metadata.get("raw_documents", {}).get("run_documents", 0),
+        "quarantined": metadata.get("raw_documents", {}).get("run_quarantined", 0),
+        "chunks": metadata.get("document_chunks", {}).get("run_chunks", 0),
+        "embedded": metadata.get("chunk_embeddings", {}).get("run_computed", 0),
         "vectors": metadata.get("milvus_collection", {}).get("collection_rows", 0),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def status(settings: Settings) -> dict[str, object]:
-    from rag_assets.resources import build_resources
+    """What is indexed, pending, quarantined and served, from the catalog, the folder and the served build's
+    record: no Dagster, no model, and on Milvus Lite no opening of its file, so it answers in seconds, also
+    while a run writes."""
+    from rag_core.catalog import Catalog
+    from rag_core.documents import ParseLimits, discover_sources
 
-    resources = build_resources(settings)
-    entries = resources["catalog"].get().entries()
-    with resources["milvus"].store() as store:
-        served = store.alias_target()
-        rows = store.count(served) if served else 0
-        record = store.record(served) if served else None
+    entries = Catalog(settings.resolved_catalog_url).entries()
+    limits = ParseLimits(
+        settings.max_file_mb, settings.max_expanded_mb, settings.max_compression_ratio, settings.max_document_chars
+    )
+    folder, tenant, shard_size = settings.documents_dir, settings.default_tenant, settings.jsonl_shard_size
+    found = discover_sources(folder, tenant, shard_size, limits) if folder.is_dir() else []
+    units = {unit.partition_key: unit for unit in found}
+    sources = [_source_row(key, units.get(key), entries.get(key)) for key in sorted(set(units) | set(entries))]
+    served, rows, version = _served_build(settings, entries)
+    missing = "" if folder.is_dir() else " (missing: create it or set RAG_DOCUMENTS_DIR)"
     return {
-        "documents_dir": str(settings.documents_dir.resolve()),
-        "partitions": dict(Counter(entry.status for entry in entries.values())),
+        "documents_dir": f"{folder.resolve()}{missing}",
+        "partitions": dict(Counter(str(row["status"]).split(" ")[0] for row in sources)),
+        "documents": sum(entry.documents for entry in entries.values()),
         "quarantined": [item for entry in entries.values() for item in entry.quarantined],
         "alias": settings.collection_alias,
         "served_collection": served,
         "rows": rows,
-        "embedding_version": record.embedding_version if record else None,
+        "embedding_version": version,
+        "sources": sources,
     }
+
+
+def _source_row(key: str, unit, entry) -> dict[str, object]:
+    """One partition: the catalog's status when it holds the file as it is now, else what will happen to it."""
+    if entry is None:
+        state = "pending (new: the sensor or `rag index` indexes it)"
+    elif unit is None:
+        state = "gone (the file was removed: its vectors go at the next run)"
+    elif unit.content_hash != entry.content_hash and entry.status != "stale":
+        state = "pending (changed since it was indexed)"
+    else:
+        state = entry.status
+    source = unit.relative_path if unit else entry.source
+    return {
+        "partition_key": key,
+        "source": source,
+        "status": state,
+        "documents": entry.documents if entry else 0,
+        "chunks": entry.chunks if entry else 0,
+    }
+
+
+def _served_build(settings: Settings, entries) -> tuple[str | None, int, str | None]:
+    """(served collection, rows, embedding version). On Milvus Lite from the search log and the catalog (the
+    file stays free for writers); on a Milvus server from Milvus itself."""
+    from rag_core.build_record import BuildRecord
+    from rag_core.search import published
+
+    if published.is_lite_uri(settings.resolved_milvus_uri):
+        served = published.alias_target(settings.search_dir, settings.collection_alias)
+        recorded = published.properties(settings.search_dir, served) if served else None
+        rows = sum(entry.chunks for entry in entries.values() if served and entry.collection == served)
+        return served, rows, BuildRecord.from_properties(recorded[0]).embedding_version if recorded else None
+    from rag_core.search.engines import IndexConnection
+
+    with IndexConnection.from_settings(settings).store() as store:
+        served = store.alias_target()
+        rows = store.count(served) if served else 0
+        record = store.record(served) if served else None
+    return served, rows, record.embedding_version if record else None
 
 
 def _materialize(settings: Settings, job_name: str, run_config: dict | None = None, instance=None):
@@ -119,11 +202,44 @@ def _materialize(settings: Settings, job_name: str, run_config: dict | None = No
     from rag_assets.definitions import build_definitions
 
     instance = instance or _instance(settings)
-    return (
-        build_definitions(settings)
-        .resolve_job_def(job_name)
-        .execute_in_process(run_config=run_config or {}, instance=instance, raise_on_error=False)
-    )
+    return _run(settings, build_definitions(settings).resolve_job_def(job_name), instance, run_config)
+
+
+def _run(settings: Settings, job, instance, run_config: dict | None = None, tags=None, raise_on_error=False):
+    """A job in this process with its steps shown as they go; its full event log under `$RAG_DATA_DIR/logs`."""
+    from rag_assets.progress import run_with_progress
+
+    logs = settings.data_dir.resolve() / "logs"
+    return run_with_progress(job, instance, logs, run_config, tags, raise_on_error)
+
+
+def _say(line: str) -> None:
+    """Progress goes to stderr, so stdout carries only a command's result."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def dagster_ui_command(settings: Settings) -> str:
+    """`dagster dev` with the environment this command ran with, so the UI's code location sees the same
+    data dir, documents, Milvus and models. Secrets are passed by reference, never printed."""
+    root = Path(__file__).resolve().parents[1]
+    values = {"RAG_DATA_DIR": str(settings.data_dir.resolve()), "DAGSTER_HOME": str(settings.resolved_dagster_home)}
+    for name in sorted(settings.model_fields_set - {"data_dir", "dagster_home"}):
+        variable, value = environment_variable(name), getattr(settings, name)
+        if isinstance(value, SecretStr) or name.endswith(("_key", "_token")):
+            values[variable] = f'"${variable}"'
+            continue
+        text = str(value.resolve()) if isinstance(value, Path) else _env_text(value)
+        values[variable] = shlex.quote(text)
+    assignments = " ".join(f"{variable}={value}" for variable, value in values.items())
+    dagster = Path(sys.executable).parent / "dagster"
+    return f"cd {shlex.quote(str(root))} && {assignments} {dagster} dev -w workspace.yaml"
+
+
+def _env_text(value: object) -> str:
+    """A setting as its variable spells it: JSON for lists and dicts, true/false for booleans."""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _materializations(result) -> dict[str, dict[str, object]]:
@@ -182,12 +298,16 @@ def builds(settings: Settings) -> list[dict[str, str]]:
         return list_builds(store)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("index", help="index the documents folder (one batched Dagster run)")
     build.add_argument("--documents-dir", type=Path, help="overrides RAG_DOCUMENTS_DIR")
-    commands.add_parser("status", help="what is indexed, quarantined and served")
+    commands.add_parser("status", help="each source partition (indexed, pending, quarantined) and the served build")
+    keys_cmd = commands.add_parser("partitions", help="the `documents` partition keys, in Dagster's order")
+    keys_cmd.add_argument(
+        "--range", action="store_true", help="print FIRST...LAST, for `dagster asset materialize --partition-range`"
+    )
     commands.add_parser("reconcile", help="repair drift between the folder, Dagster and Milvus now")
     commands.add_parser("eval", help="evaluate the served index now (retrieval metrics, gate check, ragas)")
     promote_cmd = commands.add_parser(
@@ -207,11 +327,27 @@ def main(argv: list[str] | None = None) -> int:
     metrics_cmd = commands.add_parser("metrics", help="serve index freshness/size and run-failure metrics")
     metrics_cmd.add_argument("--port", type=int, default=9108)
     metrics_cmd.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, so Prometheus reaches it")
-    args = parser.parse_args(argv)
+    experiment_cli.add_parser(commands)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     settings = settings_or_exit()
     if getattr(args, "documents_dir", None):
         settings = settings.model_copy(update={"documents_dir": args.documents_dir})
+    # Our own warnings (a Milvus wait's countdown, …) as plain lines; Dagster's events go to the run's log.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    try:
+        return _command(args, settings)
+    except Refusal as refusal:
+        print(f"rag {args.command}: {refusal}", file=sys.stderr)
+        return 1
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "experiment":
+        return experiment_cli.run(args, settings)
     if args.command == "index":
         summary = index(settings)
         print(
@@ -220,23 +356,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['vectors']} vectors in Milvus; {summary['quarantined']} quarantined; "
             f"{summary['seconds']} s."
         )
-        print(
-            f"Open the Dagster UI:  DAGSTER_HOME={settings.resolved_dagster_home} "
-            ".venv/bin/dagster dev -w workspace.yaml   (then http://127.0.0.1:3000)"
-        )
+        print(f"Open the Dagster UI (then http://127.0.0.1:3000):\n  {dagster_ui_command(settings)}")
     elif args.command == "status":
-        for key, value in status(settings).items():
-            print(f"{key:>18}: {value}")
+        _print_status(status(settings))
+    elif args.command == "partitions":
+        return _print_partitions(settings, args.range)
     elif args.command == "reconcile":
-        from rag_assets.definitions import build_definitions
-
-        instance = _instance(settings)
-        result = build_definitions(settings).resolve_job_def("reconcile_job").execute_in_process(instance=instance)
-        return 0 if result.success else 1
+        return 0 if _materialize(settings, "reconcile_job").success else 1
     elif args.command == "eval":
         result = _materialize(settings, "evaluation_job")
         report = _report(result, "retrieval_eval_report")
-        print(report.get("report", "the evaluation failed — see the run in the Dagster UI"))
+        print(_terminal_text(report.get("report", "the evaluation failed — see the run in the Dagster UI")))
+        if report.get("report_path"):
+            print(f"report with its plots: {report['report_path']}")
         print(f"quality gate: {report.get('gate_reason')}")
         return 0 if result.success else 1
     elif args.command == "promote":
@@ -277,6 +409,31 @@ def main(argv: list[str] | None = None) -> int:
         for row in builds(settings):
             print("  ".join(f"{key}={value}" for key, value in row.items()))
     return 0
+
+
+def _terminal_text(markdown: str) -> str:
+    """The report without its inline images (a data URI is kilobytes of base64 on a terminal)."""
+    return "\n".join("" if "](data:image/" in line else line for line in markdown.splitlines())
+
+
+def _print_partitions(settings: Settings, as_range: bool) -> int:
+    from rag_assets.partitions import documents_partitions
+
+    keys = _instance(settings).get_dynamic_partitions(documents_partitions.name)
+    if not keys:
+        raise Refusal("no `documents` partitions yet — `rag index` (or the sensor) adds one per source file")
+    print(f"{keys[0]}...{keys[-1]}" if as_range else "\n".join(keys))
+    return 0
+
+
+def _print_status(report: dict[str, object]) -> None:
+    sources = report.pop("sources")
+    for key, value in report.items():
+        print(f"{key:>18}: {value}")
+    print(f"\n{'partition key':<44} {'documents':>9} {'chunks':>7}  status  (source)")
+    for row in sources:
+        counts = f"{row['documents']:>9} {row['chunks']:>7}"
+        print(f"{row['partition_key']:<44} {counts}  {row['status']}  ({row['source']})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from rag_core.build_record import BuildRecord
 from rag_core.chunking import ChunkingConfig
 from rag_core.embedding import Embedder, backend_of
+from rag_core.errors import Refusal
 from rag_core.indexing import SyncStats, sync_partitions
 from rag_core.retrieval import FusionConfig
 from rag_core.store import IndexBuild, MilvusStore
@@ -210,12 +211,15 @@ def rollback(store: MilvusStore) -> tuple[str, str]:
     """Serve the build that was promoted before the current one. Returns (from, to)."""
     current = store.alias_target()
     if current is None:
-        raise RuntimeError(f"the alias {store.alias} does not exist — nothing to roll back")
+        raise Refusal(f"the alias {store.alias} serves nothing yet — nothing to roll back (build it with `rag index`)")
     previous = store.record(current).promoted_from
     if not previous:
-        raise RuntimeError(f"{current} records no previous build (promoted_from) — nothing to roll back to")
+        raise Refusal(
+            f"{current} records no previous build (promoted_from) — nothing to roll back to; "
+            "`rag builds` lists the builds"
+        )
     if not store.has_collection(previous):
-        raise RuntimeError(f"the previous build {previous} was dropped — rollback needs it; rebuild it instead")
+        raise Refusal(f"the previous build {previous} was dropped — rollback needs it; rebuild it instead")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     store.point_alias(previous)
     store.update_record(previous, status=PROMOTED, promoted_at=stamp)

@@ -31,7 +31,9 @@ from rag_core.build_record import BuildRecord
 from rag_core.build_record import changes as record_changes
 from rag_core.chunking import TEXT_MAX_BYTES
 from rag_core.documents import DOC_ID_MAX_BYTES, SOURCE_MAX_BYTES, TENANT_MAX_BYTES
+from rag_core.errors import Refusal
 from rag_core.search.analyzer import BM25_B, BM25_K1
+from rag_core.search.published import is_lite_uri
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ OUTPUT_FIELDS = [
 ]
 
 
-class MilvusUnavailable(RuntimeError):
+class MilvusUnavailable(Refusal):
     """Milvus cannot be reached or opened; the message names the fix."""
 
 
@@ -103,10 +105,6 @@ def not_loaded(error: MilvusException) -> bool:
     return error.code == COLLECTION_NOT_LOADED or "not loaded" in message or "call load()" in message
 
 
-def is_lite_uri(uri: str) -> bool:
-    return uri.endswith(".db")
-
-
 def milvus_name(text: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower()
     return name if name and not name[0].isdigit() else f"c_{name}"
@@ -135,16 +133,35 @@ def _lite_file_busy(db_path: Path) -> bool:
     return False
 
 
+class Countdown:
+    """Says what a wait is for and how long it has left, at most every `every_s` seconds (or at each `force`),
+    so a user watching a command knows it is waiting, not hanging."""
+
+    def __init__(self, what: str, deadline: float, every_s: float = 5.0) -> None:
+        self.what = what
+        self.deadline = deadline
+        self.every_s = every_s
+        self._said_at = float("-inf")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._said_at >= self.every_s:
+            self._said_at = now
+            log.warning("%s — %.0f s left", self.what, max(0.0, self.deadline - now))
+
+
 def _open_lite(uri: str, timeout_s: float) -> MilvusClient:
     db_path = Path(uri).resolve()
     db_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
+    countdown = Countdown(f"waiting for the Milvus Lite file {db_path} (another process holds it)", deadline)
     while True:
         with _lite_lock:
             if _lite_users[str(db_path)] or not _lite_file_busy(db_path):
                 client = MilvusClient(str(db_path))
                 _lite_users[str(db_path)] += 1
                 return client
+        countdown.tick()
         if time.monotonic() > deadline:
             raise MilvusUnavailable(
                 f"the Milvus Lite file {db_path} stayed locked by another process for {timeout_s:.0f} s — "
@@ -177,18 +194,21 @@ def milvus_client(uri: str, token: str = "", lock_timeout_s: float = 120.0) -> I
             _release_lite(uri)
         return
     deadline = time.monotonic() + lock_timeout_s
+    countdown = Countdown(f"waiting for Milvus at {uri}", deadline)
     while True:  # a busy or restarting server gets the same patience as a locked Lite file
+        # One attempt never outlasts the patience left (RAG_MILVUS_LOCK_TIMEOUT_S), so the countdown holds.
+        attempt_s = max(1.0, min(10.0, deadline - time.monotonic()))
         try:
-            client = MilvusClient(uri=uri, token=token or None, timeout=10, grpc_options=GRPC_OPTIONS)
+            client = MilvusClient(uri=uri, token=token or None, timeout=attempt_s, grpc_options=GRPC_OPTIONS)
             break
         except MilvusException as error:
             if time.monotonic() > deadline:
                 raise MilvusUnavailable(
-                    f"Milvus at {uri} is not reachable ({error}) — start it, fix MILVUS_URI, "
-                    "or unset MILVUS_URI to use the embedded Milvus Lite file"
+                    f"Milvus at {uri} is not reachable ({_reason(error)}) after {lock_timeout_s:.0f} s — start it, "
+                    "fix MILVUS_URI, or unset MILVUS_URI to use the embedded Milvus Lite file"
                 ) from error
-            log.warning("Milvus at %s is not answering yet (%s); retrying", uri, error)
-            time.sleep(2)
+            countdown.tick(force=True)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     try:
         yield client
     finally:
@@ -463,6 +483,9 @@ class MilvusStore:
 
     def all_rows(self, collection: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         return self._query_all(collection, "", fields)
+
+    def rows_where(self, collection: str, expression: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        return self._query_all(collection, expression, fields)
 
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         iterator = self._on_loaded(

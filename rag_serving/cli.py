@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     create = commands.add_parser("create-key", help="create an API key for a tenant")
     create.add_argument("--tenant", required=True, help=f"the tenant the key belongs to ({TENANT_PATTERN})")
     create.add_argument("--name", default="")
-    revoke = commands.add_parser("revoke-key", help="revoke an API key by its id (the part after rag_)")
-    revoke.add_argument("key_id")
+    revoke = commands.add_parser("revoke-key", help="revoke an API key: the whole key, or its id (the part after rag_)")
+    revoke.add_argument("key", help="rag_<id>_<secret>, or the <id> that list-keys shows")
+    listing = commands.add_parser("list-keys", help="the API keys (never their secrets): id, tenant, name, created")
+    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
     args = parser.parse_args(argv)
     if args.command == "create-key":
         try:
@@ -56,17 +58,24 @@ def main(argv: list[str] | None = None) -> int:
             forwarded_allow_ips=args.forwarded_allow_ips,
         )
         return 0
-    from rag_core.querylog import ServingDatabase
+    from rag_core.querylog import ServingDatabase, key_id_of
 
     database = ServingDatabase(settings.resolved_serving_db_url)
     if args.command == "create-key":
         print(database.create_key(args.tenant, args.name))
         print(f"(tenant {args.tenant}; store the key now — only its hash is kept)", file=sys.stderr)
         return 0
-    if database.revoke_key(args.key_id):
-        print(f"revoked {args.key_id}")
+    if args.command == "list-keys":
+        for key in database.list_keys(args.tenant):
+            state = "revoked" if key.revoked else "active"
+            created = f"{key.created_at:%Y-%m-%d %H:%M}Z"
+            print(f"{key.key_id}  tenant={key.tenant}  name={key.name or '-'}  {state}  created {created}")
         return 0
-    print(f"no key {args.key_id}", file=sys.stderr)
+    key_id = key_id_of(args.key) if args.key.startswith("rag_") else args.key
+    if database.revoke_key(key_id):
+        print(f"revoked {key_id}")
+        return 0
+    print(f"no key {key_id} — `rag-serve list-keys` shows the keys", file=sys.stderr)
     return 1
 
 

@@ -255,6 +255,20 @@ def down(stack: Stack, timeout_s: float = 20.0) -> list[str]:
     return stopped
 
 
+def left_in_place(stack: Stack) -> list[str]:
+    """What `down` keeps, so a later `up` finds the same history, models and keys, and how to remove it."""
+    server = stack.pg_url.rsplit("/", 1)[0]
+    databases = [f"{stack.prefix}_{purpose}" for purpose in ("dagster", "mlflow", "rag")]
+    return [
+        f"PostgreSQL databases {', '.join(databases)} on {server} (Dagster runs, MLflow runs and registered "
+        f"models, the catalog, query log, feedback and API keys) — drop them with "
+        + "; ".join(f"`dropdb --maintenance-db={stack.pg_url} {name}`" for name in databases),
+        f"{stack.data_dir} (the Milvus data, MLflow artifacts, the search index and the process logs) — "
+        f"remove it with `rm -rf {stack.data_dir}`",
+        f"the cache and rate-limit keys in Redis at {stack.redis_url} (they expire by themselves)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down"])
@@ -287,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:>12}: {where}")
         else:
             print("stopped: " + (", ".join(down(stack)) or "nothing was running"))
+            print("left in place:\n" + "\n".join(f"  - {item}" for item in left_in_place(stack)))
     except StackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

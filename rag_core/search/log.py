@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from rag_core.search import published
 from rag_core.search.memory import MemoryIndex, Segment, graph_vectors, row_schema, rows_table
 
 KEEP_REPLACED_CHANGES_S = 600  # a reader that fell further behind a new base than this reloads the base
@@ -60,19 +61,12 @@ def _write_json(path: Path, value: dict) -> None:
     _write_atomic(path, lambda target: target.write_text(json.dumps(value, sort_keys=True)))
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
 class SearchLog:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _collection(self, name: str) -> Path:
-        return self.root / "collections" / name
+        return published.collection_dir(self.root, name)
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[Path]:
@@ -92,7 +86,7 @@ class SearchLog:
 
     def set_properties(self, name: str, properties: dict[str, str]) -> None:
         with self._locked(name) as folder:
-            current = _read_json(folder / "properties.json") or {"properties": {}, "complete": False}
+            current = published.read_json(folder / "properties.json") or {"properties": {}, "complete": False}
             current["properties"].update(properties)
             _write_json(folder / "properties.json", current)
 
@@ -121,11 +115,11 @@ class SearchLog:
             (folder / "SEQ").write_text(str(seq))
 
     def alias_moved(self, alias: str, collection: str) -> None:
-        _write_json(self.root / "aliases" / f"{alias}.json", {"collection": collection, "at": time.time()})
+        _write_json(published.alias_file(self.root, alias), {"collection": collection, "at": time.time()})
 
     def adopt_alias(self, alias: str, collection: str) -> None:
         """Record an alias read from Milvus, unless a writer recorded one meanwhile."""
-        path = self.root / "aliases" / f"{alias}.json"
+        path = published.alias_file(self.root, alias)
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError), path.open("x") as handle:
             handle.write(json.dumps({"collection": collection, "at": time.time()}))
@@ -135,13 +129,11 @@ class SearchLog:
 
     # ---- readers
     def alias_target(self, alias: str) -> str | None:
-        recorded = _read_json(self.root / "aliases" / f"{alias}.json")
-        return recorded["collection"] if recorded else None
+        return published.alias_target(self.root, alias)
 
     def properties(self, name: str) -> tuple[dict[str, str], bool] | None:
         """(properties, whether the log holds every change since the collection was created)."""
-        recorded = _read_json(self._collection(name) / "properties.json")
-        return (recorded["properties"], bool(recorded.get("complete"))) if recorded else None
+        return published.properties(self.root, name)
 
     def last_seq(self, name: str) -> int:
         return self._last_seq(self._collection(name))

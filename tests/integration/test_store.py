@@ -1,5 +1,6 @@
 """The Milvus store against a real Milvus Lite file."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -105,7 +106,7 @@ def test_lite_file_is_released_for_other_processes(uri):
     assert result.stdout.strip() == "True", result.stderr[-2000:]
 
 
-def test_a_locked_lite_file_times_out_with_the_fix(uri):
+def test_a_locked_lite_file_times_out_with_the_fix(uri, caplog):
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -120,6 +121,8 @@ def test_a_locked_lite_file_times_out_with_the_fix(uri):
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(MilvusUnavailable, match="milvus-lite server"), milvus_client(uri, lock_timeout_s=1):
             pass
+        # the wait said what it waits for, with its countdown, before it gave up
+        assert re.search(r"waiting for the Milvus Lite file .* \(another process holds it\) — \d+ s left", caplog.text)
     finally:
         holder.kill()
         holder.wait()
