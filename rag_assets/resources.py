@@ -45,6 +45,8 @@ class SourcesResource(ConfigurableResource):
     max_document_chars: int = 2_000_000
     redact_pii: bool = False
     batch_threshold: int = 20
+    retry_delay_s: float = 60.0  # a failed index run is requested again after this, doubled per attempt
+    retry_max_delay_s: float = 3600.0
 
     def limits(self) -> ParseLimits:
         return ParseLimits(self.max_file_mb, self.max_expanded_mb, self.max_compression_ratio, self.max_document_chars)
@@ -123,9 +125,11 @@ class TrackingResource(ConfigurableResource):
 
     tracking_uri: str
     artifacts_dir: str = ""
+    ui_url: str = "http://127.0.0.1:5000"  # where metadata links MLflow runs to
+    dagster_ui_url: str = "http://127.0.0.1:3000"  # where MLflow runs link back to
 
     def tracker(self) -> Tracker:
-        return Tracker(self.tracking_uri, Path(self.artifacts_dir) if self.artifacts_dir else None)
+        return Tracker(self.tracking_uri, Path(self.artifacts_dir) if self.artifacts_dir else None, self.ui_url)
 
 
 class EmbedderResource(ConfigurableResource):
@@ -226,6 +230,7 @@ class EvaluationResource(ConfigurableResource):
     llm_timeout_s: float
     llm_max_tokens: int
     injection_screen: str
+    relevance_threshold: float
     data_dir: str
     rag_queries: int = 20
     judge_model: str = ""
@@ -265,7 +270,7 @@ _SOURCES_FIELDS = (
 )
 _EVALUATION_FIELDS = (
     "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates llm_model llm_api_base "
-    "llm_timeout_s llm_max_tokens injection_screen judge_model judge_api_base"
+    "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base"
 )
 _EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …
 
@@ -279,6 +284,8 @@ def _sources(settings: Settings) -> SourcesResource:
     return SourcesResource(
         documents_dir=str(settings.documents_dir.resolve()),
         batch_threshold=settings.sensor_batch_threshold,
+        retry_delay_s=settings.index_retry_delay_s,
+        retry_max_delay_s=settings.index_retry_max_delay_s,
         **_shared(settings, _SOURCES_FIELDS),
     )
 
@@ -330,7 +337,12 @@ def _evaluation(settings: Settings) -> EvaluationResource:
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     from rag_assets.io_manager import PartitionedPickleIOManager
 
-    tracking = TrackingResource(tracking_uri=tracking_uri(settings), artifacts_dir=str(artifact_root(settings) or ""))
+    tracking = TrackingResource(
+        tracking_uri=tracking_uri(settings),
+        artifacts_dir=str(artifact_root(settings) or ""),
+        ui_url=settings.resolved_mlflow_ui_url,
+        dagster_ui_url=settings.dagster_ui_url.rstrip("/"),
+    )
     milvus = _milvus(settings)
     return {
         "sources": _sources(settings),

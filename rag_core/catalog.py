@@ -35,9 +35,22 @@ source_partitions = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Chunks an operator disabled: kept in the index, excluded from retrieval. Keyed by the deterministic chunk id
+# (tenant + source + doc id + position + content hash), so re-indexing unchanged content keeps them disabled
+# and a changed passage (a new id) comes back enabled.
+disabled_chunks = sa.Table(
+    "rag_disabled_chunks",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("chunk_id", sa.String(256), primary_key=True),
+    sa.Column("partition_key", sa.String(256), nullable=False, index=True),
+    sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 INDEXED = "indexed"
 QUARANTINED = "quarantined"
 STALE = "stale"  # reconcile found drift; the sensor re-indexes it
+PENDING = "pending"  # never indexed; reconcile requested it again after its run was lost or failed
 
 
 @dataclass
@@ -101,9 +114,48 @@ class Catalog:
                 .values(status=STALE, content_hash="", updated_at=datetime.now(UTC))
             )
 
+    def request_again(self, stubs: Iterable[CatalogEntry]) -> None:
+        """A fresh run key for each of these partitions: the sensor keys a change by the catalog generation,
+        so bumping it makes the next tick request a run even though the last one's key was used. An entry
+        keeps what it records (its indexed version is still served); a file never indexed gets its stub,
+        status `pending`."""
+        stubs = {stub.partition_key: stub for stub in stubs}
+        previous = self.entries(list(stubs))
+        with self.engine.begin() as connection:
+            for key, stub in stubs.items():
+                if key in previous:
+                    connection.execute(
+                        source_partitions.update()
+                        .where(source_partitions.c.partition_key == key)
+                        .values(generation=previous[key].generation + 1)
+                    )
+                    continue
+                values = {**stub.__dict__, "status": PENDING, "content_hash": "", "quarantined": "[]", "generation": 1}
+                connection.execute(source_partitions.insert().values({**values, "updated_at": datetime.now(UTC)}))
+
     def remove(self, keys: Sequence[str]) -> None:
         with self.engine.begin() as connection:
             connection.execute(source_partitions.delete().where(source_partitions.c.partition_key.in_(list(keys))))
+
+    def set_chunk_enabled(self, tenant: str, partition_key: str, chunk_id: str, enabled: bool) -> None:
+        key = (disabled_chunks.c.tenant == tenant) & (disabled_chunks.c.chunk_id == chunk_id)
+        with self.engine.begin() as connection:
+            connection.execute(disabled_chunks.delete().where(key))
+            if not enabled:
+                connection.execute(
+                    disabled_chunks.insert().values(
+                        tenant=tenant, chunk_id=chunk_id, partition_key=partition_key, disabled_at=datetime.now(UTC)
+                    )
+                )
+
+    def disabled_chunks(self) -> dict[str, frozenset[str]]:
+        """{tenant: its disabled chunk ids}: what every search excludes."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(disabled_chunks.c.tenant, disabled_chunks.c.chunk_id)).all()
+        found: dict[str, set[str]] = {}
+        for tenant, chunk_id in rows:
+            found.setdefault(tenant, set()).add(chunk_id)
+        return {tenant: frozenset(ids) for tenant, ids in found.items()}
 
     def retarget(self, collection: str, embedding_version: str, rows_by_source: dict[str, int]) -> int:
         """After a one-pass build is promoted: indexed entries now live in `collection` with its counts."""

@@ -49,6 +49,13 @@ queries = sa.Table(
     sa.Column("index_version", sa.String(128), nullable=False),
     sa.Column("degraded", sa.Boolean, nullable=False, default=False),
     sa.Column("cached", sa.Boolean, nullable=False, default=False),
+    # The answer's MLflow trace (rag_core.tracing); added after the table was first shipped, so create_tables
+    # adds it to an existing table. None: a retrieval, tracing off or not ready.
+    sa.Column("trace_id", sa.String(64), nullable=True),
+    # The A/B experiment and arm that served the query (rag_core.experiments); None outside an experiment.
+    # Added like trace_id: create_tables adds them to an existing table.
+    sa.Column("experiment", sa.String(64), nullable=True, index=True),
+    sa.Column("arm", sa.String(64), nullable=True),
 )
 feedback = sa.Table(
     "rag_feedback",
@@ -59,6 +66,8 @@ feedback = sa.Table(
     sa.Column("is_relevant", sa.Boolean, nullable=True),
     sa.Column("comment", sa.Text, nullable=False, default=""),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The chunk the user clicked or found cited, when the feedback names one: its rank is an A/B metric.
+    sa.Column("chunk_id", sa.String(128), nullable=True),
 )
 api_keys = sa.Table(
     "rag_api_keys",
@@ -83,6 +92,64 @@ class ApiKey:
     key_id: str
     tenant: str
     name: str
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key as the admin sees it: never the secret, which only its creator saw once."""
+
+    key_id: str
+    tenant: str
+    name: str
+    created_at: datetime
+    revoked: bool
+
+
+def key_id_of(plain: str) -> str:
+    """The id inside a plain key `rag_<key_id>_<secret>`."""
+    return plain.split("_", 2)[1]
+
+
+@dataclass(frozen=True)
+class LoggedFeedback:
+    rating: int | None
+    is_relevant: bool | None
+    comment: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LoggedQuery:
+    query_id: str
+    created_at: datetime
+    question: str
+    mode: str
+    top_k: int
+    chunk_ids: list[str]
+    timings_ms: dict[str, float]
+    model: str
+    index_version: str
+    degraded: bool
+    cached: bool
+    feedback: list[LoggedFeedback]
+    trace_id: str | None = None  # the answer's MLflow trace (rag_core.tracing)
+
+
+@dataclass(frozen=True)
+class QueryLogFilter:
+    """What a browser of the query log narrows it to; None / "" = no restriction."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    degraded: bool | None = None
+    rated: bool | None = None
+    text: str = ""
+
+
+def _like_pattern(text: str) -> str:
+    """`text` as a LIKE pattern that matches it literally anywhere (escape character `\\`)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _hash(key: str) -> str:
@@ -382,6 +449,18 @@ class ServingDatabase:
         self._keys.clear()
         return result.rowcount > 0
 
+    def list_keys(self, tenant: str | None = None) -> list[StoredKey]:
+        """Every key (of `tenant`), newest first."""
+        query = sa.select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.key_id)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [
+            StoredKey(row["key_id"], row["tenant"], row["name"], _utc(row["created_at"]), bool(row["revoked"]))
+            for row in rows
+        ]
+
     # ---- query log
     def log_query(
         self,
@@ -398,6 +477,9 @@ class ServingDatabase:
         degraded: bool = False,
         cached: bool = False,
         query_id: str | None = None,
+        trace_id: str | None = None,
+        experiment: str | None = None,
+        arm: str | None = None,
     ) -> str:
         """Queue the query for the log and return its id at once; the row is written within ~`log_interval_s`."""
         query_id = query_id or str(uuid.uuid4())
@@ -416,6 +498,9 @@ class ServingDatabase:
                 "index_version": index_version,
                 "degraded": degraded,
                 "cached": cached,
+                "trace_id": trace_id,
+                "experiment": experiment,
+                "arm": arm,
             }
         )
         return query_id
@@ -429,11 +514,77 @@ class ServingDatabase:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(queries.c.query_id).where(condition)).first() is not None
 
+    def query_log(
+        self, tenant: str, where: QueryLogFilter, offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[LoggedQuery]]:
+        """(how many of `tenant`'s queries match, the page of them from `offset`), newest first, each with
+        its feedback."""
+        self.flush()
+        condition = self._log_condition(tenant, where)
+        with self.engine.connect() as connection:
+            total = connection.execute(sa.select(sa.func.count()).select_from(queries).where(condition)).scalar() or 0
+            rows = (
+                connection.execute(
+                    sa.select(queries)
+                    .where(condition)
+                    .order_by(queries.c.created_at.desc(), queries.c.query_id)
+                    .offset(offset)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            ids = [row["query_id"] for row in rows]
+            given = connection.execute(
+                sa.select(feedback).where(feedback.c.query_id.in_(ids)).order_by(feedback.c.feedback_id)
+            ).mappings()
+            by_query: dict[str, list[LoggedFeedback]] = {}
+            for row in given:
+                by_query.setdefault(row["query_id"], []).append(
+                    LoggedFeedback(row["rating"], row["is_relevant"], row["comment"], _utc(row["created_at"]))
+                )
+        return total, [
+            LoggedQuery(
+                query_id=row["query_id"],
+                created_at=_utc(row["created_at"]),
+                question=row["question"],
+                mode=row["mode"],
+                top_k=row["top_k"],
+                chunk_ids=json.loads(row["chunk_ids"]),
+                timings_ms=json.loads(row["timings_ms"]),
+                model=row["model"],
+                index_version=row["index_version"],
+                degraded=bool(row["degraded"]),
+                cached=bool(row["cached"]),
+                feedback=by_query.get(row["query_id"], []),
+                trace_id=row["trace_id"],
+            )
+            for row in rows
+        ]
+
+    @staticmethod
+    def _log_condition(tenant: str, where: QueryLogFilter) -> sa.ColumnElement[bool]:
+        condition = queries.c.tenant == tenant
+        if where.since is not None:
+            condition &= queries.c.created_at >= where.since
+        if where.until is not None:
+            condition &= queries.c.created_at < where.until
+        if where.degraded is not None:
+            condition &= queries.c.degraded.is_(where.degraded)
+        if where.rated is not None:
+            rated = sa.exists().where(feedback.c.query_id == queries.c.query_id)
+            condition &= rated if where.rated else ~rated
+        if where.text:
+            condition &= queries.c.question.ilike(_like_pattern(where.text), escape="\\")
+        return condition
+
     def _redacted(self, text: str) -> str:
         return redact(text)[0] if self.redact_pii and text else text
 
     # ---- feedback
-    def add_feedback(self, query_id: str, rating: int | None, is_relevant: bool | None, comment: str) -> int:
+    def add_feedback(
+        self, query_id: str, rating: int | None, is_relevant: bool | None, comment: str, chunk_id: str | None = None
+    ) -> int:
         if self._query_log.queued(query_id) is not None:
             self.flush()  # the feedback row references the query row
         with self.engine.begin() as connection:
@@ -442,6 +593,7 @@ class ServingDatabase:
                     query_id=query_id,
                     rating=rating,
                     is_relevant=is_relevant,
+                    chunk_id=chunk_id,
                     comment=storable({"comment": self._redacted(comment)})["comment"],
                     created_at=datetime.now(UTC),
                 )
@@ -496,3 +648,8 @@ class ServingDatabase:
                 for r in worst_rows
             ],
         }
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from rag_core.search.filters import FILTERABLE as FILTERABLE  # re-exported: the API validates against it
@@ -84,9 +84,17 @@ class RetrievedChunk:
     end_char: int
     tenant: str
     rerank_score: float | None = None  # the cross-encoder's, when a reranker reordered the list (`score` stays)
+    # The cosine similarity of the chunk to the query (dense and hybrid retrieval; None for a chunk only BM25
+    # found). Unlike BM25 and fused scores it is comparable across queries: the relevance threshold reads it.
+    dense_score: float | None = None
+    # Where each list placed the chunk (1 = first) and its BM25 score: what the console's playground shows
+    # side by side. None for a list that did not find it (or was not searched).
+    dense_rank: int | None = None
+    bm25_rank: int | None = None
+    bm25_score: float | None = None
 
     @classmethod
-    def from_hit(cls, hit: Hit, score: float) -> RetrievedChunk:
+    def from_hit(cls, hit: Hit, score: float, dense_score: float | None = None) -> RetrievedChunk:
         fields = hit.fields
         return cls(
             chunk_id=hit.chunk_id,
@@ -98,6 +106,7 @@ class RetrievedChunk:
             start_char=int(fields.get("start_char", 0)),
             end_char=int(fields.get("end_char", 0)),
             tenant=fields.get("tenant", ""),
+            dense_score=dense_score,
         )
 
 
@@ -170,14 +179,30 @@ class Retriever:
         search_filter = search_filter or SearchFilter()
         if mode == "dense":
             hits = self.searcher.search_dense(query_vector, top_k, search_filter)
-            return [RetrievedChunk.from_hit(hit, hit.score) for hit in hits]
+            return [
+                replace(RetrievedChunk.from_hit(hit, hit.score, hit.score), dense_rank=rank)
+                for rank, hit in enumerate(hits, start=1)
+            ]
         if mode == "bm25":
             hits = self.searcher.search_bm25(query, top_k, search_filter)
-            return [RetrievedChunk.from_hit(hit, abs(hit.score)) for hit in hits]
+            return [
+                replace(RetrievedChunk.from_hit(hit, abs(hit.score)), bm25_rank=rank, bm25_score=abs(hit.score))
+                for rank, hit in enumerate(hits, start=1)
+            ]
         depth = max(top_k, fusion.candidates)
         ranked = {
             "dense": self.searcher.search_dense(query_vector, depth, search_filter),
             "bm25": self.searcher.search_bm25(query, depth, search_filter),
         }
         fused = fuse(ranked, fusion)
-        return [RetrievedChunk.from_hit(hit, score) for hit, score, _ranks in fused[:top_k]]
+        similarity = {hit.chunk_id: hit.score for hit in ranked["dense"]}
+        bm25 = {hit.chunk_id: abs(hit.score) for hit in ranked["bm25"]}
+        return [
+            replace(
+                RetrievedChunk.from_hit(hit, score, similarity.get(hit.chunk_id)),
+                dense_rank=ranks.get("dense"),
+                bm25_rank=ranks.get("bm25"),
+                bm25_score=bm25.get(hit.chunk_id),
+            )
+            for hit, score, ranks in fused[:top_k]
+        ]

@@ -7,12 +7,15 @@ and the `RAG_*` variables.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+import typing
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
@@ -84,6 +87,13 @@ class Settings(BaseSettings):
     sensor_batch_threshold: int = Field(
         20, ge=1, description="More changed files than this in one sensor tick → one batched run."
     )
+    index_retry_delay_s: float = Field(
+        60.0,
+        ge=0,
+        description="After an index run failed (and Dagster's own run retries are spent), the sensor requests "
+        "it again after this many seconds, doubled per failed attempt.",
+    )
+    index_retry_max_delay_s: float = Field(3600.0, ge=0, description="The longest wait between index attempts.")
 
     # Chunking (measured in the embedder's own tokens).
     chunk_max_tokens: int = Field(
@@ -152,6 +162,15 @@ class Settings(BaseSettings):
         "them before generation, `flag` them in the prompt (a generative model is told not to follow them; the "
         "extractive answerer does not quote them) or `off`. Either way they are reported with the answer.",
     )
+    relevance_threshold: float = Field(
+        LLM.relevance_threshold,
+        ge=-1,
+        le=1,
+        description="The cosine similarity to the question below which no retrieved passage counts as relevant "
+        "(unless one holds every content word of the question): the answer then says the documents do not contain "
+        "it (not degraded, no citations). Dense and hybrid retrieval only (BM25 scores are not comparable across "
+        "questions); -1 turns it off.",
+    )
 
     # Evaluation, fine-tuning and the promotion gate.
     eval_dataset_dir: Path = Field(
@@ -159,7 +178,7 @@ class Settings(BaseSettings):
     )
     eval_split: str = Field("test", description="The qrels split reports and the gate use.")
     train_split: str = Field("train", description="The qrels split fine-tuning learns from (never the eval split).")
-    eval_modes: list[str] = Field(["bm25", "dense", "hybrid"], description="JSON list, e.g. '[\"hybrid\"]'.")
+    eval_modes: list[str] = Field(["bm25", "dense", "hybrid"], description="A JSON list.", examples=[["hybrid"]])
     eval_gate_mode: str = "hybrid"
     eval_gate_margin: float = Field(0.01, ge=0, description="Allowed nDCG@10 drop below the promoted index.")
     eval_max_queries: int = Field(0, ge=0, description="0 = every judged query.")
@@ -197,6 +216,24 @@ class Settings(BaseSettings):
         "`auto`: memory for Milvus Lite (a file or `milvus-lite server`), milvus for a Milvus server or cluster.",
     )
     auth_cache_ttl_s: float = Field(5.0, ge=0, description="How long a checked API key is trusted without a lookup.")
+    admin_key: SecretStr = Field(
+        SecretStr(""), description="The console's admin key for /v1/admin (API keys); empty = admin routes off (403)."
+    )
+    dagster_ui_url: str = Field(
+        "http://127.0.0.1:3000", description="The Dagster UI the console links runs to (no trailing slash needed)."
+    )
+    mlflow_ui_url: str = Field(
+        "",
+        description="The MLflow UI that Dagster metadata and the query log link runs and traces to; empty = the "
+        "tracking URI when it is a server (http/https), else http://127.0.0.1:5000 (`mlflow ui`).",
+    )
+    tracing: bool = Field(
+        False,
+        description="Record each /v1/query answer as an MLflow trace (retrieve → generate spans) in the experiment "
+        "`rag-answers`; the spans are built after the answer and written by MLflow's background exporter. Off by "
+        "default: on the embedded SQLite store the exporter writes a few traces per second and competes with the "
+        "requests for the CPU (evals/bench_tracing.py); turn it on with an MLflow tracking server.",
+    )
 
     @field_validator("search_engine", "embedding_backend", "injection_screen")
     @classmethod
@@ -269,6 +306,14 @@ class Settings(BaseSettings):
         return self.serving_db_url or f"sqlite:///{self.data_dir.resolve() / 'serving.sqlite'}"
 
     @property
+    def resolved_mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        if self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return self.mlflow_tracking_uri.rstrip("/")
+        return "http://127.0.0.1:5000"
+
+    @property
     def resolved_dagster_home(self) -> Path:
         return (self.dagster_home or self.data_dir / "dagster").resolve()
 
@@ -292,14 +337,59 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def environment_variable(field_name: str) -> str:
+    """The variable a setting is read from: its first alias (MILVUS_URI, DAGSTER_HOME, …) or RAG_<NAME>."""
+    field = Settings.model_fields.get(field_name)
+    if field is None:  # an alias already
+        return field_name.upper()
+    if isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return f"RAG_{field_name.upper()}"
+
+
+SCALAR_FORMATS = {int: "an integer", float: "a number", bool: "true or false", Path: "a path", str: "text"}
+
+
+def expected_format(field_name: str) -> str:
+    """What a setting's variable must hold, with an example for JSON-typed (list, dict) settings."""
+    field = Settings.model_fields[field_name]
+    example = field.examples[0] if field.examples else field.get_default(call_default_factory=True)
+    container = typing.get_origin(field.annotation) or field.annotation
+    if container in (list, tuple, set):
+        return f"a JSON list such as {json.dumps(example)}"
+    if container is dict:
+        return f"a JSON object such as {json.dumps(example)}"
+    return SCALAR_FORMATS.get(field.annotation, "text")
+
+
+def configuration_problems(error: ValidationError | SettingsError) -> list[str]:
+    """One line per problem, each naming the environment variable and what it must hold."""
+    if isinstance(error, SettingsError):  # a list/dict setting that is not valid JSON never reaches validation
+        parsed = re.search(r'field "(\w+)"', str(error))
+        if parsed is None:
+            return [str(error)]
+        name = parsed.group(1)
+        return [f"{environment_variable(name)} must be {expected_format(name)}"]
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        field_name = str(problem["loc"][0]) if problem["loc"] else ""
+        variable = environment_variable(field_name) if field_name else ""
+        if not variable or variable in message:  # the validator's own message names the variable and the fix
+            lines.append(message)
+        elif field_name in Settings.model_fields:
+            lines.append(f"{variable}={problem['input']!r} must be {expected_format(field_name)} ({message})")
+        else:
+            lines.append(f"{variable}: {message}")
+    return lines
+
+
 def settings_or_exit() -> Settings:
-    """For command lines: the settings, or one line per problem (each names the variable and the fix) and
-    exit status 2 — no traceback."""
+    """For command lines: the settings, or one line per problem (each names the variable and the format
+    it expects) and exit status 2 — no traceback."""
     try:
         return get_settings()
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(part) for part in problem["loc"])
-            message = problem["msg"].removeprefix("Value error, ")
-            print(f"configuration error ({where}): {message}", file=sys.stderr)
+    except (ValidationError, SettingsError) as error:
+        for line in configuration_problems(error):
+            print(f"configuration error: {line}", file=sys.stderr)
         raise SystemExit(2) from None

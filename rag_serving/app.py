@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -27,7 +28,17 @@ from rag_core.store import MilvusUnavailable
 from rag_serving.deps import unavailable
 from rag_serving.docs import add_docs
 from rag_serving.limits import MULTIPART_OVERHEAD_BYTES, RequestBodyLimit
-from rag_serving.routers import documents, feedback, health, query
+from rag_serving.routers import (
+    admin,
+    chunks,
+    conversations,
+    documents,
+    experiments,
+    feedback,
+    health,
+    query,
+    query_log,
+)
 from rag_serving.schemas import bounded_requests
 from rag_serving.state import ServingState
 
@@ -63,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     add_docs(app)
     bodies = bounded_requests(settings)
-    for router in (health.router, query.router, feedback.router, documents.router):
+    routers = (health, query, feedback, documents, chunks, conversations, query_log, admin, experiments)
+    for router in (module.router for module in routers):
         app.include_router(_with_bodies(router, bodies))
     upload_limit = int(settings.upload_max_mb * 1e6) + MULTIPART_OVERHEAD_BYTES
     uploads = {("POST", "/v1/documents"): upload_limit}
@@ -135,6 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def web_page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    # The console: static pages (no build step) that call the JSON API with the key the user gives them.
+    app.mount("/console", StaticFiles(directory=STATIC / "console", html=True), name="console")
 
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.message
+import hmac
 import json
 import math
 from collections.abc import Callable, Coroutine
@@ -105,6 +106,43 @@ def optional_caller(request: Request, state: ServingState = Depends(get_state)) 
 
 
 OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
+
+ADMIN_KEY_HEADER = APIKeyHeader(
+    name="X-Admin-Key", scheme_name="AdminKey", auto_error=False, description="RAG_ADMIN_KEY, for /v1/admin."
+)
+
+
+def admin(
+    request: Request,
+    state: ServingState = Depends(get_state),
+    presented: Annotated[str | None, Security(ADMIN_KEY_HEADER)] = None,
+) -> None:
+    """Lets the request through with the admin key (RAG_ADMIN_KEY). 403 while no admin key is set and for a
+    tenant's API key (admin keys are distinct from tenant keys), 401 without any key or with a wrong admin
+    key; a wrong one counts as a failed key attempt of the address (429 past the limit)."""
+    configured = state.settings.admin_key.get_secret_value()
+    if not configured:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "the admin routes are off — set RAG_ADMIN_KEY (a long random secret) for the API and send it as "
+            "`X-Admin-Key: <key>`",
+        )
+    address = _client_address(request)
+    if refused_for := state.failed_auth.refused_for(address):
+        raise _too_many_failures(refused_for)
+    if not presented and _presented_key(request) is not None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "a tenant API key cannot use the admin routes — send `X-Admin-Key: <RAG_ADMIN_KEY>` instead",
+        )
+    if not presented or not hmac.compare_digest(presented.strip().encode(), configured.encode()):
+        if presented and (refused_for := state.failed_auth.failed(address)):
+            raise _too_many_failures(refused_for)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong admin key — send `X-Admin-Key: <RAG_ADMIN_KEY>` (an API key is not one)",
+            headers={"WWW-Authenticate": 'APIKey header="X-Admin-Key"'},
+        )
 
 
 def unavailable(state: ServingState, reason: str) -> HTTPException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from rag_core.query import DEFAULT_MODE, DEFAULT_TOP_K
 from rag_core.search.filters import FILTERABLE, MAX_FILTER_VALUES
 from rag_core.settings import Settings
+from rag_core.tenants import TENANT_PATTERN
 
 # Text a person typed: no control characters but tab and line breaks. A pattern (not a Python check) so the
 # OpenAPI schema states it, and so pydantic also refuses a lone surrogate (it cannot be matched as UTF-8).
@@ -40,8 +42,16 @@ class RetrieveRequest(BaseModel):
     )
     fusion: Literal["rrf", "convex"] | None = Field(None, description="Hybrid fusion (default from settings).")
     rrf_k: int | None = Field(None, ge=1, le=1000, description="RRF constant for hybrid (default from settings).")
-    dense_weight: float | None = Field(None, ge=0, le=10)
-    bm25_weight: float | None = Field(None, ge=0, le=10)
+    dense_weight: float | None = Field(None, ge=0, le=1, description="Hybrid weight of the dense list (0..1).")
+    bm25_weight: float | None = Field(None, ge=0, le=1, description="Hybrid weight of the BM25 list (0..1).")
+    explain: bool = Field(
+        False, description="Add each chunk's dense and BM25 scores and ranks, and the fusion used (the playground)."
+    )
+    user_id: Name | None = Field(
+        None,
+        max_length=128,
+        description="Your end user's stable id: an A/B experiment assigns it one arm for good (default: the API key).",
+    )
 
     @field_validator("query")
     @classmethod
@@ -81,6 +91,22 @@ def bounded_requests(settings: Settings) -> dict[type[BaseModel], type[BaseModel
     }
 
 
+class ChunkScores(BaseModel):
+    """A chunk's place in the dense and BM25 lists before fusion (None: that list did not find it)."""
+
+    dense_score: float | None = Field(None, description="Cosine similarity to the query.")
+    dense_rank: int | None = None
+    bm25_score: float | None = None
+    bm25_rank: int | None = None
+
+
+class FusionOut(BaseModel):
+    method: Literal["rrf", "convex"]
+    dense_weight: float
+    bm25_weight: float
+    rrf_k: int
+
+
 class ChunkOut(BaseModel):
     chunk_id: str
     doc_id: str
@@ -93,6 +119,17 @@ class ChunkOut(BaseModel):
     rerank_score: float | None = Field(
         None, description="The reranker's score when RAG_RERANK_MODEL is set; chunks are then in its order."
     )
+    scores: ChunkScores | None = Field(None, description="With `explain`: where each list placed the chunk.")
+
+
+RELEVANCE = Field(
+    ..., description="The best cosine similarity of a returned chunk to the query; null when none has one (BM25)."
+)
+RELEVANCE_THRESHOLD = Field(
+    ...,
+    description="RAG_RELEVANCE_THRESHOLD: below it an answer says the documents do not contain one (a console "
+    "draws it as a line over the chunks' dense scores).",
+)
 
 
 class RetrieveResponse(BaseModel):
@@ -102,6 +139,11 @@ class RetrieveResponse(BaseModel):
     index_version: str
     cached: bool
     timings_ms: dict[str, float]
+    fusion: FusionOut | None = Field(None, description="With `explain`: the hybrid fusion this query used.")
+    relevance: float | None = RELEVANCE
+    relevance_threshold: float = RELEVANCE_THRESHOLD
+    experiment: str | None = Field(None, description="The A/B experiment that served this request, if any.")
+    arm: str | None = Field(None, description="Its arm (the same for the same user or key throughout).")
 
 
 class Citation(BaseModel):
@@ -135,6 +177,13 @@ class QueryResponse(BaseModel):
     question_flags: list[str] = Field(
         default_factory=list, description="Injection rules the question tripped (reported; it is still answered)."
     )
+    relevance: float | None = RELEVANCE
+    relevance_threshold: float = RELEVANCE_THRESHOLD
+    trace_id: str | None = Field(
+        None, description="The answer's MLflow trace (RAG_TRACING); null while tracing is off or warming up."
+    )
+    experiment: str | None = Field(None, description="The A/B experiment that served this request, if any.")
+    arm: str | None = Field(None, description="Its arm (the same for the same user or key throughout).")
 
 
 class FeedbackRequest(BaseModel):
@@ -146,11 +195,15 @@ class FeedbackRequest(BaseModel):
     rating: int | None = Field(None, ge=1, le=5)
     is_relevant: bool | None = None
     comment: str = Field("", max_length=MAX_COMMENT_CHARS, pattern=TEXT_PATTERN)
+    chunk_id: Name | None = Field(None, max_length=128, description="The chunk the user clicked or found cited.")
+
+
+DocumentState = Literal["pending", "indexed", "quarantined", "stale"]
 
 
 class DocumentStatus(BaseModel):
     doc_id: str
-    status: Literal["pending", "indexed", "quarantined", "stale"]
+    status: DocumentState
     source: str
     tenant: str
     chunks: int
@@ -197,8 +250,197 @@ class DocumentDeletion(BaseModel):
     status: Literal["deleting"]
 
 
+class IndexRun(BaseModel):
+    run_id: str
+    status: str = Field(..., description="Dagster's run status: QUEUED, STARTED, SUCCESS, FAILURE, CANCELED, ...")
+    url: str = Field(..., description="The run in the Dagster UI (RAG_DAGSTER_UI_URL).")
+
+
+class DocumentItem(BaseModel):
+    doc_id: str = Field(..., description="The partition key (a file, or one shard of a .jsonl corpus).")
+    source: str
+    status: DocumentState
+    reason: str = Field("", description="Why it is quarantined.")
+    chunks: int
+    bytes: int = Field(..., description="The file's size on disk.")
+    modified_at: datetime = Field(..., description="The file's modification time (UTC).")
+    index_version: str = Field("", description="The served index version, when its build is the published one.")
+    run: IndexRun | None = Field(None, description="Its latest index run in Dagster, if any.")
+
+
+class DocumentPage(BaseModel):
+    total: int = Field(..., description="Documents matching the filters, over all pages.")
+    offset: int
+    limit: int
+    documents: list[DocumentItem]
+
+
+class Reindexing(BaseModel):
+    doc_id: str
+    status: Literal["stale"] = Field(..., description="Marked stale: the sensor re-indexes it on its next tick.")
+
+
+class LoggedFeedbackOut(BaseModel):
+    rating: int | None
+    is_relevant: bool | None
+    comment: str
+    created_at: datetime
+
+
+class LogItem(BaseModel):
+    query_id: str
+    created_at: datetime
+    question: str
+    mode: str
+    top_k: int
+    chunk_ids: list[str]
+    timings_ms: dict[str, float] = Field(..., description="Per stage, e.g. embed, search, generate, total.")
+    model: str
+    index_version: str
+    degraded: bool
+    cached: bool
+    feedback: list[LoggedFeedbackOut]
+    trace_url: str | None = Field(None, description="The answer's MLflow trace, when one was recorded.")
+
+
+class LogPage(BaseModel):
+    total: int = Field(..., description="Queries matching the filters, over all pages.")
+    offset: int
+    limit: int
+    queries: list[LogItem]
+
+
+class KeyCreateRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tenant": "acme", "name": "support bot"}]})
+
+    tenant: str = Field(..., pattern=TENANT_PATTERN, description="The tenant whose documents the key reaches.")
+    name: str = Field("", max_length=256, pattern=TEXT_PATTERN, description="What the key is for.")
+
+
+class ApiKeyOut(BaseModel):
+    key_id: str
+    tenant: str
+    name: str
+    created_at: datetime
+    revoked: bool
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(..., description="The secret: shown in this response only (the database keeps its hash).")
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKeyOut]
+
+
+class ApiKeyRevoked(BaseModel):
+    key_id: str
+    revoked: Literal[True]
+
+
 class Health(BaseModel):
     status: Literal["alive"]
+
+
+class Redaction(BaseModel):
+    kind: str = Field(..., description="What was redacted: EMAIL, PHONE, CREDIT_CARD, … (RAG_REDACT_PII).")
+    start_char: int = Field(..., description="Where the `[REDACTED_<KIND>]` mark starts in the document text.")
+    end_char: int
+
+
+class ChunkView(BaseModel):
+    chunk_id: str
+    position: int = Field(..., description="The chunk's place in its document, from 0.")
+    start_char: int = Field(..., description="Where the chunk starts in the document text.")
+    end_char: int
+    tokens: int = Field(..., description="Tokens of the passage, by the served build's tokenizer.")
+    text: str
+    enabled: bool = Field(..., description="False: disabled — kept in the index, never retrieved.")
+    redactions: list[Redaction]
+
+
+class ChunkedDocument(BaseModel):
+    doc_id: str = Field(..., description="The record's id: the file's, or a `.jsonl` record's `_id`.")
+    title: str
+    text: str = Field(
+        ..., description="The normalised text the offsets index into, rebuilt from the chunks (gaps are blanks)."
+    )
+    chunks: list[ChunkView]
+
+
+class DocumentChunks(BaseModel):
+    doc_id: str = Field(..., description="The partition key, as in GET /v1/documents.")
+    source: str
+    index_version: str
+    disabled: int = Field(..., description="How many of its chunks are disabled.")
+    documents: list[ChunkedDocument] = Field(..., description="One per record (a file holds one).")
+
+
+class ChunkToggle(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"enabled": False}]})
+
+    enabled: bool = Field(..., description="False excludes the chunk from retrieval; it survives re-indexing.")
+
+
+class ChunkState(BaseModel):
+    doc_id: str
+    chunk_id: str
+    enabled: bool
+
+
+USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+
+
+class ConversationCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"title": "Embedding cache"}]})
+
+    title: str = Field("", max_length=256, pattern=TEXT_PATTERN, description="Empty: the first question.")
+
+
+class ConversationMessage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"question": EXAMPLE_QUESTION}]})
+
+    question: str = Field(..., min_length=1, pattern=TEXT_PATTERN, description="A question or a follow-up to the last.")
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, description="Chunks to answer from (bounded by RAG_MAX_TOP_K).")
+    mode: Literal["dense", "bm25", "hybrid"] = DEFAULT_MODE
+
+    @field_validator("question")
+    @classmethod
+    def _question_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must not be empty")
+        return value.strip()
+
+
+class CitedSpan(BaseModel):
+    """A passage of a source the answer cites: offsets into that source's `text`."""
+
+    number: int = Field(..., description="The source's number in `sources`.")
+    start_char: int
+    end_char: int
+
+
+class ConversationTurn(QueryResponse):
+    question: str = Field(..., description="As the user asked it.")
+    standalone_query: str = Field(..., description="The follow-up condensed with the conversation: what was searched.")
+    created_at: datetime
+    cited: list[CitedSpan] = Field(..., description="The sentences of the sources the answer cites.")
+
+
+class ConversationSummary(BaseModel):
+    conversation_id: str
+    user: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationOut(ConversationSummary):
+    turns: list[ConversationTurn]
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationSummary] = Field(..., description="Most recently active first.")
 
 
 class ErrorBody(BaseModel):

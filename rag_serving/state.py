@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import sqlalchemy as sa
 
 from rag_core.build_record import BuildRecord
 from rag_core.cache import Cache, make_cache
 from rag_core.catalog import Catalog
+from rag_core.conversations import ConversationStore
 from rag_core.embedding import Embedder
 from rag_core.generation import warm_up
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
@@ -25,8 +28,11 @@ from rag_core.retrieval import FusionConfig
 from rag_core.search.engines import IndexConnection, IndexNotReady, MemoryEngine, MilvusEngine, Searcher
 from rag_core.settings import Settings
 from rag_core.store import MilvusUnavailable
+from rag_core.tracing import AnswerTracer
 from rag_serving.batching import QueryBatcher
+from rag_serving.experiments import ExperimentRouting
 from rag_serving.metrics import Metrics
+from rag_serving.runs import IndexingRuns
 
 log = logging.getLogger("rag_serving")
 
@@ -43,6 +49,8 @@ class IndexSnapshot:
     embedder: Embedder = field(compare=False, repr=False)
     searcher: Searcher = field(compare=False, repr=False)
     fusion: FusionConfig = field(default_factory=FusionConfig)  # rag_core.promotion.served_fusion
+    # {tenant: chunk ids} disabled in the catalog: re-read with the alias, so a toggle is served within a poll.
+    disabled: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 class IndexView:
@@ -61,8 +69,10 @@ class IndexView:
         metrics: Metrics,
         probe_milvus: Callable[[], None],
         fusion_for: Callable[[BuildRecord], FusionConfig] = lambda _record: FusionConfig(),
+        disabled_chunks: Callable[[], dict[str, frozenset[str]]] = dict,
     ) -> None:
         self.engine = engine
+        self.disabled_chunks = disabled_chunks
         self.embedder_for = embedder_for
         self.fusion_for = fusion_for
         self.poll_s = poll_s
@@ -93,7 +103,7 @@ class IndexView:
                 )
             snapshot = IndexSnapshot(
                 served.collection, served.version, built_with, served.rows, embedder, served.searcher,
-                self.fusion_for(record),
+                self.fusion_for(record), self._disabled(),
             )
         except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
@@ -110,6 +120,22 @@ class IndexView:
                 if self._snapshot and snapshot.collection != self._snapshot.collection:
                     log.info("alias moved to %s", snapshot.collection)
             self._snapshot = snapshot
+
+    def _disabled(self) -> dict[str, frozenset[str]]:
+        """The catalog's disabled chunks; while the catalog does not answer, the ones read last."""
+        try:
+            return self.disabled_chunks()
+        except sa.exc.SQLAlchemyError as error:
+            log.warning("the disabled chunks could not be read from the catalog (%s); keeping the last ones", error)
+            current = self._snapshot
+            return dict(current.disabled) if current else {}
+
+    def refresh_disabled(self) -> None:
+        """Re-read the disabled chunks now (after a toggle in this process) rather than at the next poll."""
+        disabled = self._disabled()
+        with self._lock:
+            if self._snapshot is not None:
+                self._snapshot = replace(self._snapshot, disabled=disabled)
 
     def _probe(self) -> None:
         try:
@@ -172,6 +198,8 @@ class ServingState:
             settings.resolved_serving_db_url, auth_cache_ttl_s=settings.auth_cache_ttl_s, redact_pii=settings.redact_pii
         )
         self.catalog = Catalog(settings.resolved_catalog_url)
+        self.conversations = ConversationStore(self.db.engine, settings.redact_pii)
+        self.runs = IndexingRuns(settings.resolved_dagster_home, settings.dagster_ui_url)
         self.cache: Cache = make_cache(settings.redis_url)
         self.query_encoder = QueryBatcher()
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
@@ -188,8 +216,14 @@ class ServingState:
         self.index = IndexView(
             self.engine, self.embedder_for, settings.alias_poll_s, self.metrics, self.connection.probe,
             lambda record: served_fusion(record, self.fusion, self.fusion_configured),
+            self.catalog.disabled_chunks,
         )
+        self.experiments = ExperimentRouting(self)  # the running A/B experiment, if any (rag_core.experiments)
         self.answerer_warm = threading.Event()
+        # RAG_TRACING: answers become MLflow traces once mlflow is imported, off the request path.
+        self.tracer = AnswerTracer.from_settings(settings) if settings.tracing else None
+        if self.tracer is not None:
+            self.tracer.start()
         self.cache_healthy = True  # refreshed in the background: a readiness probe never waits on Redis
         self._stop = threading.Event()
         self._background = threading.Thread(target=self._warm_up_then_watch, name="warm-up", daemon=True)
@@ -259,4 +293,7 @@ class ServingState:
         self._background.join(timeout=30)
         self.index.stop()
         self.db.close()  # writes every queued query-log row
+        if self.tracer is not None:
+            self.tracer.flush()  # writes every recorded trace
+        self.runs.close()
         self._stack.close()

@@ -18,6 +18,7 @@ from tests.conftest import FIXTURES, service_missing
 from tests.serving_server import ServerThread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+ADMIN_KEY = "test-admin-key-for-the-console"  # RAG_ADMIN_KEY of the served app (the console's admin page)
 TENANT_FILES = {
     "tenant=acme/acme-roadmap.md": "# Acme roadmap\n\nProject Falcon ships the quantum widget in March.",
     "tenant=globex/globex-plan.md": "# Globex plan\n\nProject Heron ships the quantum gadget in June.",
@@ -68,6 +69,7 @@ def served(tmp_path_factory) -> Served:
         redis_url=REDIS_URL,
         rate_limit_per_minute=10_000,
         alias_poll_s=0.5,
+        admin_key=ADMIN_KEY,
     )
     settings.resolved_dagster_home.mkdir(parents=True)
     with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:

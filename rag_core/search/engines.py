@@ -30,7 +30,7 @@ from rag_core.build_record import BuildRecord
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
 from rag_core.search.memory import ROW_FIELDS, MemoryIndex, row_schema, rows_table
-from rag_core.store import Hit, MilvusStore, is_lite_uri, milvus_client, probe
+from rag_core.store import OUTPUT_FIELDS, Hit, MilvusStore, is_lite_uri, milvus_client, probe
 
 log = logging.getLogger(__name__)
 COMPACT_AFTER_ROWS = 5_000  # changes applied since the base before a process writes a new base
@@ -48,6 +48,8 @@ class Searcher(Protocol):
     def doc_ids(self) -> set[str]: ...
 
     def row_table(self, fields: Sequence[str]) -> pa.Table: ...
+
+    def matching_rows(self, search_filter: SearchFilter) -> list[dict]: ...
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ class MilvusSearcher:
     def doc_ids(self) -> set[str]:
         return self.store.doc_ids(self.collection)
 
+    def matching_rows(self, search_filter: SearchFilter) -> list[dict]:
+        return list(self.store.rows_where(self.collection, search_filter.expression(), OUTPUT_FIELDS))
+
     def row_table(self, fields: Sequence[str]) -> pa.Table:
         schema = row_schema(fields)
         return pa.Table.from_pylist(list(self.store.all_rows(self.collection, list(fields))), schema=schema)
@@ -177,6 +182,15 @@ class MilvusEngine:
             self.store.count(collection),
             self.searcher(collection),
         )
+
+    def build(self, collection: str) -> Served:
+        """Another build of the alias, resolved like the served one (an A/B experiment's arm serves it)."""
+        if not self.store.has_collection(collection):
+            raise IndexNotReady(f"collection {collection} does not exist — `rag builds` lists the builds")
+        properties = self.store.collection_properties(collection)
+        record = BuildRecord.from_properties(properties)
+        rows = self.store.count(collection)
+        return Served(collection, properties, record.index_version, rows, self.searcher(collection))
 
 
 # --------------------------------------------------------------------------- in memory
@@ -205,6 +219,7 @@ class MemoryEngine:
         self._indexes: dict[str, MemoryIndex] = {}
         self._lock = threading.Lock()
         self._compacting: set[str] = set()
+        self._kept: frozenset[str] = frozenset()  # builds an A/B experiment serves beside the served one
 
     def served(self) -> Served:
         collection = self.log.alias_target(self.alias)
@@ -221,6 +236,19 @@ class MemoryEngine:
             index,
         )
 
+    def build(self, collection: str) -> Served:
+        """Another build of the alias, resolved like `served()` (an A/B experiment's arm serves it)."""
+        index = self.index(collection)
+        recorded = self.log.properties(collection)
+        properties = recorded[0] if recorded else {}
+        version = f"{BuildRecord.from_properties(properties).index_version}~{index.seq}"
+        return Served(collection, properties, version, index.rows, index)
+
+    def keep(self, collections: frozenset[str]) -> None:
+        """Keep these builds in memory beside the served one: the arms of a running experiment would
+        otherwise evict each other, and each reload reads the whole build."""
+        self._kept = collections
+
     def searcher(self, collection: str) -> MemoryIndex:
         return self.index(collection)
 
@@ -232,7 +260,9 @@ class MemoryEngine:
             if updated is not current:
                 # Keep the served build and this one; older builds' memory goes.
                 served = self.log.alias_target(self.alias)
-                self._indexes = {name: idx for name, idx in self._indexes.items() if name == served}
+                self._indexes = {
+                    name: idx for name, idx in self._indexes.items() if name == served or name in self._kept
+                }
                 self._indexes[collection] = updated
                 # Computed here (the follower thread), not by the first BM25 query that reads the new version.
                 updated.impacts  # noqa: B018

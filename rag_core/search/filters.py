@@ -1,10 +1,11 @@
-"""What a search may see: the caller's tenant plus exact-match metadata filters. One validated object that
-each engine renders its own way — a boolean expression for Milvus, masks for the in-memory index."""
+"""What a search may see: the caller's tenant plus exact-match metadata filters, minus the chunks an operator
+disabled. One validated object that each engine renders its own way — a boolean expression for Milvus, masks
+for the in-memory index."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Scalar fields a caller may filter on, and how many values an `in` filter may hold.
 FILTERABLE = ("doc_id", "source", "source_key", "title")
@@ -19,6 +20,7 @@ class InvalidFilter(ValueError):
 class SearchFilter:
     tenant: str | None = None
     fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    excluded: frozenset[str] = frozenset()  # disabled chunk ids (rag_core.catalog.Catalog.disabled_chunks)
 
     @classmethod
     def parse(cls, filters: Mapping[str, object] | None, tenant: str | None) -> SearchFilter:
@@ -35,10 +37,16 @@ class SearchFilter:
             fields.append((name, tuple(values)))
         return cls(tenant, tuple(sorted(fields)))
 
+    def excluding(self, chunk_ids: frozenset[str]) -> SearchFilter:
+        return replace(self, excluded=self.excluded | chunk_ids) if chunk_ids else self
+
     def expression(self) -> str:
-        """The Milvus boolean expression: the tenant clause first, then one `in` clause per field."""
+        """The Milvus boolean expression: the tenant clause first, then one `in` clause per field, then the
+        disabled chunks."""
         clauses = [f"tenant == {milvus_string(self.tenant)}"] if self.tenant is not None else []
         clauses += [f"{name} in [{', '.join(map(milvus_string, values))}]" for name, values in self.fields]
+        if self.excluded:
+            clauses.append(f"chunk_id not in [{', '.join(map(milvus_string, sorted(self.excluded)))}]")
         return " and ".join(clauses)
 
 

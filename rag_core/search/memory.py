@@ -380,12 +380,20 @@ class MemoryIndex:
         ]
         return pa.concat_tables(parts) if parts else row_schema(fields).empty_table()
 
+    def matching_rows(self, search_filter: SearchFilter) -> list[dict]:
+        """The returned fields (OUTPUT_FIELDS) of every live row the filter allows, in no particular order."""
+        parts = [
+            segment.table.select(OUTPUT_FIELDS).filter(pa.array(segment.allowed(live, search_filter)))
+            for segment, live in zip(self.segments, self.live, strict=True)
+        ]
+        return [row for part in parts for row in part.to_pylist()]
+
     # ---- search
     def search_dense(self, vector: Sequence[float], limit: int, search_filter: SearchFilter) -> list[Hit]:
         query = np.asarray(vector, dtype=np.float32)
         found = []
-        for index, (segment, live) in enumerate(zip(self.segments, self.live, strict=True)):
-            rows, scores = segment.dense(query, limit, segment.allowed(live, search_filter))
+        for index, segment in enumerate(self.segments):
+            rows, scores = segment.dense(query, limit, self._allowed(index, search_filter))
             found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
         return self._hits(found, limit)
 
@@ -395,11 +403,22 @@ class MemoryIndex:
         # (or reveal) what other tenants hold.
         statistics = self.statistics.get(search_filter.tenant) or EMPTY_STATISTICS
         found = []
-        for index, (segment, live) in enumerate(zip(self.segments, self.live, strict=True)):
-            allowed = segment.allowed(live, search_filter)
+        for index, segment in enumerate(self.segments):
+            allowed = self._allowed(index, search_filter)
             rows, scores = segment.bm25(terms, statistics, self.impacts[index], limit, allowed)
             found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
         return self._hits(found, limit)
+
+    def _allowed(self, index: int, search_filter: SearchFilter) -> np.ndarray:
+        """The segment's rows the filter allows, minus its disabled chunks (found by id: O(disabled))."""
+        allowed = self.segments[index].allowed(self.live[index], search_filter)
+        located = (self.location.get(chunk_id) for chunk_id in search_filter.excluded)
+        disabled = [where[1] for where in located if where is not None and where[0] == index]
+        if not disabled:
+            return allowed
+        allowed = allowed.copy()  # without a filter `allowed` is the live mask itself, shared by every reader
+        allowed[disabled] = False
+        return allowed
 
     def _hits(self, found: list[tuple[float, int, int]], limit: int) -> list[Hit]:
         found.sort(key=lambda item: (-item[0], item[1], item[2]))

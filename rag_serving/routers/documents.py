@@ -6,31 +6,56 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
 
-from rag_core.documents import SUPPORTED_SUFFIXES, TENANT_DIR_PREFIX, decode_text, suffix_of
+from rag_core.catalog import STALE, CatalogEntry
+from rag_core.documents import (
+    SUPPORTED_SUFFIXES,
+    TENANT_DIR_PREFIX,
+    ParseLimits,
+    SourceUnit,
+    decode_text,
+    discover_sources,
+    suffix_of,
+)
 from rag_core.ids import source_key
+from rag_core.settings import Settings
 from rag_core.tenants import InvalidTenant, validate_tenant
 from rag_serving.deps import Caller, KeyFirstRoute, caller, get_state
+from rag_serving.runs import RunInfo
 from rag_serving.schemas import (
     MAX_NAME_CHARS,
     NAME_PATTERN,
+    TEXT_PATTERN,
     DocumentDeletion,
+    DocumentItem,
+    DocumentPage,
+    DocumentState,
     DocumentStatus,
+    IndexRun,
+    Reindexing,
     UploadedDocument,
     UploadResponse,
     error_responses,
 )
-from rag_serving.state import IndexNotReady, ServingState
+from rag_serving.state import IndexNotReady, IndexSnapshot, ServingState
 
 router = APIRouter(
     prefix="/v1/documents", tags=["documents"], route_class=KeyFirstRoute, responses=error_responses(401, 403, 429)
 )
 DocId = Annotated[str, PathParam(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)]
+CallerDep = Annotated[Caller, Depends(caller)]
+StateDep = Annotated[ServingState, Depends(get_state)]
+MAX_PAGE = 200
+StatusFilter = Annotated[DocumentState | None, Query(alias="status", description="Only documents in this state.")]
+NameFilter = Annotated[
+    str, Query(max_length=MAX_NAME_CHARS, pattern=TEXT_PATTERN, description="Part of the source path, any case.")
+]
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 # A stored name in bytes: with its temporary `.<name>.<8 hex>.uploading` it stays under the usual 255-byte limit.
 MAX_NAME_BYTES = 200
@@ -186,6 +211,83 @@ def _is_newer(path: Path, indexed_at) -> bool:
     return indexed_at is not None and path.stat().st_mtime > indexed_at.timestamp()
 
 
+@router.get("", responses=error_responses(422))
+def list_documents(
+    who: CallerDep,
+    state: StateDep,
+    status_is: StatusFilter = None,
+    name: NameFilter = "",
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> DocumentPage:
+    """The caller's documents in source order, with status, chunks, size, modification time, the served
+    index version and the latest Dagster run of each (filter by status and by part of the name)."""
+    _tenant_folder(state, who.tenant)  # 403 for a key whose tenant has no valid folder
+    units = [unit for unit in _discover(state.settings) if unit.tenant == who.tenant]
+    entries = state.catalog.entries([unit.partition_key for unit in units])
+    listed = [
+        (unit, entries.get(unit.partition_key)) for unit in units if name.casefold() in unit.relative_path.casefold()
+    ]
+    if status_is is not None:
+        listed = [(unit, entry) for unit, entry in listed if _state_of(unit, entry) == status_is]
+    page = listed[offset : offset + limit]
+    runs = state.runs.latest([unit.partition_key for unit, _entry in page])
+    served = _served_snapshot(state)
+    return DocumentPage(
+        total=len(listed),
+        offset=offset,
+        limit=limit,
+        documents=[item for unit, entry in page if (item := _item(unit, entry, served, runs.get(unit.partition_key)))],
+    )
+
+
+def _discover(settings: Settings) -> list[SourceUnit]:
+    limits = ParseLimits(
+        settings.max_file_mb, settings.max_expanded_mb, settings.max_compression_ratio, settings.max_document_chars
+    )
+    units = discover_sources(settings.documents_dir, settings.default_tenant, settings.jsonl_shard_size, limits)
+    return sorted(units, key=lambda unit: (unit.relative_path, unit.partition_key))
+
+
+def _state_of(unit: SourceUnit, entry: CatalogEntry | None) -> str:
+    """As the sensor sees it: a file the catalog does not know, or knows with other content, is pending."""
+    if entry is None:
+        return "pending"
+    if entry.status == STALE:
+        return STALE
+    return entry.status if entry.content_hash == unit.content_hash else "pending"
+
+
+def _item(
+    unit: SourceUnit, entry: CatalogEntry | None, served: IndexSnapshot | None, run: RunInfo | None
+) -> DocumentItem | None:
+    """The row of `unit`; None when its file was deleted since the folder was listed."""
+    try:
+        stat = unit.path.lstat()  # lstat: a link out of the folder is never followed
+    except FileNotFoundError:
+        return None
+    # Rows in the served build (a file quarantined from the start has none): its index version.
+    indexed = entry is not None and entry.chunks > 0 and served is not None and served.collection == entry.collection
+    return DocumentItem(
+        doc_id=unit.partition_key,
+        source=unit.relative_path,
+        status=_state_of(unit, entry),
+        reason="; ".join(entry.quarantined) if entry is not None else "",
+        chunks=entry.chunks if entry is not None else 0,
+        bytes=stat.st_size,
+        modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
+        index_version=served.index_version if indexed else "",
+        run=IndexRun(run_id=run.run_id, status=run.status, url=run.url) if run is not None else None,
+    )
+
+
+def _served_snapshot(state: ServingState) -> IndexSnapshot | None:
+    try:
+        return state.index.current()
+    except IndexNotReady:
+        return None
+
+
 @router.get("/{doc_id}", response_model=DocumentStatus, responses=error_responses(404, 422))
 def document_status(doc_id: DocId, who: Caller = Depends(caller), state: ServingState = Depends(get_state)):
     """pending (uploaded, not yet indexed) / indexed / quarantined (with the reason) / stale."""
@@ -207,3 +309,18 @@ def delete_document(
         raise HTTPException(status.HTTP_409_CONFLICT, f"{found.source} is a corpus file; remove records by editing it")
     path.unlink(missing_ok=True)
     return DocumentDeletion(doc_id=doc_id, status="deleting")
+
+
+@router.post("/{doc_id}/reindex", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409, 422))
+def reindex_document(doc_id: DocId, who: CallerDep, state: StateDep) -> Reindexing:
+    """Index the document again (after a fix to the parser or the chunking, say): it is marked stale in the
+    catalog and the sensor re-indexes it on its next tick."""
+    path, found = _locate(doc_id, who, state)
+    if found is None or path is None or not path.exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document {doc_id} for this tenant")
+    if not state.catalog.entries([doc_id]):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{found.source} is not indexed yet: the sensor indexes it on its next tick"
+        )
+    state.catalog.mark_stale([doc_id])
+    return Reindexing(doc_id=doc_id, status="stale")

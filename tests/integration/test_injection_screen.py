@@ -73,7 +73,9 @@ def test_a_planted_phishing_passage_is_retrieved_but_never_quoted(app):
         metrics = client.get("/metrics").text
     phishing = next(chunk for chunk in retrieved if chunk["source"] == "reimbursement-notice.md")
     # unscreened, the same answerer over the same chunks quotes the phishing sentence with a valid citation
-    chunks = [RetrievedChunk(**chunk, tenant="default") for chunk in retrieved]
+    chunks = [
+        RetrievedChunk(**{k: v for k, v in chunk.items() if k != "scores"}, tenant="default") for chunk in retrieved
+    ]
     assert "send your password" in generate(QUESTION, chunks, LLMConfig(injection_screen="off")).text
 
     assert "password" not in body["answer"] and "evil.example" not in body["answer"]

@@ -89,6 +89,26 @@ def test_memory_engine_matches_milvus_top_10_in_every_mode_and_filter(one_tenant
     assert compared == 12 * len(FILTERS) * 3
 
 
+def test_disabled_chunks_are_excluded_by_either_engine_and_a_document_reads_the_same(one_tenant):
+    index, records, vectors = one_tenant
+    memory = index.memory.served()
+    with index.milvus() as engine:
+        milvus = engine.served()
+        for query, vector in list(queries(records, vectors))[:4]:
+            for mode in ("dense", "bm25", "hybrid"):
+                best_two = top_ids(memory.searcher, mode, query, vector, SearchFilter("default"), k=2)
+                hidden = SearchFilter("default").excluding(frozenset(best_two))
+                for searcher in (memory.searcher, milvus.searcher):
+                    found = top_ids(searcher, mode, query, vector, hidden)
+                    assert len(found) == 10 and not set(best_two) & set(found), (mode, query)
+        # What the chunk viewer reads: one source's rows, within the tenant, alike from both engines.
+        one_source = SearchFilter("default", (("source_key", ("source-1",)),))
+        rows = {row["chunk_id"]: row for row in memory.searcher.matching_rows(one_source)}
+        assert len(rows) == 100 and {row["source_key"] for row in rows.values()} == {"source-1"}
+        assert {row["chunk_id"]: row for row in milvus.searcher.matching_rows(one_source)} == rows
+        assert memory.searcher.matching_rows(SearchFilter("acme", one_source.fields)) == []
+
+
 def test_a_tenant_sees_only_its_own_chunks_through_either_engine(two_tenants):
     index, records, vectors = two_tenants
     globex_docs = [f"{r['_id']}" for i, r in enumerate(records) if i % 3 == 0][:5]
