@@ -11,7 +11,7 @@ export RAG_DATA_DIR ?= .rag_data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo install test test-fast lint dagster serve milvus up down lock clean
+.PHONY: demo install test test-fast walkthrough lint dagster serve milvus up down lock clean
 
 demo: install  ## first run: index the bundled sample corpus with embedded defaults
 	$(BIN)/rag index
@@ -22,11 +22,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
 	touch $@
 
-test: install  ## the whole suite: unit + integration against Milvus Lite, Dagster, PostgreSQL
-	$(BIN)/pytest -q -ra
+test: install  ## the suite: unit + integration against Milvus Lite, Dagster, PostgreSQL (the walk-through apart)
+	$(BIN)/pytest -q -ra -m "not walkthrough" --durations=25
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
+
+walkthrough: install  ## the README's command blocks, run in order on a fresh copy (scripts/walkthrough.py)
+	$(BIN)/pytest -q -ra -m walkthrough
 
 lint: install
 	$(BIN)/ruff check rag_core rag_assets rag_serving evals tests

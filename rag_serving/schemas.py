@@ -342,6 +342,30 @@ class Health(BaseModel):
     status: Literal["alive"]
 
 
+class Readiness(BaseModel):
+    """GET /ready when the server can answer. An anonymous probe gets `status` only; a caller with a valid
+    key also sees what is served."""
+
+    status: Literal["ready"]
+    alias: str | None = None
+    search_engine: str | None = None
+    collection: str | None = None
+    index_version: str | None = None
+    rows: int | None = None
+    embedding_version: str | None = None
+    reranker: str | None = Field(None, description="The reranker's version, or `off`.")
+    cache: str | None = Field(None, description="`redis` or `memory`.")
+    cache_healthy: bool | None = None
+    milvus_healthy: bool | None = Field(None, description="The memory engine serves while Milvus is down.")
+    llm_model: str | None = None
+    auth: str | None = Field(None, description="`api keys`, or `disabled` for a demo.")
+
+
+class NotReady(BaseModel):
+    status: Literal["not ready"]
+    reason: str = Field(..., description="`warming up`, or why the search index is not available.")
+
+
 class Redaction(BaseModel):
     kind: str = Field(..., description="What was redacted: EMAIL, PHONE, CREDIT_CARD, … (RAG_REDACT_PII).")
     start_char: int = Field(..., description="Where the `[REDACTED_<KIND>]` mark starts in the document text.")

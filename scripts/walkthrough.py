@@ -59,7 +59,7 @@ BLOCK_SKIPS = {
 }
 RULES = [
     Rule("make demo", RUN),
-    Rule("make test", SKIP, "the whole suite: CI runs `make test`, which runs this walkthrough"),
+    Rule("make test", SKIP, "the whole suite: CI runs `make test`; this walk is `make walkthrough`"),
     Rule("make dagster", BACKGROUND, ready="http://127.0.0.1:{DAGSTER_PORT}/server_info"),
     Rule("make serve", BACKGROUND, ready="http://127.0.0.1:{API_PORT}/ready"),
     Rule("KEY=$(.venv/bin/rag-serve create-key", RUN),

@@ -58,6 +58,10 @@ def build_served_corpus(root: Path) -> Path:
     return documents
 
 
+# A tenant only test_feedback_and_analytics rates: the other tests' feedback never lands in its figures.
+ANALYTICS_TENANT = "analytics"
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
     redis_available(REDIS_URL)
@@ -75,7 +79,10 @@ def served(tmp_path_factory) -> Served:
     with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
         index(settings, instance=instance)
         database = ServingDatabase(settings.resolved_serving_db_url)
-        keys = {tenant: database.create_key(tenant, f"test {tenant}") for tenant in ("default", "acme", "globex")}
+        keys = {
+            tenant: database.create_key(tenant, f"test {tenant}")
+            for tenant in ("default", "acme", "globex", ANALYTICS_TENANT)
+        }
         server = ServerThread(create_app(settings)).start()
         try:
             yield Served(settings, server, keys, instance)

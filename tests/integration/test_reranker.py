@@ -23,12 +23,12 @@ from rag_core.querylog import ServingDatabase
 from rag_core.rerank import Reranker, is_cross_encoder
 from rag_core.retrieval import SearchFilter
 from rag_core.search.engines import IndexConnection
-from rag_core.settings import Settings
 from rag_core.tracking import REGISTERED_RERANKER, Tracker
 from rag_serving.app import create_app
 from tests.conftest import FIXTURES
 from tests.integration.pipeline_helpers import write_fixture_dataset
 from tests.serving_server import ServerThread
+from tests.support.settings import embedded_settings
 
 pytestmark = pytest.mark.slow
 CANDIDATES = 8
@@ -39,14 +39,9 @@ def trained(tmp_path_factory) -> dict:
     """The fixture corpus indexed, one relevance judgement from a user, then `reranker_job` (small preset)."""
     root = tmp_path_factory.mktemp("reranker")
     shutil.copytree(FIXTURES / "corpus", root / "documents")
-    settings = Settings(
-        data_dir=root / "data",
-        documents_dir=root / "documents",
-        dagster_home=root / "dagster",
-        milvus_uri="",
-        catalog_url="",
-        serving_db_url="",
-        mlflow_tracking_uri="",  # a real SQLite MLflow store under the data dir
+    settings = embedded_settings(  # a real SQLite MLflow store under the data dir
+        root,
+        root / "documents",
         collection_alias="rag_chunks",
         eval_dataset_dir=write_fixture_dataset(root / "dataset"),
     )
@@ -58,14 +53,25 @@ def trained(tmp_path_factory) -> dict:
             (chunk_id,) = store.sample_texts(collection, 1)
         feedback = ServingDatabase(settings.resolved_serving_db_url)
         query_id = feedback.log_query(
-            tenant="default", key_id="", question="Which passage did the user like?", mode="hybrid", top_k=5,
-            chunk_ids=[chunk_id], timings_ms={}, index_version="0", model="extractive/best-sentences",
+            tenant="default",
+            key_id="",
+            question="Which passage did the user like?",
+            mode="hybrid",
+            top_k=5,
+            chunk_ids=[chunk_id],
+            timings_ms={},
+            index_version="0",
+            model="extractive/best-sentences",
         )
         feedback.add_feedback(query_id, 5, True, "this one")
         feedback.close()
-        result = build_definitions(settings).resolve_job_def("reranker_job").execute_in_process(
-            instance=instance,
-            run_config={"ops": {"reranker_model": {"config": {"preset": "small", "dev_fraction": 0.2}}}},
+        result = (
+            build_definitions(settings)
+            .resolve_job_def("reranker_job")
+            .execute_in_process(
+                instance=instance,
+                run_config={"ops": {"reranker_model": {"config": {"preset": "small", "dev_fraction": 0.2}}}},
+            )
         )
         assert result.success
         event = instance.get_latest_materialization_event(AssetKey("reranker_model"))

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from tests.integration.pipeline_helpers import apply_sensor_result, sensor_tick
+from tests.served import ANALYTICS_TENANT
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,7 @@ def test_results_are_cached_in_redis_under_the_index_version(served):
 
 
 def test_feedback_and_analytics(served):
-    with served.client("acme") as client:
+    with served.client(ANALYTICS_TENANT) as client:
         query_id = client.post("/v1/retrieve", json={"query": "Falcon"}).json()["query_id"]
         assert (
             client.post("/v1/feedback", json={"query_id": query_id, "rating": 2, "is_relevant": False}).status_code
@@ -198,7 +199,7 @@ def test_feedback_and_analytics(served):
         assert client.post("/v1/feedback", json={"query_id": query_id}).status_code == 422
         assert client.post("/v1/feedback", json={"query_id": "nope", "rating": 3}).status_code == 404
         assert client.post("/v1/feedback", json={"query_id": query_id, "rating": 9}).status_code == 422
-    with served.client("globex") as other:  # another tenant cannot rate acme's queries
+    with served.client("globex") as other:  # another tenant cannot rate this tenant's queries
         assert other.post("/v1/feedback", json={"query_id": query_id, "rating": 1}).status_code == 404
     assert analytics["queries"] >= 2 and analytics["feedback"] == 2
     assert analytics["mean_rating"] == 3.5 and analytics["relevance_rate"] == 0.5

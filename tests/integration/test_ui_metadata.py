@@ -22,6 +22,7 @@ from rag_core.settings import Settings
 from rag_core.tracking import MODEL_TRAINING, Tracker
 from tests.conftest import FIXTURES
 from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.support.settings import embedded_settings
 
 pytestmark = pytest.mark.slow
 MLFLOW_UI = "http://mlflow.example:5000"
@@ -42,13 +43,9 @@ def evaluated(tmp_path_factory) -> Iterator[Evaluated]:
     evaluation of the served build."""
     root = tmp_path_factory.mktemp("ui-metadata")
     shutil.copytree(FIXTURES / "corpus", root / "documents")
-    settings = Settings(
-        data_dir=root / "data",
-        documents_dir=root / "documents",
-        dagster_home=root / "dagster",
-        milvus_uri="",
-        catalog_url="",
-        mlflow_tracking_uri="",
+    settings = embedded_settings(
+        root,
+        root / "documents",
         collection_alias="rag_chunks",
         eval_dataset_dir=write_fixture_dataset(root / "dataset"),
         eval_tune_fusion=False,

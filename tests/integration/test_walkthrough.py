@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.walkthrough  # its own CI-sized run: `make walkthrough` (every step it takes has its own test in the suite)
 def test_the_readme_walkthrough_passes_on_a_fresh_copy(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "walkthrough.py"), "--keep", str(tmp_path / "clone")],
