@@ -361,10 +361,6 @@ class Readiness(BaseModel):
     auth: str | None = Field(None, description="`api keys`, or `disabled` for a demo.")
 
 
-class NotReady(BaseModel):
-    status: Literal["not ready"]
-    reason: str = Field(..., description="`warming up`, or why the search index is not available.")
-
 
 class Redaction(BaseModel):
     kind: str = Field(..., description="What was redacted: EMAIL, PHONE, CREDIT_CARD, … (RAG_REDACT_PII).")

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rag_serving.deps import OptionalCallerDep, get_state
-from rag_serving.schemas import Health, NotReady, Readiness
+from rag_serving.schemas import Health, Readiness
 from rag_serving.state import ServingState
 
 router = APIRouter(tags=["health"])
@@ -18,7 +18,7 @@ def health() -> Health:
     return Health(status="alive")
 
 
-@router.get("/ready", responses={200: {"model": Readiness}, 503: {"model": NotReady}})
+@router.get("/ready", responses={200: {"model": Readiness}})
 def ready(who: OptionalCallerDep, state: ServingState = Depends(get_state)) -> JSONResponse:
     """200 once the server can answer, else 503 with the reason. Answered from what the background threads
     saw last (no Milvus or Redis call per probe). The served index, its models and the LLM are shown only
