@@ -22,11 +22,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
 	touch $@
 
+# Most tests wait on subprocesses, servers and Dagster runs: two workers keep both cores busy (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
 test: install  ## the suite: unit + integration against Milvus Lite, Dagster, PostgreSQL (the walk-through apart)
-	$(BIN)/pytest -q -ra -m "not walkthrough" --durations=25
+	$(BIN)/pytest -q -ra -m "not walkthrough" --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 walkthrough: install  ## the README's command blocks, run in order on a fresh copy (scripts/walkthrough.py)
 	$(BIN)/pytest -q -ra -m walkthrough

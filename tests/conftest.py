@@ -20,6 +20,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # The served index (materialized by the assets, behind a real HTTP server) shared by integration and e2e.
 pytest_plugins = ["tests.served"]
 POSTGRES_URL = os.environ.get("RAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# `make test` runs two pytest-xdist workers. Each takes its own Redis database, so that two apps over
+# identical builds (the same collection names and cache keys) never read each other's cache or limits.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+REDIS_URL = f"redis://127.0.0.1:6379/{int(XDIST_WORKER.removeprefix('gw'))}"
+# Tests on the session's served index run on one worker, so that the index is built once per run.
+SERVED_FIXTURES = {"served", "hardened"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("served"))
 
 
 def service_missing(message: str) -> None:

@@ -14,10 +14,9 @@ from rag_assets.cli import index
 from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings
 from rag_serving.app import create_app
-from tests.conftest import FIXTURES, service_missing
+from tests.conftest import FIXTURES, REDIS_URL, service_missing
 from tests.serving_server import ServerThread
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN_KEY = "test-admin-key-for-the-console"  # RAG_ADMIN_KEY of the served app (the console's admin page)
 TENANT_FILES = {
     "tenant=acme/acme-roadmap.md": "# Acme roadmap\n\nProject Falcon ships the quantum widget in March.",

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import FIXTURES, POSTGRES_URL, service_missing
+from tests.conftest import FIXTURES, POSTGRES_URL, REDIS_URL, service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,7 +72,7 @@ def test_a_busy_port_is_refused_with_the_fix(tmp_path: Path) -> None:
         holder.listen()
         busy = holder.getsockname()[1]
         config = stack.Stack(
-            tmp_path, POSTGRES_URL, "redis://127.0.0.1:6379/0", tmp_path, "unused", free_port(), free_port(),
+            tmp_path, POSTGRES_URL, REDIS_URL, tmp_path, "unused", free_port(), free_port(),
             free_port(), busy, free_port(),
         )
         with pytest.raises(stack.StackError, match=f"API port {busy} already in use .* --api-port"):
@@ -84,7 +84,7 @@ def production(tmp_path: Path, postgres_admin_url: str) -> Iterator[dict]:
     import redis
 
     try:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.exceptions.ConnectionError:
         service_missing("Redis is not reachable at 127.0.0.1:6379 — start redis-server")
     documents = tmp_path / "documents"
@@ -96,7 +96,7 @@ def production(tmp_path: Path, postgres_admin_url: str) -> Iterator[dict]:
     data_dir = tmp_path / "stack"
     command = [
         sys.executable, str(ROOT / "scripts" / "stack.py"), "--data-dir", str(data_dir), "--pg-url",
-        postgres_admin_url, "--documents-dir", str(documents), "--prefix", prefix,
+        postgres_admin_url, "--redis-url", REDIS_URL, "--documents-dir", str(documents), "--prefix", prefix,
         *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))],
     ]
     # Both fixture files arrive in one sensor tick: one batched run instead of one run each.
@@ -195,7 +195,7 @@ def test_the_daemon_indexes_and_unindexes_a_dropped_file_and_mlflow_gets_the_eva
 
 def test_an_unreachable_postgres_is_refused_with_the_fix(tmp_path: Path) -> None:
     config = stack.Stack(
-        tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", "redis://127.0.0.1:6379/0", tmp_path,
+        tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", REDIS_URL, tmp_path,
         "unused", free_port(), free_port(), free_port(), free_port(), free_port(),
     )
     with pytest.raises(stack.StackError, match=r"PostgreSQL is not reachable .*pg_ctlcluster.* or pass --pg-url"):

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import RateLimiter
+from tests.conftest import REDIS_URL
 from tests.served import redis_available
 from tests.unit.test_rate_limit_window import most_in_any_minute
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Clock:
