@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from rag_core.answerers import LOCAL_PROVIDERS
-from rag_core.answerers.extractive import STOPWORDS, WORD, _stem
+from rag_core.answerers.extractive import WORD, content_terms, content_words, stem
 from rag_core.generation import LLMConfig, complete
 from rag_core.pii import redact
 from rag_core.tables import create_tables
@@ -89,17 +89,13 @@ class Conversation:
     turns: list[Turn]
 
 
-def _content_words(text: str) -> list[str]:
-    return [word for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
-
-
 def leans_on_history(question: str) -> bool:
     lowered = question.strip().lower()
     words = WORD.findall(lowered)
     return (
         any(word in ANAPHORS for word in words)
         or lowered.startswith(OPENERS)
-        or len(_content_words(question)) < MIN_CONTENT_WORDS
+        or len(content_words(question)) < MIN_CONTENT_WORDS
     )
 
 
@@ -107,10 +103,10 @@ def condense_offline(previous_query: str, follow_up: str) -> str:
     """The previous standalone query's content words the follow-up lacks, then the follow-up."""
     if not leans_on_history(follow_up):
         return follow_up
-    present = {_stem(word) for word in _content_words(follow_up)}
+    present = set(content_terms(follow_up))
     carried: list[str] = []
-    for word in _content_words(previous_query):
-        if _stem(word) not in present and word not in carried:
+    for word in content_words(previous_query):
+        if stem(word) not in present and word not in carried:
             carried.append(word)
     return f"{' '.join(carried)}: {follow_up}" if carried else follow_up
 
@@ -149,10 +145,10 @@ def _loose(sentence: str) -> re.Pattern[str]:
 
 def _closest_sentence(sentence: str, text: str) -> tuple[int, int] | None:
     """The span of the sentence of `text` sharing the most content words with `sentence` (two at least)."""
-    wanted = {_stem(word) for word in _content_words(sentence)}
+    wanted = set(content_terms(sentence))
     best, span = 1, None
     for match in re.finditer(r"[^.!?\n]+[.!?]?", text):
-        shared = len(wanted & {_stem(word) for word in _content_words(match.group(0))})
+        shared = len(wanted & set(content_terms(match.group(0))))
         if shared > best:
             best, span = shared, (match.start(), match.end())
     return span

@@ -19,7 +19,7 @@ STOPWORDS = frozenset(
 NO_ANSWER = "The retrieved sources do not contain an answer to this question."
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """A light suffix stripper so `keyed`, `keys` and `key` meet; enough for sentence matching."""
     for suffix in ("ingly", "edly", "ing", "ies", "ied", "ed", "es", "ly", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
@@ -27,9 +27,14 @@ def _stem(word: str) -> str:
     return word
 
 
+def content_words(text: str) -> list[str]:
+    """The words that carry meaning: lowercased, no stopwords, no single letters."""
+    return [word for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
+
+
 def content_terms(text: str) -> list[str]:
-    """The words that carry meaning (no stopwords), lightly stemmed."""
-    return [_stem(word) for word in WORD.findall(text.lower()) if word not in STOPWORDS and len(word) > 1]
+    """The content words, lightly stemmed."""
+    return [stem(word) for word in content_words(text)]
 
 
 def _is_statement(sentence: str) -> bool:
