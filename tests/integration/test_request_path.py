@@ -21,7 +21,6 @@ from tests.served import redis_available
 from tests.unit.test_rate_limit_window import most_in_any_minute
 
 
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1_000.0
