@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from rag_assets import experiment_cli
+from rag_assets import experiment_cli, tenant_cli
 from rag_core.errors import Refusal
 from rag_core.settings import Settings, environment_variable, settings_or_exit
 
@@ -276,6 +276,7 @@ def promote(
         "evaluated": report.get("evaluated_collection"),
         "ndcg_at_10": report.get("ndcg_at_10"),
         "baseline_ndcg_at_10": report.get("baseline_ndcg_at_10"),
+        "gate_rule": report.get("gate_rule"),
         "gate": report.get("gate_reason", "the evaluation failed (see its run in the Dagster UI)"),
         "served": promoted.get("served_collection") or report.get("served_collection"),
         "run_id": result.run_id,
@@ -328,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     metrics_cmd.add_argument("--port", type=int, default=9108)
     metrics_cmd.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, so Prometheus reaches it")
     experiment_cli.add_parser(commands)
+    tenant_cli.add_parser(commands)
     return parser
 
 
@@ -348,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "experiment":
         return experiment_cli.run(args, settings)
+    if args.command == "tenant":
+        return tenant_cli.run(args, settings)
     if args.command == "index":
         summary = index(settings)
         print(

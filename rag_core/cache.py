@@ -1,6 +1,7 @@
 """Query caches: Redis when `REDIS_URL` is set, an in-process LRU otherwise.
 
-Keys carry the index version, so a reindex invalidates every cached result at once. A Redis that dies
+Keys carry the index version, so a reindex invalidates every cached result at once, and the tenant whose
+request filled them first (`tenant_prefix`), so deleting a tenant deletes its entries by prefix. A Redis that dies
 mid-flight never fails a request: calls fall through uncached, and the client retries the connection
 after a short back-off, so caching resumes by itself when Redis returns.
 """
@@ -10,17 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+SCAN_BATCH = 500  # keys per SCAN step and per UNLINK
 
 
-def cache_key(kind: str, index_version: str, *parts: object) -> str:
+def tenant_prefix(tenant: str) -> str:
+    """What every cache key of `tenant` starts with. Tenant names (rag_core.tenants) hold no glob characters."""
+    return f"rag:tenant={tenant}:"
+
+
+def cache_key(kind: str, index_version: str, *parts: object, tenant: str | None = None) -> str:
+    """The key of an entry; with `tenant`, one `delete_prefix(tenant_prefix(tenant))` finds it."""
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    return f"rag:{kind}:{index_version}:{digest}"
+    scope = tenant_prefix(tenant) if tenant is not None else "rag:"
+    return f"{scope}{kind}:{index_version}:{digest}"
 
 
 class Cache(Protocol):
@@ -31,6 +41,8 @@ class Cache(Protocol):
     def set(self, key: str, value: Any, ttl_s: int) -> None: ...
 
     def healthy(self) -> bool: ...
+
+    def delete_prefix(self, prefix: str) -> int: ...
 
 
 class LRUCache:
@@ -59,6 +71,14 @@ class LRUCache:
 
     def healthy(self) -> bool:
         return True
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every entry whose key starts with `prefix`; how many there were."""
+        with self._lock:
+            doomed = [key for key in self._items if key.startswith(prefix)]
+            for key in doomed:
+                del self._items[key]
+        return len(doomed)
 
 
 class RedisCache:
@@ -97,6 +117,22 @@ class RedisCache:
 
     def healthy(self) -> bool:
         return bool(self._call(self.client.ping))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with `prefix`, found with SCAN (KEYS would block Redis on a large
+        keyspace); how many were deleted. Unlike a lookup this raises when Redis fails: a purge must not
+        report success over entries it could not reach."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                deleted += self.client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += self.client.unlink(*batch)
+        return deleted
 
 
 def make_cache(redis_url: str) -> Cache:

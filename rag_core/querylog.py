@@ -22,13 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
 from rag_core.pii import redact
 from rag_core.tables import create_tables
-from rag_core.tenants import validate_tenant
+from rag_core.tenants import Tenant, UnknownTenant, validate_limit, validate_tenant
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,16 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(256), nullable=False, default=""),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+# Tenants as records (rag_core.tenants.Tenant): their limits. A key created for an unknown tenant creates it,
+# and the tenants of keys created before this table existed are recorded when the database is opened.
+tenants = sa.Table(
+    "rag_tenants",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rate_limit_per_minute", sa.Integer, nullable=True),  # None: RAG_RATE_LIMIT_PER_MINUTE
+    sa.Column("max_documents", sa.Integer, nullable=True),  # None: no quota
 )
 
 
@@ -156,27 +166,30 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+V = TypeVar("V")
+
+
 @dataclass(frozen=True)
-class _CheckedKey:
-    key: ApiKey | None  # None: the presented key is invalid or revoked
+class _Checked(Generic[V]):
+    key: V | None  # None: the presented key is invalid or revoked (the tenant unknown)
     expires: float
 
 
-class _KeyCache:
-    """Checked keys by the SHA-256 of the presented key, least recently used first out. A valid key is
-    trusted for `ttl_s`; an invalid one is remembered for a fifth of that, only to spare the database
-    a client retrying a bad key. `ttl_s` 0 turns the cache off."""
+class _KeyCache(Generic[V]):
+    """Checked keys by the SHA-256 of the presented key (tenant records by name), least recently used first
+    out. A found value is trusted for `ttl_s`; a missing one is remembered for a fifth of that, only to spare
+    the database a client retrying a bad key. `ttl_s` 0 turns the cache off."""
 
     def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float]) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: OrderedDict[str, _CheckedKey] = OrderedDict()
+        self._entries: OrderedDict[str, _Checked[V]] = OrderedDict()
         self._lock = threading.Lock()
         # Bumped by clear(): a lookup that started before a revocation must not cache what it read.
         self.generation = 0
 
-    def get(self, digest: str) -> _CheckedKey | None:
+    def get(self, digest: str) -> _Checked[V] | None:
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
@@ -187,14 +200,14 @@ class _KeyCache:
             self._entries.move_to_end(digest)
             return entry
 
-    def put(self, digest: str, key: ApiKey | None, generation: int) -> None:
+    def put(self, digest: str, key: V | None, generation: int) -> None:
         ttl_s = self.ttl_s if key is not None else self.ttl_s / 5
         if ttl_s <= 0:
             return
         with self._lock:
             if generation != self.generation:
                 return
-            self._entries[digest] = _CheckedKey(key, self.clock() + ttl_s)
+            self._entries[digest] = _Checked(key, self.clock() + ttl_s)
             self._entries.move_to_end(digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -384,7 +397,10 @@ class ServingDatabase:
         create_tables(metadata, self.engine)
         # RAG_REDACT_PII: users' questions and comments are redacted like the documents before they are stored.
         self.redact_pii = redact_pii
-        self._keys = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
+        self._keys: _KeyCache[ApiKey] = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
+        # Tenant records for the request path (their rate limit), trusted as long as a checked key.
+        self._tenants: _KeyCache[Tenant] = _KeyCache(auth_cache_ttl_s, auth_cache_size, clock)
+        self._record_key_tenants()
         self._query_log = _QueryLogWriter(
             self.engine, log_interval_s, log_batch_rows, log_max_pending, log_retry_delay_s, log_max_retry_delay_s
         )
@@ -411,10 +427,12 @@ class ServingDatabase:
 
     # ---- API keys
     def create_key(self, tenant: str, name: str = "") -> str:
-        """The plain key, shown once. Raises InvalidTenant for a tenant name outside TENANT_PATTERN."""
+        """The plain key, shown once; an unknown tenant is created with the default limits. Raises
+        InvalidTenant for a tenant name outside TENANT_PATTERN."""
         validate_tenant(tenant)
         key_id = secrets.token_hex(6)
         plain = f"rag_{key_id}_{secrets.token_urlsafe(24)}"
+        self._ensure_tenant(tenant)
         with self.engine.begin() as connection:
             connection.execute(
                 api_keys.insert().values(
@@ -460,6 +478,107 @@ class ServingDatabase:
             StoredKey(row["key_id"], row["tenant"], row["name"], _utc(row["created_at"]), bool(row["revoked"]))
             for row in rows
         ]
+
+    # ---- tenants
+    def create_tenant(
+        self, name: str, rate_limit_per_minute: int | None = None, max_documents: int | None = None
+    ) -> Tenant | None:
+        """The new tenant; None when one of that name exists already. Raises InvalidTenant, or ValueError
+        for a negative limit."""
+        validate_tenant(name)
+        validate_limit(rate_limit_per_minute, "rate_limit_per_minute")
+        validate_limit(max_documents, "max_documents")
+        created = Tenant(name, datetime.now(UTC), rate_limit_per_minute, max_documents)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(tenants.insert().values(**vars(created)))
+        except sa.exc.IntegrityError:
+            return None
+        self._tenants.clear()
+        return created
+
+    def tenant(self, name: str) -> Tenant | None:
+        """The tenant's record, from the database."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(tenants).where(tenants.c.name == name)).mappings().first()
+        return None if row is None else Tenant(**{**row, "created_at": _utc(row["created_at"])})
+
+    def cached_tenant(self, name: str) -> Tenant | None:
+        """The tenant's record for the request path: from memory for `auth_cache_ttl_s`, like a checked key,
+        so a request costs no SQL for it. Other processes see a change of limits within that TTL. While the
+        database does not answer, None (the deployment's limits): a request whose key is trusted from memory
+        keeps being served through an outage, as it was before tenants had records."""
+        if (checked := self._tenants.get(name)) is not None:
+            return checked.key
+        generation = self._tenants.generation
+        try:
+            found = self.tenant(name)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            log.warning("tenant %s could not be read (%s); applying the deployment's limits", name, error.orig)
+            return None
+        self._tenants.put(name, found, generation)
+        return found
+
+    def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by name."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(tenants).order_by(tenants.c.name)).mappings().all()
+        return [Tenant(**{**row, "created_at": _utc(row["created_at"])}) for row in rows]
+
+    def set_tenant_limits(self, name: str, **limits: int | None) -> Tenant:
+        """Set these of `rate_limit_per_minute` and `max_documents` (None: the deployment's default); the
+        others stay. Raises UnknownTenant, or ValueError for a negative limit."""
+        for field, value in limits.items():
+            if field not in ("rate_limit_per_minute", "max_documents"):
+                raise ValueError(f"{field} is not a tenant limit: use rate_limit_per_minute or max_documents")
+            validate_limit(value, field)
+        if limits:
+            with self.engine.begin() as connection:
+                connection.execute(tenants.update().where(tenants.c.name == name).values(**limits))
+            self._tenants.clear()
+        found = self.tenant(name)
+        if found is None:
+            raise UnknownTenant(f"no tenant {name} — `rag tenant list` shows the tenants")
+        return found
+
+    def delete_tenant_keys(self, name: str) -> int:
+        """Delete the tenant's API keys (not revoke: nothing of the tenant stays) and forget the checked ones,
+        so this process refuses them at once; other processes within `auth_cache_ttl_s`. How many there were."""
+        with self.engine.begin() as connection:
+            deleted = connection.execute(api_keys.delete().where(api_keys.c.tenant == name)).rowcount
+        self._keys.clear()
+        return deleted
+
+    def delete_tenant_records(self, name: str) -> dict[str, int]:
+        """Delete the tenant's rows of this database — its keys, feedback on its queries, its query log and
+        the tenant itself; {table: rows deleted}. Keys go first, then the queue is written, so a query still
+        in flight is in the table when its rows are deleted."""
+        keys = self.delete_tenant_keys(name)
+        self.flush()
+        its_queries = sa.select(queries.c.query_id).where(queries.c.tenant == name)
+        with self.engine.begin() as connection:
+            given = connection.execute(feedback.delete().where(feedback.c.query_id.in_(its_queries))).rowcount
+            logged = connection.execute(queries.delete().where(queries.c.tenant == name)).rowcount
+            record = connection.execute(tenants.delete().where(tenants.c.name == name)).rowcount
+        self._tenants.clear()
+        return {"feedback": given, "queries": logged, "api_keys": keys, "tenants": record}
+
+    def _ensure_tenant(self, name: str) -> None:
+        with self.engine.connect() as connection:
+            if connection.execute(sa.select(tenants.c.name).where(tenants.c.name == name)).first() is not None:
+                return
+        self.create_tenant(name)  # None when another process created it meanwhile: as good
+
+    def _record_key_tenants(self) -> None:
+        """Record the tenants that only keys name (keys created before tenants were records)."""
+        unrecorded = sa.select(sa.distinct(api_keys.c.tenant)).where(~api_keys.c.tenant.in_(sa.select(tenants.c.name)))
+        with self.engine.connect() as connection:
+            names = list(connection.execute(unrecorded).scalars())
+        for name in names:
+            try:
+                self.create_tenant(name)
+            except ValueError:  # InvalidTenant: a name from before names were checked stays unrecorded
+                log.warning("the API keys of tenant %r name no valid tenant; revoke them", name)
 
     # ---- query log
     def log_query(
@@ -610,6 +729,19 @@ class ServingDatabase:
         )
         with self.engine.connect() as connection:
             return [(question, json.loads(ids)) for question, ids in connection.execute(query)]
+
+    def relevant_pairs_since(self, moment: datetime | None) -> int:
+        """How many of `relevant_pairs` were judged after `moment` (None: ever): what a model update counts."""
+        self.flush()
+        query = (
+            sa.select(sa.func.count())
+            .select_from(feedback.join(queries, feedback.c.query_id == queries.c.query_id))
+            .where(feedback.c.is_relevant.is_(True))
+        )
+        if moment is not None:
+            query = query.where(feedback.c.created_at > moment)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
 
     def analytics(self, tenant: str | None = None, worst: int = 10) -> dict[str, Any]:
         self.flush()

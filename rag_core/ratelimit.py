@@ -10,6 +10,9 @@ so, by up to nearly as much, do a sliding-window counter (it assumes the previou
 spread evenly) and a token bucket with a burst of `per_minute`. Only the log bounds every span; it costs
 `per_minute` timestamps per active subject. A Redis outage lets requests through rather than failing them.
 
+A subject may carry its own limit (`hit(subject, per_minute)`): a tenant's `rate_limit_per_minute` replaces
+the deployment's for its keys, with the same window and the same single round trip.
+
 `FailedAttempts` throttles failed API key attempts per client address with the same limiter."""
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class RateLimiter:
             )
             self._script = self._redis.register_script(SLIDING_WINDOW_SCRIPT)
 
-    def _hit_in_process(self, subject: str, now: float) -> tuple[bool, int, float]:
+    def _hit_in_process(self, subject: str, now: float, limit: int) -> tuple[bool, int, float]:
         horizon = now - self.window_s
         with self._lock:
             if now - self._swept >= self.window_s:  # forget the subjects idle for a whole window
@@ -91,12 +94,12 @@ class RateLimiter:
             hits = self._hits.setdefault(subject, deque())
             while hits and hits[0] <= horizon:
                 hits.popleft()
-            allowed = len(hits) < self.per_minute
+            allowed = len(hits) < limit
             if allowed:
                 hits.append(now)
             return allowed, len(hits), hits[0]
 
-    def _hit_in_redis(self, subject: str, now: float) -> tuple[bool, int, float] | None:
+    def _hit_in_redis(self, subject: str, now: float, limit: int) -> tuple[bool, int, float] | None:
         # After a failure, do not wait on a dead Redis (up to the socket timeout) in every request.
         if time.monotonic() < self._redis_down_until:
             return None
@@ -106,7 +109,7 @@ class RateLimiter:
                 args=[
                     repr(now),
                     repr(now - self.window_s),
-                    self.per_minute,
+                    limit,
                     math.ceil(self.window_s * 1000),
                     uuid.uuid4().hex,
                 ],
@@ -121,17 +124,31 @@ class RateLimiter:
             self._redis_down_until = 0.0
         return bool(allowed), int(count), float(oldest)
 
-    def hit(self, subject: str) -> Decision:
-        if self.per_minute <= 0:
+    def hit(self, subject: str, per_minute: int | None = None) -> Decision:
+        """Count a hit of `subject` against `per_minute` (None: the limiter's own); a limit of 0 is no limit."""
+        limit = self.per_minute if per_minute is None else per_minute
+        if limit <= 0:
             return Decision(True, 0, 0)
         now = self.clock()
-        counted = self._hit_in_process(subject, now) if self._redis is None else self._hit_in_redis(subject, now)
+        if self._redis is None:
+            counted = self._hit_in_process(subject, now, limit)
+        else:
+            counted = self._hit_in_redis(subject, now, limit)
         if counted is None:
-            return Decision(True, self.per_minute, 0)
+            return Decision(True, limit, 0)
         allowed, count, oldest = counted
-        full = count >= self.per_minute
+        full = count >= limit
         retry_after = max(1, math.ceil(oldest + self.window_s - now)) if full else 0
-        return Decision(allowed, max(0, self.per_minute - count), retry_after)
+        return Decision(allowed, max(0, limit - count), retry_after)
+
+    def forget(self, subjects: list[str]) -> int:
+        """Drop what is remembered of these subjects (their hits in Redis or in process); how many had any.
+        Raises when Redis fails: a purge must not report success over hits it could not reach."""
+        with self._lock:
+            forgotten = sum(self._hits.pop(subject, None) is not None for subject in subjects)
+        if self._redis is not None and subjects:
+            forgotten += int(self._redis.delete(*(f"{self.key_prefix}:{subject}" for subject in subjects)))
+        return forgotten
 
 
 class FailedAttempts:

@@ -38,6 +38,7 @@ from rag_serving.routers import (
     health,
     query,
     query_log,
+    tenants,
 )
 from rag_serving.schemas import bounded_requests
 from rag_serving.state import ServingState
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     add_docs(app)
     bodies = bounded_requests(settings)
-    routers = (health, query, feedback, documents, chunks, conversations, query_log, admin, experiments)
+    routers = (health, query, feedback, documents, chunks, conversations, query_log, admin, tenants, experiments)
     for router in (module.router for module in routers):
         app.include_router(_with_bodies(router, bodies))
     upload_limit = int(settings.upload_max_mb * 1e6) + MULTIPART_OVERHEAD_BYTES

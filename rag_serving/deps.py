@@ -88,11 +88,16 @@ def caller(
                 status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
             )
         who, subject = Caller(key.key_id, key.tenant), f"key:{key.key_id}"
-    decision = state.limiter.hit(subject)
+    # The tenant's own limit, from memory (ServingDatabase.cached_tenant): no SQL on the request path.
+    tenant = state.db.cached_tenant(who.tenant)
+    per_minute = tenant.rate_limit_per_minute if tenant is not None else None
+    decision = state.limiter.hit(subject, per_minute)
     if not decision.allowed:
+        limit = state.settings.rate_limit_per_minute if per_minute is None else per_minute
+        whose = f"tenant {who.tenant}'s " if per_minute is not None else ""
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"rate limit of {state.settings.rate_limit_per_minute} requests per minute exceeded",
+            f"{whose}rate limit of {limit} requests per minute per API key exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
     return who

@@ -338,6 +338,73 @@ class ApiKeyRevoked(BaseModel):
     revoked: Literal[True]
 
 
+RateLimit = Annotated[
+    int | None,
+    Field(ge=0, description="Requests per minute per API key of the tenant; null: RAG_RATE_LIMIT_PER_MINUTE; 0: none."),
+]
+MaxDocuments = Annotated[
+    int | None, Field(ge=0, description="Files the tenant may hold in the documents folder; null: no quota.")
+]
+
+
+class TenantCreateRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "acme", "rate_limit_per_minute": 60, "max_documents": 1000}]}
+    )
+
+    name: str = Field(..., pattern=TENANT_PATTERN, description="The tenant's name: its folder is `tenant=<name>/`.")
+    rate_limit_per_minute: RateLimit = None
+    max_documents: MaxDocuments = None
+
+
+class TenantLimitsUpdate(BaseModel):
+    """The limits to change: a field left out stays as it is, null returns it to the deployment's default."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"max_documents": 5000}]})
+
+    rate_limit_per_minute: RateLimit = None
+    max_documents: MaxDocuments = None
+
+
+class TenantOut(BaseModel):
+    name: str
+    created_at: datetime
+    rate_limit_per_minute: int | None
+    max_documents: int | None
+
+
+class TenantList(BaseModel):
+    tenants: list[TenantOut]
+
+
+class TenantUsageOut(BaseModel):
+    files: int = Field(..., description="Files in the tenant's folder, indexed or not: what max_documents counts.")
+    documents: int = Field(..., description="Documents the catalog records (a JSONL corpus file holds many).")
+    chunks: int = Field(..., description="The tenant's chunks in the served build.")
+
+
+class TenantDetail(TenantOut):
+    usage: TenantUsageOut
+    keys: int = Field(..., description="Its API keys, revoked ones included.")
+
+
+class TenantKeyCreateRequest(BaseModel):
+    name: str = Field("", max_length=256, pattern=TEXT_PATTERN, description="What the key is for.")
+
+
+class TenantDeletion(BaseModel):
+    """What deleting the tenant purged, per place."""
+
+    tenant: str
+    deleted: dict[str, int] = Field(
+        ...,
+        description="Rows, files or entries per place: files, staged_files, catalog_rows, disabled_chunks, "
+        "vectors, cache_entries, rate_limit_windows, queries, feedback, conversations, conversation_turns, "
+        "experiment_exclusions, api_keys.",
+    )
+    vectors: dict[str, int] = Field(..., description="Vectors deleted per collection (served and candidates).")
+
+
 class Health(BaseModel):
     status: Literal["alive"]
 

@@ -90,10 +90,13 @@ def fusion_for(request: RetrieveRequest, snapshot: IndexSnapshot) -> FusionConfi
     )
 
 
-def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timings: Timings) -> list[float]:
-    """Embedded with the model the served build was made with (it follows the alias)."""
+def query_vector(
+    state: ServingState, snapshot: IndexSnapshot, query: str, timings: Timings, tenant: str
+) -> list[float]:
+    """Embedded with the model the served build was made with (it follows the alias). Cached per tenant: a
+    question is the tenant's data, deleted with it (rag_core.tenant_data)."""
     embedder = snapshot.embedder
-    key = cache_key("qvec", embedder.version, query)
+    key = cache_key("qvec", embedder.version, query, tenant=tenant)
     cached = state.cache.get(key)
     state.metrics.cache.labels("embedding", "hit" if cached is not None else "miss").inc()
     if cached is not None:
@@ -105,13 +108,13 @@ def query_vector(state: ServingState, snapshot: IndexSnapshot, query: str, timin
 
 
 def engine_for(
-    state: ServingState, snapshot: IndexSnapshot, timings: Timings, llm: LLMConfig | None = None
+    state: ServingState, snapshot: IndexSnapshot, timings: Timings, llm: LLMConfig | None = None, *, tenant: str
 ) -> QueryEngine:
-    """The query engine over this snapshot, embedding through the cache and timing into `timings`; it answers
-    with `llm` (an A/B arm's answerer), else the deployment's."""
+    """The query engine over this snapshot for `tenant`'s request, embedding through the cache and timing into
+    `timings`; it answers with `llm` (an A/B arm's answerer), else the deployment's."""
     return QueryEngine(
         snapshot.searcher,
-        lambda query: query_vector(state, snapshot, query, timings),
+        lambda query: query_vector(state, snapshot, query, timings, tenant),
         snapshot.fusion,
         llm or state.llm,
         lambda stage: timings.stage(stage, state),
@@ -138,6 +141,7 @@ def retrieve(
         sorted(search_filter.excluded),  # a toggled chunk changes the results at once, not after the TTL
         asdict(fusion),
         (state.reranker.version, state.reranker.weight) if state.reranker else "",  # never shared with unreranked
+        tenant=tenant,
     )
     cached = state.cache.get(key)
     state.metrics.cache.labels("results", "hit" if cached is not None else "miss").inc()

@@ -46,7 +46,7 @@ def list_keys(
     tenant: Annotated[str | None, Query(pattern=TENANT_PATTERN, description="Only this tenant's.")] = None,
 ) -> ApiKeyList:
     """Every API key (of `tenant`), newest first, without secrets."""
-    return ApiKeyList(keys=[_out(key) for key in state.db.list_keys(tenant)])
+    return ApiKeyList(keys=[key_out(key) for key in state.db.list_keys(tenant)])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(413, 422))
@@ -55,7 +55,7 @@ def create_key(request: KeyCreateRequest, state: StateDep) -> ApiKeyCreated:
     plain = state.db.create_key(request.tenant, request.name)
     key_id = key_id_of(plain)
     stored = next(key for key in state.db.list_keys(request.tenant) if key.key_id == key_id)
-    return ApiKeyCreated(**_out(stored).model_dump(), key=plain)
+    return ApiKeyCreated(**key_out(stored).model_dump(), key=plain)
 
 
 @router.delete("/{key_id}", responses=error_responses(404, 422))
@@ -66,7 +66,7 @@ def revoke_key(key_id: KeyId, state: StateDep) -> ApiKeyRevoked:
     return ApiKeyRevoked(key_id=key_id, revoked=True)
 
 
-def _out(key: StoredKey) -> ApiKeyOut:
+def key_out(key: StoredKey) -> ApiKeyOut:
     return ApiKeyOut(
         key_id=key.key_id, tenant=key.tenant, name=key.name, created_at=key.created_at, revoked=key.revoked
     )

@@ -114,7 +114,7 @@ def ask(
     standalone = condense(conversation.turns, message.question, state.llm)
     request = QueryRequest(query=standalone, top_k=message.top_k, mode=message.mode)
     timings = Timings()
-    engine = engine_for(state, snapshot, timings)
+    engine = engine_for(state, snapshot, timings, tenant=who.tenant)
     chunks, cached = retrieve(state, engine, request, who.tenant, snapshot)
     response = answered(request, who, state, snapshot, chunks, timings, cached, engine.answer(standalone, chunks))
     spans = cited_spans(response.answer, [chunk.text for chunk in chunks])

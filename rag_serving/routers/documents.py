@@ -25,7 +25,8 @@ from rag_core.documents import (
 )
 from rag_core.ids import source_key
 from rag_core.settings import Settings
-from rag_core.tenants import InvalidTenant, validate_tenant
+from rag_core.tenant_data import stored_documents
+from rag_core.tenants import InvalidTenant, TenantQuotaExceeded, check_document_quota, validate_tenant
 from rag_serving.deps import Caller, KeyFirstRoute, caller, get_state
 from rag_serving.runs import RunInfo
 from rag_serving.schemas import (
@@ -127,18 +128,20 @@ def _validate_upload(name: str, staged: Path) -> None:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {error}") from error
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400, 413, 415, 422))
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400, 409, 413, 415, 422))
 async def upload_documents(
     file: list[UploadFile], who: Caller = Depends(caller), state: ServingState = Depends(get_state)
 ) -> UploadResponse:
     """Store every `file` part of the request in the watched folder (the tenant's folder); the sensor indexes
-    them. Same name = new version. One refused file refuses the request: then nothing is stored."""
+    them. Same name = new version. One refused file refuses the request: then nothing is stored. 409 when the
+    new names would take the tenant past its document quota (`max_documents`, set by an admin)."""
     names = [stored_name(upload.filename or "") for upload in file]
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"more than one file of this request is named {repeated[0]}"
         )
     folder, prefix = _tenant_folder(state, who.tenant)
+    _check_quota(state, who.tenant, folder, names)
     folder.mkdir(parents=True, exist_ok=True)
     limit_bytes = int(state.settings.upload_max_mb * 1e6)
     temporaries: list[Path] = []
@@ -166,6 +169,21 @@ async def upload_documents(
             for upload, name, size in zip(file, names, sizes, strict=True)
         ]
     )
+
+
+def _check_quota(state: ServingState, tenant: str, folder: Path, names: list[str]) -> None:
+    """409 before anything is written when the tenant's `max_documents` has no room for the new names (a file
+    replacing one of the same name takes none). 409, not 413 or 429: the request is fine and waiting does not
+    help; the tenant's state (its quota is full) is what refuses it."""
+    record = state.db.cached_tenant(tenant)
+    if record is None or record.max_documents is None:
+        return
+    stored = stored_documents(state.settings.documents_dir.resolve(), tenant, state.settings.default_tenant)
+    adding = sum(not (folder / name).exists() for name in names)
+    try:
+        check_document_quota(record, len(stored), adding)
+    except TenantQuotaExceeded as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from error
 
 
 def _locate(doc_id: str, who: Caller, state: ServingState) -> tuple[Path | None, DocumentStatus | None]:

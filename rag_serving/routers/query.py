@@ -156,7 +156,7 @@ def retrieve_chunks(
     """Dense, BM25 or hybrid (convex or RRF fusion) retrieval over the published index, within the caller's tenant."""
     request, snapshot, assigned = _assigned(request, who, state, snapshot)
     timings = Timings()
-    chunks, cached = _retrieve(request, who, state, snapshot, engine_for(state, snapshot, timings))
+    chunks, cached = _retrieve(request, who, state, snapshot, engine_for(state, snapshot, timings, tenant=who.tenant))
     arm = _arm(assigned)
     query_id = _log(state, who, request, chunks, timings, snapshot, model="", degraded=False, cached=cached, **arm)
     observe(state, assigned, "retrieve", timings, degraded=False)
@@ -189,7 +189,7 @@ def answer_query(
     With `stream: true` the answer arrives as server-sent events: `sources`, `delta`…, `done`."""
     request, snapshot, assigned = _assigned(request, who, state, snapshot)
     timings = Timings()
-    engine = engine_for(state, snapshot, timings, assigned.llm if assigned else None)
+    engine = engine_for(state, snapshot, timings, assigned.llm if assigned else None, tenant=who.tenant)
     chunks, cached = _retrieve(request, who, state, snapshot, engine)
     if request.stream:
         events = _event_stream(request, who, state, snapshot, engine, chunks, timings, cached, assigned)

@@ -181,7 +181,8 @@ def test_results_are_cached_in_redis_under_the_index_version(served):
         metrics = client.get("/metrics").text
     assert first["cached"] is False and second["cached"] is True
     assert [c["chunk_id"] for c in first["chunks"]] == [c["chunk_id"] for c in second["chunks"]]
-    keys = redis.Redis.from_url(served.settings.redis_url).keys(f"rag:retrieved:{first['index_version']}:*")
+    pattern = f"rag:tenant=default:retrieved:{first['index_version']}:*"  # under the tenant: a purge finds them
+    keys = redis.Redis.from_url(served.settings.redis_url).keys(pattern)
     assert keys
     assert 'rag_cache_requests_total{cache="results",result="hit"}' in metrics
 
