@@ -11,17 +11,8 @@ from contextlib import contextmanager
 from dataclasses import fields
 
 from rag_core.errors import Refusal
-from rag_core.experiments import (
-    METRICS,
-    PAUSED,
-    PRIMARY_METRICS,
-    RUNNING,
-    STOPPED,
-    Arm,
-    DecisionRule,
-    ExperimentStore,
-    new_experiment,
-)
+from rag_core.experiment_rule import METRICS, PRIMARY_METRICS, DecisionRule
+from rag_core.experiments import PAUSED, RUNNING, STOPPED, Arm, ExperimentStore, new_experiment
 from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings
 
@@ -111,7 +102,10 @@ def _refuse_missing_builds(settings: Settings, collections: list[str]) -> None:
         raise Refusal(f"no build named {', '.join(missing)} — `rag builds` lists the builds an arm can serve")
 
 
-def report(settings: Settings, name: str, replay: bool = True, promote: bool = True, instance=None) -> dict:
+def report(
+    settings: Settings, name: str, replay: bool = True, promote: bool = True, stop_when_decided: bool = False,
+    instance=None,
+) -> dict:
     """Materialize `experiment_report` for `name` in a run of the Dagster instance; its metadata."""
     from dagster import materialize
 
@@ -119,7 +113,7 @@ def report(settings: Settings, name: str, replay: bool = True, promote: bool = T
     from rag_assets.cli import _instance
     from rag_assets.resources import build_resources
 
-    config = {"experiment": name, "replay": replay, "promote": promote}
+    config = {"experiment": name, "replay": replay, "promote": promote, "stop_when_decided": stop_when_decided}
     result = materialize(
         [experiment_report],
         resources=build_resources(settings),

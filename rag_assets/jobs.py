@@ -7,11 +7,14 @@ launch these jobs live in `sensors.py` and `schedules.py`.
 """
 
 from dagster import AssetSelection, define_asset_job, job
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from rag_assets.assets.indexing import INDEX_ASSETS, INDEX_WRITER_TAG
+from rag_assets.assets.model_update import EXPERIMENT, PROMOTE, UPDATE_HOOKS
 from rag_assets.experiments import experiment_grid
 from rag_assets.maintenance import remove_documents
 from rag_assets.partitions import documents_partitions
+from rag_core.promotion import IMPROVEMENT, TOLERANCE
 
 # Two more tries from the failed steps (earlier steps' staged outputs are reused); after that the documents
 # sensor's backoff takes over (sensors.py).
@@ -78,6 +81,40 @@ finetune_and_promote_job = define_asset_job(
     description="Fine-tune, build the candidate collection, evaluate it, promote it only past the gate.",
 )
 
+# A model update (rag_assets/assets/model_update.py): the same fine-tune → candidate → evaluation as above,
+# ended by the action RAG_AUTO_UPDATE_ACTION names. A candidate promoted at once must beat the served build
+# offline (the improvement rule); one that goes to an A/B test must only not be worse, and users decide.
+UPDATE_STEPS = ("finetuned_embedding_model", "candidate_index", "retrieval_eval_report")
+
+
+def _update_job(action: str, last_step: str, rule: str, description: str) -> UnresolvedAssetJobDefinition:
+    return define_asset_job(
+        f"model_update_{action}_job",
+        selection=AssetSelection.assets(*UPDATE_STEPS, last_step),
+        config={"ops": {"retrieval_eval_report": {"config": {"target": "candidate", "rule": rule}}}},
+        tags={**INDEX_WRITER_TAG, "rag/experiment": "finetune"},
+        hooks=UPDATE_HOOKS,
+        description=description,
+    )
+
+
+UPDATE_JOBS = {
+    PROMOTE: _update_job(
+        PROMOTE, "promoted_index", IMPROVEMENT, "Model update: fine-tune, build, evaluate; promote a candidate "
+        "that beats the served build (started by model_update_sensor / model_update_schedule).",
+    ),
+    EXPERIMENT: _update_job(
+        EXPERIMENT, "update_experiment", TOLERANCE, "Model update: fine-tune, build, evaluate; start an A/B test "
+        "between the served build and a candidate within the gate's margin (started by model_update_sensor).",
+    ),
+}
+
+experiment_decision_job = define_asset_job(
+    "experiment_decision_job",
+    selection=AssetSelection.assets("experiment_report"),
+    description="An A/B experiment's report and verdict; a winning build is promoted past the offline gate.",
+)
+
 reranker_job = define_asset_job(
     "reranker_job",
     selection=AssetSelection.assets("reranker_model"),
@@ -106,4 +143,6 @@ JOBS = [
     reranker_job,
     experiment_grid_job,
     search_index_job,
+    *UPDATE_JOBS.values(),
+    experiment_decision_job,
 ]

@@ -1,8 +1,10 @@
 """Operations: alerting on failed runs, and the metrics the asset graph exports for Prometheus.
 
 `run_failure_alert` logs every failed run and, with RAG_ALERT_WEBHOOK_URL, POSTs it (Slack-compatible
-`text` plus the details). `rag metrics` serves index freshness, size, the promoted build's nDCG@10 and
-the failed-run count, read on each scrape from the Dagster instance and Milvus.
+`text` plus the details) with a reason a person can act on: a failed check's recorded reason (the quality
+gate refusing a candidate), a step's `Failure` description, else its error. `rag metrics` serves index
+freshness, size, the promoted build's nDCG@10 and the failed-run count, read on each scrape from the Dagster
+instance and Milvus.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dagster import (
     AssetKey,
     ConfigurableResource,
+    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -40,13 +43,39 @@ class AlertsResource(ConfigurableResource):
             return f"webhook failed: {error}"
 
 
+def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
+    """Why a run failed, step by step: each failed asset check's recorded `reason` (a blocking check fails its
+    step with a generic error, so the reason lives in the check's metadata), each step's dagster `Failure`
+    description, else the step's error message."""
+    reasons: list[str] = []
+    explaining = {DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.STEP_FAILURE}
+    for entry in instance.all_logs(run_id, of_type=explaining):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = event.asset_check_evaluation_data
+            if not check.passed:
+                reason = check.metadata.get("reason")
+                reasons.append(f"check {check.check_name}: {reason.value if reason else 'failed, no reason recorded'}")
+            continue
+        failure = event.step_failure_data
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            reasons.append(f"{event.step_key}: {failure.user_failure_data.description}")
+        elif failure.error is not None and failure.error.cls_name != "DagsterAssetCheckFailedError":
+            reasons.append(f"{event.step_key}: {failure.error.message.strip()[:500]}")
+    return reasons
+
+
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)
 def run_failure_alert(context: RunFailureSensorContext, alerts: AlertsResource) -> None:
     run = context.dagster_run
-    reason = context.failure_event.message or "no message"
+    reasons = failure_reasons(context.instance, run.run_id)
+    reason = "; ".join(reasons) or context.failure_event.message or "no message"
     text = f"Dagster run {run.run_id} of {run.job_name} failed: {reason}"
     log.error(text, extra={"run_id": run.run_id, "job": run.job_name})
-    outcome = alerts.send(text, {"run_id": run.run_id, "job": run.job_name, "tags": dict(run.tags)})
+    details = {"run_id": run.run_id, "job": run.job_name, "reasons": reasons, "tags": dict(run.tags)}
+    outcome = alerts.send(text, details)
     context.log.info(f"alerted: {outcome}")
 
 

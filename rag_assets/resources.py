@@ -212,6 +212,7 @@ class EvaluationResource(ConfigurableResource):
     modes: list[str] = ["bm25", "dense", "hybrid"]
     gate_mode: str = "hybrid"
     gate_margin: float = 0.01
+    promotion_min_effect: float = 0.005
     max_queries: int = 0
     tune_fusion: bool = True
     tenant: str = "default"
@@ -270,7 +271,7 @@ _SOURCES_FIELDS = (
 )
 _EVALUATION_FIELDS = (
     "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates llm_model llm_api_base "
-    "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base"
+    "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base promotion_min_effect"
 )
 _EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …
 

@@ -12,6 +12,10 @@ A requested run that fails (or never starts) is not the end of its change: Dagst
 again first (`run_retries` in dagster.yaml, `dagster/max_retries` on the index jobs); once they are spent,
 the sensor requests the change again under a new run key (change + attempt number) after a backoff that
 doubles per failed attempt up to a cap (RAG_INDEX_RETRY_DELAY_S, RAG_INDEX_RETRY_MAX_DELAY_S).
+
+`model_update_sensor` starts a model update (rag_assets/assets/model_update.py) once enough training pairs
+were gained since the last fine-tune; `experiment_decision_sensor` hands the A/B test an update started to
+`experiment_report` once every arm has the sample size its rule declared.
 """
 
 import time
@@ -34,18 +38,42 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rag_assets.assets.indexing import build_tags
-from rag_assets.jobs import evaluation_job, index_documents_job, remove_documents_job
+from rag_assets.assets.model_update import (
+    EXPERIMENT,
+    EXPERIMENT_TAG,
+    GainedPairs,
+    ModelUpdateResource,
+    gained_pairs,
+)
+from rag_assets.jobs import (
+    UPDATE_JOBS,
+    evaluation_job,
+    experiment_decision_job,
+    index_documents_job,
+    remove_documents_job,
+)
 from rag_assets.maintenance import awaiting_dagster_retry
 from rag_assets.partitions import documents_partitions
-from rag_assets.resources import CatalogResource, EmbedderResource, SourcesResource
+from rag_assets.reporting import latest_metadata
+from rag_assets.resources import CatalogResource, EmbedderResource, EvaluationResource, SourcesResource
 from rag_core.catalog import CatalogEntry
 from rag_core.documents import SourceUnit
+from rag_core.errors import Refusal
+from rag_core.experiments import RUNNING, ExperimentStore, observations, samples_of
 from rag_core.ids import content_hash
+from rag_core.querylog import ServingDatabase
 
 PartitionRequest = AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest
 CHANGE_TAG = "rag/change"  # the run key of a change, on every attempt at it (Dagster's retries copy it)
 ATTEMPT_TAG = "rag/attempt"
 RETRYABLE = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass(frozen=True)
@@ -187,3 +215,84 @@ def eval_after_reindex_sensor(context: SensorEvaluationContext) -> RunRequest | 
         return SkipReason(f"no index change since event {context.cursor}")
     context.update_cursor(str(latest))
     return RunRequest(run_key=f"eval-after:{latest}")
+
+
+def update_blocked(instance: DagsterInstance, model_update: ModelUpdateResource, evaluation: EvaluationResource) -> str:
+    """Why no model update may start now ("" = it may): one is in flight, or, when updates end in an A/B
+    test, an experiment is running (only one runs at a time, so the new one would be refused)."""
+    for job in UPDATE_JOBS.values():
+        if instance.get_runs_count(RunsFilter(job_name=job.name, statuses=IN_FLIGHT)):
+            return f"a {job.name} run is in flight"
+    if model_update.action != EXPERIMENT:
+        return ""
+    database = ServingDatabase(evaluation.serving_db_url)
+    try:
+        running = ExperimentStore(database.engine).running()
+    finally:
+        database.close()
+    return f"experiment {running.name} is running: the next update waits for its decision" if running else ""
+
+
+def update_request(
+    model_update: ModelUpdateResource, reason: str, gained: GainedPairs, run_key: str | None
+) -> RunRequest:
+    return RunRequest(
+        job_name=UPDATE_JOBS[model_update.action].name,
+        run_key=run_key,
+        run_config=model_update.run_config(gained),
+        tags=model_update.tags(reason, gained),
+    )
+
+
+@sensor(jobs=list(UPDATE_JOBS.values()), minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
+def model_update_sensor(
+    context: SensorEvaluationContext, model_update: ModelUpdateResource, evaluation: EvaluationResource
+) -> RunRequest | SkipReason:
+    """A model update once RAG_AUTO_UPDATE_MIN_PAIRS training pairs were gained since the last fine-tune.
+
+    The run key is the last fine-tune plus how many thresholds' worth of pairs have accumulated since: a
+    tick never requests the same update twice, an update that fails before its fine-tune is tried again only
+    after another threshold of pairs (not at every new one), and a finished fine-tune starts the count anew."""
+    if not model_update.min_pairs:
+        return SkipReason("off: RAG_AUTO_UPDATE_MIN_PAIRS=0")
+    if blocked := update_blocked(context.instance, model_update, evaluation):
+        return SkipReason(blocked)
+    gained = gained_pairs(context.instance, evaluation, model_update.synthetic_questions)
+    if gained.total < model_update.min_pairs:
+        return SkipReason(f"{gained.describe()}; an update starts at {model_update.min_pairs}")
+    since = f"{gained.since:%Y%m%dT%H%M%S.%f}" if gained.since else "never"
+    context.log.info(f"{gained.describe()}: starting a model update ({model_update.action})")
+    return update_request(model_update, "pairs", gained, f"update:{since}:{gained.total // model_update.min_pairs}")
+
+
+@sensor(job=experiment_decision_job, minimum_interval_seconds=600, default_status=DefaultSensorStatus.RUNNING)
+def experiment_decision_sensor(
+    context: SensorEvaluationContext, evaluation: EvaluationResource
+) -> RunRequest | SkipReason:
+    """`experiment_report` for the A/B test the latest model update started, once every arm has the sample
+    size its rule declared (earlier reports could only say "continue"), and again whenever feedback was added
+    since; the report stops the experiment once it decides, promoting the candidate if it ships."""
+    name = str(latest_metadata(context.instance, "update_experiment").get("experiment", ""))
+    if not name:
+        return SkipReason("no model update has started an A/B test")
+    database = ServingDatabase(evaluation.serving_db_url)
+    try:
+        experiment = ExperimentStore(database.engine).get(name)
+        seen = observations(database.engine, experiment) if experiment.status == RUNNING else {}
+    except Refusal as gone:  # deleted by hand
+        return SkipReason(str(gone))
+    finally:
+        database.close()
+    if experiment.status != RUNNING:
+        return SkipReason(f"experiment {name} is {experiment.status}")
+    rule = experiment.rule
+    counts = {arm: samples_of(rule.primary_metric, observed) for arm, observed in seen.items()}
+    if min(counts.values()) < rule.min_samples:
+        return SkipReason(f"{name}: {counts} {rule.primary_metric} observations; each arm needs {rule.min_samples}")
+    if context.instance.get_runs_count(RunsFilter(tags={EXPERIMENT_TAG: name}, statuses=IN_FLIGHT)):
+        return SkipReason(f"a report of {name} is in flight")
+    return RunRequest(
+        run_key=f"decide:{name}:{sum(counts.values())}",
+        run_config={"ops": {"experiment_report": {"config": {"experiment": name, "stop_when_decided": True}}}},
+        tags={EXPERIMENT_TAG: name},
+    )

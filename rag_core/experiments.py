@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 
 from rag_core.errors import Refusal
+from rag_core.experiment_rule import METRICS, DecisionRule
 from rag_core.querylog import feedback, queries
 from rag_core.retrieval import FusionConfig
+from rag_core.stats import (
+    STATISTICS,
+    Comparison,
+    Estimate,
+    bootstrap,
+    bootstrap_difference,
+    mean,
+    two_proportions,
+    wilson,
+)
 from rag_core.tables import create_tables
 from rag_core.tenants import validate_tenant
 
@@ -34,16 +43,6 @@ SHIP, KEEP, CONTINUE = "ship", "keep", "continue"
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"  # fullmatch
 MODES = ("dense", "bm25", "hybrid")
 RETRIEVAL_STAGES = ("embed", "search", "rerank")
-# metric → True when higher is better. Latencies are retrieval's (embed + search + rerank), in ms.
-METRICS: dict[str, bool] = {
-    "relevance_rate": True,
-    "mean_rating": True,
-    "feedback_rate": True,
-    "latency_p50_ms": False,
-    "latency_p95_ms": False,
-    "degraded_rate": False,
-}
-PRIMARY_METRICS = ("relevance_rate", "mean_rating")
 
 metadata = sa.MetaData()
 experiments = sa.Table(
@@ -109,36 +108,6 @@ class Arm:
     def describe(self) -> str:
         parts = [f"{key}={value}" for key, value in asdict(self).items() if key not in ("name", "share") and value]
         return ", ".join(parts) or "the served configuration"
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """Declared when the experiment is created, before any data: the verdict it will be held to.
-
-    Each arm needs `min_samples` observations of the primary metric (judged answers for `relevance_rate`,
-    ratings for `mean_rating`) before there is any verdict. An arm ships when its primary metric beats the
-    control's with the interval of the difference above zero (confidence 1 − alpha, Bonferroni-split over
-    the arms), and no guardrail is worse than the control's by more than `guardrail_tolerance` (a fraction
-    of the control's value) with its whole interval."""
-
-    min_samples: int = 200
-    primary_metric: str = "relevance_rate"
-    guardrails: tuple[str, ...] = ("latency_p95_ms", "degraded_rate")
-    control: str = ""  # "" = the first arm
-    alpha: float = 0.05
-    guardrail_tolerance: float = 0.1
-
-    def validate(self, arms: Sequence[Arm]) -> None:
-        if self.min_samples < 1:
-            raise ValueError("min_samples must be at least 1")
-        if self.primary_metric not in PRIMARY_METRICS:
-            raise ValueError(f"primary metric {self.primary_metric!r}: choose one of {', '.join(PRIMARY_METRICS)}")
-        if unknown := [name for name in self.guardrails if name not in METRICS]:
-            raise ValueError(f"guardrails {unknown}: choose from {', '.join(METRICS)}")
-        if self.control and self.control not in {arm.name for arm in arms}:
-            raise ValueError(f"the control {self.control!r} is not one of the arms")
-        if not 0 < self.alpha < 0.5:
-            raise ValueError("alpha must be between 0 and 0.5")
 
 
 @dataclass(frozen=True)
@@ -385,133 +354,6 @@ def arm_of(engine: sa.Engine, query_id: str) -> tuple[str, str] | None:
     return (row.experiment, row.arm) if row is not None and row.experiment and row.arm else None
 
 
-# -------------------------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class Estimate:
-    value: float | None
-    low: float | None
-    high: float | None
-    samples: int
-
-    def show(self, digits: int = 3) -> str:
-        if self.value is None:
-            return "–"
-        if self.low is None or self.high is None:
-            return f"{self.value:.{digits}f}"
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One metric of one arm against the control: the difference (arm − control), its interval, and a
-    two-sided p-value where the test gives one."""
-
-    metric: str
-    difference: float | None
-    low: float | None
-    high: float | None
-    p_value: float | None = None
-
-    def better(self, higher_is_better: bool) -> bool:
-        if self.low is None or self.high is None:
-            return False
-        return self.low > 0 if higher_is_better else self.high < 0
-
-    def worse_beyond(self, higher_is_better: bool, tolerance: float) -> bool:
-        if self.low is None or self.high is None:
-            return False
-        return self.high < -tolerance if higher_is_better else self.low > tolerance
-
-
-def _z(confidence: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def wilson(successes: int, trials: int, confidence: float = 0.95) -> Estimate:
-    """A proportion with its Wilson score interval (sound near 0 and 1, unlike the normal one)."""
-    if trials == 0:
-        return Estimate(None, None, None, 0)
-    z, p = _z(confidence), successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return Estimate(p, max(0.0, centre - spread), min(1.0, centre + spread), trials)
-
-
-def two_proportions(
-    metric: str, control: Sequence[bool], arm: Sequence[bool], confidence: float = 0.95
-) -> Comparison:
-    """The two-proportion z-test: the difference's interval (unpooled) and its p-value (pooled)."""
-    n1, n2 = len(control), len(arm)
-    if not n1 or not n2:
-        return Comparison(metric, None, None, None)
-    p1, p2 = sum(control) / n1, sum(arm) / n2
-    spread = _z(confidence) * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    pooled = (sum(control) + sum(arm)) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    p_value = math.erfc(abs(p2 - p1) / se / math.sqrt(2)) if se > 0 else (1.0 if p1 == p2 else 0.0)
-    return Comparison(metric, p2 - p1, p2 - p1 - spread, p2 - p1 + spread, p_value)
-
-
-Statistic = Callable[[np.ndarray], np.ndarray]  # over the last axis of a (resamples, n) array
-
-
-def _mean(samples: np.ndarray) -> np.ndarray:
-    return samples.mean(axis=-1)
-
-
-def _percentile(q: float) -> Statistic:
-    return lambda samples: np.percentile(samples, q, axis=-1)
-
-
-STATISTICS: dict[str, Statistic] = {
-    "mean_rating": _mean,
-    "latency_p50_ms": _percentile(50),
-    "latency_p95_ms": _percentile(95),
-}
-
-
-def _resampled(values: Sequence[float], statistic: Statistic, rounds: int, rng: np.random.Generator) -> np.ndarray:
-    data = np.asarray(values, dtype=float)
-    return statistic(data[rng.integers(0, len(data), size=(rounds, len(data)))])
-
-
-def bootstrap(
-    values: Sequence[float], statistic: Statistic, confidence: float = 0.95, rounds: int = 2000, seed: int = 0
-) -> Estimate:
-    """The statistic with its percentile bootstrap interval (seeded: a report reads the same twice)."""
-    if not values:
-        return Estimate(None, None, None, 0)
-    value = float(statistic(np.asarray(values, dtype=float)))
-    spread = _resampled(values, statistic, rounds, np.random.default_rng(seed))
-    tail = (1 - confidence) / 2 * 100
-    return Estimate(value, float(np.percentile(spread, tail)), float(np.percentile(spread, 100 - tail)), len(values))
-
-
-def bootstrap_difference(
-    metric: str,
-    control: Sequence[float],
-    arm: Sequence[float],
-    statistic: Statistic,
-    confidence: float = 0.95,
-    rounds: int = 2000,
-    seed: int = 0,
-) -> Comparison:
-    """statistic(arm) − statistic(control), each group resampled on its own."""
-    if not control or not arm:
-        return Comparison(metric, None, None, None)
-    rng = np.random.default_rng(seed)
-    differences = _resampled(arm, statistic, rounds, rng) - _resampled(control, statistic, rounds, rng)
-    observed = float(statistic(np.asarray(arm, dtype=float)) - statistic(np.asarray(control, dtype=float)))
-    tail = (1 - confidence) / 2 * 100
-    return Comparison(
-        metric, observed, float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))
-    )
-
-
 # ---------------------------------------------------------------------------------------------- metrics
 
 
@@ -552,9 +394,9 @@ def arm_metrics(name: str, seen: ArmObservations, confidence: float = 0.95) -> A
         latency_p95_ms=bootstrap(seen.latency_ms, STATISTICS["latency_p95_ms"], confidence),
         degraded_rate=wilson(seen.degraded, seen.answers, confidence),
         feedback_rate=wilson(seen.with_feedback, seen.queries, confidence),
-        mean_rating=bootstrap(seen.ratings, _mean, confidence),
+        mean_rating=bootstrap(seen.ratings, mean, confidence),
         relevance_rate=wilson(sum(seen.judgements), len(seen.judgements), confidence),
-        chunk_rank=bootstrap(seen.chunk_ranks, _mean, confidence),
+        chunk_rank=bootstrap(seen.chunk_ranks, mean, confidence),
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 from rag_core.build_record import BuildRecord
 from rag_core.chunking import ChunkingConfig
@@ -18,6 +20,7 @@ from rag_core.embedding import Embedder, backend_of
 from rag_core.errors import Refusal
 from rag_core.indexing import SyncStats, sync_partitions
 from rag_core.retrieval import FusionConfig
+from rag_core.stats import paired_bootstrap_difference
 from rag_core.store import IndexBuild, MilvusStore
 
 CANDIDATE, PROMOTED, REJECTED, RETIRED, ROLLED_BACK = "candidate", "promoted", "rejected", "retired", "rolled_back"
@@ -129,6 +132,16 @@ def sync_build(store: MilvusStore, collection: str, rows: dict[str, list[dict]],
     return stats
 
 
+GateRule = Literal["improvement", "tolerance"]
+# A candidate must prove a gain: its paired interval over the served build excludes zero and its mean gain
+# reaches the declared minimum effect. Tolerance only keeps a build from falling more than a margin below a
+# reference: the served build re-measured after a reindex, or an A/B winner offline (it already won online).
+IMPROVEMENT: GateRule = "improvement"
+TOLERANCE: GateRule = "tolerance"
+GATE_RULES: tuple[GateRule, ...] = (IMPROVEMENT, TOLERANCE)
+GATE_CONFIDENCE, GATE_RESAMPLES, GATE_SEED = 0.95, 2000, 0
+
+
 @dataclass(frozen=True)
 class GateDecision:
     passed: bool
@@ -136,10 +149,15 @@ class GateDecision:
     baseline_ndcg: float | None
     margin: float
     reason: str
+    rule: GateRule = TOLERANCE
+    min_effect: float | None = None  # the improvement rule's bar
+    effect: float | None = None  # mean per-query nDCG@10 gain over the served build, and its interval
+    effect_low: float | None = None
+    effect_high: float | None = None
 
 
 def gate(candidate_ndcg: float, baseline_ndcg: float | None, margin: float) -> GateDecision:
-    """A build may not fall more than `margin` (absolute nDCG@10) below the promoted index."""
+    """The tolerance rule: a build may not fall more than `margin` (absolute nDCG@10) below `baseline_ndcg`."""
     if baseline_ndcg is None:
         return GateDecision(True, candidate_ndcg, None, margin, "no promoted index to compare with")
     floor = baseline_ndcg - margin
@@ -154,18 +172,79 @@ def gate(candidate_ndcg: float, baseline_ndcg: float | None, margin: float) -> G
     )
 
 
-def judge(store: MilvusStore, target: str, served: str, ndcg: float, served_ndcg: float, margin: float) -> GateDecision:
-    """The gate for `target` (its nDCG@10 `ndcg`): a candidate is held to the served build measured in the
-    same run (`served_ndcg`); the served build itself to the nDCG recorded at its promotion. A failing
-    candidate is marked rejected; the first measurement of the served build becomes the baseline later
-    evaluations hold."""
+def improvement_gate(
+    candidate_ndcg: float,
+    served_ndcg: float,
+    candidate_scores: Mapping[str, float],
+    served_scores: Mapping[str, float],
+    min_effect: float,
+) -> GateDecision:
+    """The improvement rule: over the judged queries both builds answered, the candidate's mean per-query
+    nDCG@10 gain reaches `min_effect` and its paired bootstrap interval (seeded, 2,000 resamples, 95%) lies
+    above zero. `candidate_ndcg`/`served_ndcg` are the means the evaluation reported, recorded as they are."""
+    queries = sorted(candidate_scores.keys() & served_scores.keys())  # sorted: the seeded resamples repeat
+    candidate = [candidate_scores[query] for query in queries]
+    served = [served_scores[query] for query in queries]
+    found = paired_bootstrap_difference(
+        "ndcg@10", served, candidate, confidence=GATE_CONFIDENCE, rounds=GATE_RESAMPLES, seed=GATE_SEED
+    )
+    if found.difference is None or found.low is None or found.high is None:
+        reason = "no judged query was answered by both the candidate and the served build — nothing to compare"
+        return GateDecision(False, candidate_ndcg, served_ndcg, 0.0, reason, IMPROVEMENT, min_effect)
+    effect = (
+        f"nDCG@10 {found.difference:+.4f} (95% CI {found.low:+.3f} to {found.high:+.3f}, {len(queries)} queries) "
+        "over the served build"
+    )
+    if found.low <= 0:
+        passed = False
+        reason = f"{effect}: the interval is not above zero — no proven gain (min effect {min_effect})"
+    elif found.difference + 1e-9 < min_effect:
+        passed, reason = False, f"{effect} is below the min effect {min_effect}"
+    else:
+        passed, reason = True, f"{effect} ≥ min effect {min_effect}"
+    return GateDecision(
+        passed, candidate_ndcg, served_ndcg, 0.0, reason, IMPROVEMENT, min_effect, found.difference, found.low,
+        found.high,
+    )
+
+
+def judge(
+    store: MilvusStore,
+    target: str,
+    served: str,
+    ndcg: float,
+    served_ndcg: float,
+    margin: float,
+    rule: GateRule | str = IMPROVEMENT,
+    min_effect: float | None = None,
+    scores: Mapping[str, float] | None = None,
+    served_scores: Mapping[str, float] | None = None,
+) -> GateDecision:
+    """The gate for `target` (its nDCG@10 `ndcg`, per query `scores`). A candidate is held by `rule` to the
+    served build measured in the same run (`served_ndcg`, `served_scores`): improvement by default, tolerance
+    for an A/B winner. The served build itself is always held with tolerance to the nDCG recorded at its
+    promotion. A failing candidate is marked rejected; the first measurement of the served build becomes the
+    baseline later evaluations hold."""
+    if rule not in GATE_RULES:
+        raise ValueError(f"gate rule {rule!r} is not one of {', '.join(GATE_RULES)}")
     candidate = target != served
-    baseline = served_ndcg if candidate else recorded_ndcg(store, served)
-    decision = gate(ndcg, baseline, margin)
-    if candidate and not decision.passed:
+    if not candidate:
+        baseline = recorded_ndcg(store, served)
+        decision = gate(ndcg, baseline, margin)
+        if baseline is None:
+            store.update_record(served, eval_ndcg_at_10=ndcg)
+        return decision
+    if rule == IMPROVEMENT:
+        if scores is None or served_scores is None or min_effect is None:
+            raise ValueError(
+                "the improvement rule pairs per-query nDCG@10 against a declared minimum effect — pass `scores`, "
+                "`served_scores` and `min_effect` (RAG_PROMOTION_MIN_EFFECT)"
+            )
+        decision = improvement_gate(ndcg, served_ndcg, scores, served_scores, min_effect)
+    else:
+        decision = gate(ndcg, served_ndcg, margin)
+    if not decision.passed:
         reject(store, target, decision.reason)
-    if not candidate and baseline is None:
-        store.update_record(served, eval_ndcg_at_10=ndcg)
     return decision
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from rag_core.experiment_rule import DecisionRule
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
 from rag_core.query import DEFAULT_RERANK_CANDIDATES
@@ -25,6 +26,7 @@ from rag_core.tenants import validate_tenant
 
 FUSION = FusionConfig()  # the served defaults are written once, on the config objects
 LLM = LLMConfig()
+RULE = DecisionRule()
 
 
 def bundled_model_dir() -> Path:
@@ -180,7 +182,22 @@ class Settings(BaseSettings):
     train_split: str = Field("train", description="The qrels split fine-tuning learns from (never the eval split).")
     eval_modes: list[str] = Field(["bm25", "dense", "hybrid"], description="A JSON list.", examples=[["hybrid"]])
     eval_gate_mode: str = "hybrid"
-    eval_gate_margin: float = Field(0.01, ge=0, description="Allowed nDCG@10 drop below the promoted index.")
+    eval_gate_margin: float = Field(
+        0.01,
+        ge=0,
+        description="Allowed nDCG@10 drop of the served build re-evaluated after a reindex (against the nDCG "
+        "recorded at its promotion), and of an A/B winner offline (it already won online). Candidates are held to "
+        "RAG_PROMOTION_MIN_EFFECT instead.",
+    )
+    promotion_min_effect: float = Field(
+        0.005,
+        ge=0,
+        description="The gain (absolute nDCG@10, gate mode) a candidate build must show over the served one, on top "
+        "of a paired bootstrap interval over the judged queries that excludes zero. 0.005 is the size of a change "
+        "that changes nothing that matters: the onnx-int8 backend moves nDCG@10 by up to 0.005, and fusion tuning "
+        "proposes weights only past the same bar; a real fine-tune gains ~0.03 (dev 0.705 → 0.734 on SciFact). "
+        "Ten times the +0.0005 the old tolerance gate let through.",
+    )
     eval_max_queries: int = Field(0, ge=0, description="0 = every judged query.")
     eval_tune_fusion: bool = Field(
         True,
@@ -191,6 +208,42 @@ class Settings(BaseSettings):
     judge_model: str = Field("", description="litellm model for ragas' LLM metrics; empty = non-LLM metrics only.")
     judge_api_base: str = ""
     judge_api_key: str = ""
+
+    # Model updates that run themselves (rag_assets/assets/model_update.py): fine-tune → candidate → gate → action.
+    auto_update_min_pairs: int = Field(
+        200,
+        ge=0,
+        description="Training pairs gained since the last fine-tune (answers users marked relevant, plus the synthetic "
+        "question budget with a generative LLM) that start a model update; 0 turns the sensor off. Nothing is "
+        "gained until users judge answers, so a fresh install never fine-tunes on its own.",
+    )
+    auto_update_action: str = Field(
+        "experiment",
+        pattern="^(promote|experiment)$",
+        description="After the gate: `experiment` (an A/B test between the served build and the candidate, decided "
+        "by experiment_report; the offline gate is the tolerance rule) or `promote` (move the alias at once; the "
+        "candidate must beat the served build offline, the improvement rule).",
+    )
+    auto_update_schedule: str = Field(
+        "0 2 * * 0",
+        description="Cron of the weekly model update (it skips a week with no new pairs); empty = no schedule.",
+    )
+    auto_update_synthetic_questions: int = Field(
+        0,
+        ge=0,
+        description="Synthetic questions each update writes for served chunks (needs a generative RAG_LLM_MODEL); "
+        "they count toward RAG_AUTO_UPDATE_MIN_PAIRS, so the budget must stay below it.",
+    )
+    auto_update_experiment_min_samples: int = Field(
+        RULE.min_samples, ge=1, description="Judged answers per arm before the update's A/B test decides."
+    )
+    auto_update_experiment_share: float = Field(
+        0.5, gt=0, lt=1, description="The candidate arm's share of traffic; the served build gets the rest."
+    )
+    auto_update_experiment_primary: str = Field(RULE.primary_metric, description="relevance_rate or mean_rating.")
+    auto_update_experiment_guardrails: list[str] = Field(
+        list(RULE.guardrails), description="A JSON list of metrics the candidate may not regress.",
+    )
 
     # Operations.
     log_format: str = Field("text", pattern="^(text|json)$", description="`json`: one JSON object per log line.")
@@ -281,6 +334,28 @@ class Settings(BaseSettings):
                 f"RAG_CHUNK_MAX_TOKENS ({self.chunk_max_tokens})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _update_rule_is_valid(self) -> Settings:
+        try:
+            self.update_rule().validate(())
+        except ValueError as error:
+            raise ValueError(f"RAG_AUTO_UPDATE_EXPERIMENT_*: {error}") from error
+        if self.auto_update_min_pairs and self.auto_update_synthetic_questions >= self.auto_update_min_pairs:
+            raise ValueError(
+                f"RAG_AUTO_UPDATE_SYNTHETIC_QUESTIONS ({self.auto_update_synthetic_questions}) must be below "
+                f"RAG_AUTO_UPDATE_MIN_PAIRS ({self.auto_update_min_pairs}): the budget counts toward the threshold "
+                "at every tick, so at or above it the sensor would fine-tune again after every update"
+            )
+        return self
+
+    def update_rule(self) -> DecisionRule:
+        """The decision rule of the A/B test a model update starts (the served build is the control)."""
+        return DecisionRule(
+            min_samples=self.auto_update_experiment_min_samples,
+            primary_metric=self.auto_update_experiment_primary,
+            guardrails=tuple(self.auto_update_experiment_guardrails),
+        )
 
     def fusion(self) -> FusionConfig:
         return FusionConfig.from_settings(self)

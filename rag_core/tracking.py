@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ DESCRIPTIONS = {
     REGISTERED_EMBEDDER: "Fine-tuned embedding models of the RAG index.",
     REGISTERED_RERANKER: "Cross-encoders that rerank retrieved chunks (RAG_RERANK_MODEL=models:/rag-reranker/N).",
 }
+# MLflow's registry convention: `candidate` names the version waiting for (or facing) its gate, `champion` the
+# version the served build embeds with. `models:/rag-embedder@champion` then loads what is served.
+CANDIDATE_ALIAS, CHAMPION_ALIAS = "candidate", "champion"
+REJECTED_REASON_TAG = "rejected_reason"
 # The MLflow 3 UI opens an experiment in the workflow its kind names (the sidebar's switch): runs under
 # "Model training", traces under "GenAI".
 MODEL_TRAINING = "custom_model_development"
@@ -34,6 +39,13 @@ for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 def tracking_uri(settings: Settings) -> str:
     return settings.mlflow_tracking_uri or f"sqlite:///{settings.data_dir.resolve() / 'mlflow.db'}"
+
+
+def registered_version(model_uri: str) -> tuple[str, str] | None:
+    """(name, version) of a pinned registry reference `models:/<name>/<version>` — what a build records
+    (rag_core.models pins aliases); None for the bundled model, a directory or a run's artifact."""
+    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def artifact_root(settings: Settings) -> Path | None:
@@ -116,3 +128,56 @@ class Tracker:
         client = self.client()
         found = client.get_experiment_by_name(experiment)
         return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"]) if found else []
+
+    # Registry aliases. The registry is bookkeeping beside the served build, which the gate has decided either
+    # way: each step says what it did, and a registry that cannot be reached is a warning, not a failed run.
+
+    def mark_candidate(self, model_uri: str) -> str:
+        """Alias `candidate` on a newly registered version: it waits for its gate."""
+
+        def change(client, name: str, version: str) -> str:
+            client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+            return f"{name} version {version} is @{CANDIDATE_ALIAS}"
+
+        return self._update_registry(model_uri, change)
+
+    def mark_champion(self, model_uri: str) -> str:
+        """Alias `champion` moves to the promoted version, which stops being the candidate (and is no longer
+        rejected: an A/B win can promote a version the offline improvement rule turned down)."""
+
+        def change(client, name: str, version: str) -> str:
+            found = client.get_model_version(name, version)
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+            if CANDIDATE_ALIAS in found.aliases:
+                client.delete_registered_model_alias(name, CANDIDATE_ALIAS)
+            if REJECTED_REASON_TAG in found.tags:
+                client.delete_model_version_tag(name, version, REJECTED_REASON_TAG)
+            return f"{name} version {version} is @{CHAMPION_ALIAS}"
+
+        return self._update_registry(model_uri, change)
+
+    def mark_rejected(self, model_uri: str, reason: str) -> str:
+        """A version whose build the gate refused loses `candidate` (if it still holds it) and keeps the reason
+        as its `rejected_reason` tag; the version itself stays in the registry."""
+
+        def change(client, name: str, version: str) -> str:
+            client.set_model_version_tag(name, version, REJECTED_REASON_TAG, reason[:500])
+            if CANDIDATE_ALIAS in client.get_model_version(name, version).aliases:
+                client.delete_registered_model_alias(name, CANDIDATE_ALIAS)
+            return f"{name} version {version} rejected (no longer @{CANDIDATE_ALIAS})"
+
+        return self._update_registry(model_uri, change)
+
+    def _update_registry(self, model_uri: str, change: Callable[[Any, str, str], str]) -> str:
+        found = registered_version(model_uri)
+        if found is None:
+            return f"{model_uri or 'the bundled model'} is not a registered model version: no registry alias to move"
+        try:
+            return change(self.client(), *found)
+        except Exception as error:  # noqa: BLE001 - see above: the served build is decided, the registry trails it
+            message = (
+                f"the MLflow registry at {self.uri} was not updated for {model_uri} ({error}) — check "
+                f"MLFLOW_TRACKING_URI, then set the alias in the MLflow UI (Models → {found[0]} → version {found[1]})"
+            )
+            logging.getLogger(__name__).warning(message)
+            return message

@@ -1,9 +1,9 @@
 """The A/B decision: `experiment_report`, configured per experiment, reads the arms' traffic and feedback from
 the serving database, computes their metrics with intervals, applies the rule the experiment declared and
 states ship / keep / continue. It logs one run to the MLflow experiment `ab-tests` and renders the report
-as markdown here. When a build wins, it faces the offline promotion gate (rag_core.promotion.judge) before
-the alias moves; the offline replay of every arm over the eval dataset's judged queries sits beside the
-online result."""
+as markdown here. When a build wins, it faces the offline promotion gate (rag_core.promotion.judge) with the
+tolerance rule — it already won online, so offline it must only not regress — before the alias moves; the
+offline replay of every arm over the eval dataset's judged queries sits beside the online result."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -23,8 +23,19 @@ from rag_assets.resources import (
 from rag_core.build_record import BuildRecord
 from rag_core.errors import Refusal
 from rag_core.evaluation import evaluate_collection
-from rag_core.experiments import SHIP, Experiment, ExperimentStore, Report, markdown, report, write_plot
-from rag_core.promotion import judge, promote
+from rag_core.experiments import (
+    CONTINUE,
+    KEEP,
+    SHIP,
+    STOPPED,
+    Experiment,
+    ExperimentStore,
+    Report,
+    markdown,
+    report,
+    write_plot,
+)
+from rag_core.promotion import CANDIDATE, TOLERANCE, judge, promote, reject
 from rag_core.query import DEFAULT_MODE
 from rag_core.querylog import ServingDatabase
 from rag_core.tracking import Tracker
@@ -37,6 +48,11 @@ class ExperimentReportConfig(Config):
     replay: bool = Field(True, description="Replay the arms offline first when the experiment has no replay yet.")
     promote: bool = Field(True, description="When a build ships, hold it to the offline gate and promote it.")
     max_queries: int = Field(0, ge=0, description="Judged queries of the replay and the gate; 0 = all.")
+    stop_when_decided: bool = Field(
+        False,
+        description="Stop the experiment once it ships or keeps, so all traffic returns to the served build "
+        "(the A/B tests of model updates: experiment_decision_sensor sets it).",
+    )
 
 
 def replay(
@@ -73,11 +89,14 @@ def promote_winner(
     embedder: EmbedderResource,
     evaluation: EvaluationResource,
     catalog: CatalogResource,
+    tracker: Tracker,
     collection: str,
     max_queries: int = 0,
 ) -> dict[str, object]:
-    """The winning build through the gate offline promotion uses (`judge`: measured beside the served build in
-    the gate's mode), and promoted only if it passes; a failing one is marked rejected."""
+    """The winning build through the offline gate (`judge`, measured beside the served build in the gate's mode)
+    with the tolerance rule: it already proved itself online, so offline it must only not fall more than the
+    margin below the served build. Promoted only if it passes (its model version becomes the registry's
+    `champion`); a failing one is marked rejected (its version loses `candidate`)."""
     dataset, mode = evaluation.dataset(), evaluation.gate_mode
     ndcg = {}
     with milvus.searchable(lambda store: {"served": milvus.served_collection(store), "winner": collection}) as builds:
@@ -92,15 +111,21 @@ def promote_winner(
             )
             ndcg[role] = result.modes[mode].means["ndcg@10"]
     with milvus.store() as store:
-        decision = judge(store, collection, served, ndcg["winner"], ndcg["served"], evaluation.gate_margin)
-        if not decision.passed:
-            return {"promoted": False, "gate": decision.reason}
-        promote(store, collection, ndcg["winner"])
+        decision = judge(
+            store, collection, served, ndcg["winner"], ndcg["served"], evaluation.gate_margin, rule=TOLERANCE
+        )
         record = store.record(collection)
+        if not decision.passed:
+            return {
+                "promoted": False, "gate": decision.reason,
+                "registry": tracker.mark_rejected(record.model_reference, decision.reason),
+            }
+        promote(store, collection, ndcg["winner"])
         if record.expected_rows is not None:  # a one-pass build: the catalog tracks its rows from now on
             catalog.get().retarget(collection, record.embedding_version, dict(store.rows_by_source(collection)))
             store.update_record(collection, expected_rows=None)
-    return {"promoted": True, "gate": decision.reason, "previous_collection": served}
+    registry = tracker.mark_champion(record.model_reference)
+    return {"promoted": True, "gate": decision.reason, "previous_collection": served, "registry": registry}
 
 
 def log_ab_run(tracker: Tracker, result: Report, folder: Path, origin: DagsterOrigin) -> tuple[str, str]:
@@ -148,19 +173,26 @@ def experiment_report(
             store.record_replay(experiment.name, replay(milvus, embedder, evaluation, experiment, config.max_queries))
             experiment = store.get(config.experiment)
         result = report(database.engine, experiment)
+        stopped = config.stop_when_decided and result.decision.verdict != CONTINUE
+        if stopped and experiment.status != STOPPED:  # a person may have stopped it since
+            store.set_status(experiment.name, STOPPED)
     except Refusal as refusal:
         raise Failure(str(refusal)) from refusal
     finally:
         database.close()
     decision = result.decision
     winner = experiment.arm(decision.winner) if decision.winner else None
+    tracker = tracking.tracker()
     promotion: dict[str, object] = {"promoted": False, "gate": "nothing to promote"}
     if decision.verdict == SHIP and winner is not None and winner.collection and config.promote:
-        promotion = promote_winner(milvus, embedder, evaluation, catalog, winner.collection, config.max_queries)
+        promotion = promote_winner(
+            milvus, embedder, evaluation, catalog, tracker, winner.collection, config.max_queries
+        )
+    if stopped and decision.verdict == KEEP:
+        promotion["rejected"] = reject_losers(milvus, tracker, experiment, decision.reasons)
     folder = evaluation.report_folder(f"ab-{experiment.name}")
     write_plot(result, folder / "arms.png")
     (folder / "report.md").write_text(markdown(result, "arms.png") + f"\nPromotion: {promotion['gate']}\n")
-    tracker = tracking.tracker()
     run = log_ab_run(tracker, result, folder, DagsterOrigin.of(context, tracking.dagster_ui_url))
     context.log.info(f"{experiment.name}: {decision.verdict} ({'; '.join(decision.reasons)})")
     return MaterializeResult(
@@ -175,11 +207,33 @@ def experiment_report(
             "offline_ndcg_at_10": MetadataValue.json(experiment.replay),
             "promoted": bool(promotion["promoted"]),
             "promotion_gate": str(promotion["gate"]),
+            "stopped": stopped,
+            "rejected_builds": ", ".join(promotion.get("rejected", [])) or "none",
+            "registry": str(promotion.get("registry", "unchanged")),
             "report": MetadataValue.md(embedded_report(folder / "report.md")),
             "report_path": str(folder / "report.md"),
             **mlflow_links(tracker, {"mlflow_run": run}),
         }
     )
+
+
+def reject_losers(milvus: MilvusResource, tracker: Tracker, experiment: Experiment, reasons: list[str]) -> list[str]:
+    """The builds of a decided `keep`: each arm's collection still waiting as a candidate is marked rejected
+    with the verdict (and its model version loses `candidate`), so no later promotion picks up a build its
+    users turned down."""
+    rejected = []
+    with milvus.store() as store:
+        for arm in experiment.arms:
+            if not arm.collection or not store.has_collection(arm.collection):
+                continue
+            record = store.record(arm.collection)
+            if record.status != CANDIDATE:
+                continue
+            reason = f"A/B test {experiment.name} kept the control: " + "; ".join(reasons)
+            reject(store, arm.collection, reason)
+            tracker.mark_rejected(record.model_reference, reason)
+            rejected.append(arm.collection)
+    return rejected
 
 
 def _winner_interval(result: Report) -> dict[str, float]:

@@ -69,14 +69,19 @@ def _epoch_logger(context: AssetExecutionContext, mlflow) -> EpochCallback:
     return on_epoch
 
 
-def _log_model(tracker: Tracker, run_id: str, result: FinetuneResult, register: bool) -> str:
-    """The trained model as the run's artifact; returns its URI (a registered version, or its directory)."""
+def _log_model(tracker: Tracker, run_id: str, result: FinetuneResult, register: bool) -> tuple[str, str]:
+    """The trained model as the run's artifact; returns its URI (a registered version, aliased `candidate` until
+    its gate decides, or its directory) and what the registry did."""
     mlflow = tracker.mlflow()
     mlflow.log_metric("train_seconds", result.seconds)
     mlflow.log_artifacts(str(result.model_dir), artifact_path="model")
-    model_uri = tracker.register_model(run_id, "model") if register else str(result.model_dir)
+    if not register:
+        model_uri = str(result.model_dir)
+        mlflow.set_tag("model_uri", model_uri)
+        return model_uri, "not registered (register_model: false)"
+    model_uri = tracker.register_model(run_id, "model")
     mlflow.set_tag("model_uri", model_uri)
-    return model_uri
+    return model_uri, tracker.mark_candidate(model_uri)
 
 
 def _model_metadata(result: FinetuneResult, model_uri: str, run_id: str, training: TrainingSet) -> dict[str, object]:
@@ -129,10 +134,10 @@ def finetuned_embedding_model(
         mlflow.log_params(params)
         on_epoch = _epoch_logger(context, mlflow)
         result = finetune(base_dir, training.examples, output_dir, train_config, training.dev, on_epoch)
-        model_uri = _log_model(tracker, run.info.run_id, result, config.register_model)
+        model_uri, registry = _log_model(tracker, run.info.run_id, result, config.register_model)
     for note in training.notes:
         context.log.warning(note)
-    metadata = _model_metadata(result, model_uri, run.info.run_id, training)
+    metadata = {**_model_metadata(result, model_uri, run.info.run_id, training), "registry": registry}
     link = mlflow_links(tracker, {"mlflow_run_url": (run.info.experiment_id, run.info.run_id)})
     return MaterializeResult(metadata={**metadata, **link, "seconds": round(time.perf_counter() - started, 1)})
 

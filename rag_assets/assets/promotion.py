@@ -1,20 +1,23 @@
-"""The promotion: moves the serving alias to the evaluated build, only past its quality gate."""
+"""The promotion: moves the serving alias to the evaluated build, only past its quality gate, and the MLflow
+registry alias `champion` to the model version the build embeds with."""
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from rag_assets.assets.indexing import INDEX_WRITER_TAG
 from rag_assets.assets.retrieval_eval import retrieval_eval_report
 from rag_assets.reporting import latest_metadata
-from rag_assets.resources import CatalogResource, MilvusResource
+from rag_assets.resources import CatalogResource, MilvusResource, TrackingResource
 from rag_core.promotion import promote
 
 
 @asset(group_name="evaluation", deps=[retrieval_eval_report], kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
 def promoted_index(
-    context: AssetExecutionContext, milvus: MilvusResource, catalog: CatalogResource
+    context: AssetExecutionContext, milvus: MilvusResource, catalog: CatalogResource, tracking: TrackingResource
 ) -> MaterializeResult:
-    """Moves the serving alias to the evaluated build — only after its quality gate passed. The build it
-    replaces is kept, so `rag rollback` restores it in one command."""
+    """Moves the serving alias to the evaluated build — only after its quality gate passed; a refused build
+    fails the run with the gate's reason (the run-failure alert carries it) and the alias stays. The build it
+    replaces is kept, so `rag rollback` restores it in one command. A build embedding with a registered model
+    version makes that version the registry's `champion`."""
     report = latest_metadata(context.instance, "retrieval_eval_report")
     if not report:
         raise Failure("no retrieval_eval_report yet — materialize it first (`rag promote` does both)")
@@ -34,11 +37,14 @@ def promoted_index(
             store.update_record(target, expected_rows=None)
     moved = previous != target
     context.log.info(f"alias {milvus.alias} → {served}" + (f" (was {previous})" if moved else " (unchanged)"))
+    registry = tracking.tracker().mark_champion(record.model_reference) if moved else "unchanged"
+    context.log.info(f"registry: {registry}")
     return MaterializeResult(
         metadata={
             "served_collection": served,
             "previous_collection": previous or "none",
             "alias_moved": moved,
+            "registry": registry,
             "ndcg_at_10": report["ndcg_at_10"],
             "rollback": "rag rollback" if moved and previous else "nothing to roll back to",
         }

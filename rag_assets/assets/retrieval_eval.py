@@ -5,9 +5,11 @@ served one, or the served one alone after an index change, each beside its naive
 a build below the baseline in any mode is a warning naming the likely cause. Each build is evaluated with the
 fusion the API serves it with. Where the dataset has a train split, the hybrid fusion weights are tuned on it
 (rag_core.fusion_tuning) and adopted for the evaluated build only if they hold on the evaluation split — the
-API serves them from its next poll, unless the environment sets the fusion. Its blocking check fails when
-nDCG@10 falls more than the configured margin below the promoted index, so `promoted_index` never runs on a
-worse build.
+API serves them from its next poll, unless the environment sets the fusion. The gate (rag_core.promotion.judge)
+holds a candidate to the improvement rule by default — a gain of at least RAG_PROMOTION_MIN_EFFECT whose paired
+bootstrap interval over the judged queries excludes zero — and the served build re-evaluated after a reindex to
+the tolerance margin. Its blocking check fails with the gate, so `promoted_index` never runs on a build that did
+not pass.
 """
 
 import time
@@ -50,7 +52,7 @@ from rag_core.catalog import INDEXED
 from rag_core.evaluation import RetrievalEvaluation, evaluate_collection, judged_dataset, write_report
 from rag_core.fusion_tuning import FusionProposal, describe, propose_fusion
 from rag_core.indexing import RowCheck, check_rows
-from rag_core.promotion import GateDecision, adopt_fusion, judge, waiting_candidate
+from rag_core.promotion import GATE_RULES, IMPROVEMENT, GateDecision, adopt_fusion, judge, waiting_candidate
 from rag_core.store import MilvusStore
 
 GATE_CHECK = "ndcg_within_margin_of_promoted"
@@ -63,6 +65,14 @@ class RetrievalEvalConfig(Config):
         description="`served`, `candidate` (the newest build waiting for promotion) or a collection name.",
     )
     max_queries: int = Field(-1, ge=-1, description="-1 = RAG_EVAL_MAX_QUERIES; 0 = every judged query.")
+    rule: str = Field(
+        IMPROVEMENT,
+        pattern=f"^({'|'.join(GATE_RULES)})$",
+        description="The gate a candidate faces: `improvement` (beat the served build by RAG_PROMOTION_MIN_EFFECT, "
+        "with a paired bootstrap interval over the judged queries above zero) or `tolerance` (not more than "
+        "RAG_EVAL_GATE_MARGIN below it: for a build that already won an A/B test). The served build re-evaluated "
+        "alone always faces tolerance.",
+    )
 
 
 def _roles(store: MilvusStore, target: str, served: str) -> dict[str, str]:
@@ -144,9 +154,17 @@ def _fusion_metadata(proposal: FusionProposal | str) -> dict[str, object]:
 
 
 def _gate_metadata(decision: GateDecision) -> dict[str, object]:
+    def shown(value: float | None) -> float | str:
+        return value if value is not None else "none"
+
     return {
         "ndcg_at_10": decision.candidate_ndcg,
-        "baseline_ndcg_at_10": decision.baseline_ndcg if decision.baseline_ndcg is not None else "none",
+        "baseline_ndcg_at_10": shown(decision.baseline_ndcg),
+        "gate_rule": decision.rule,
+        "gate_min_effect": shown(decision.min_effect),
+        "gate_effect": shown(decision.effect),
+        "gate_effect_low": shown(decision.effect_low),
+        "gate_effect_high": shown(decision.effect_high),
         "gate_passed": decision.passed,
         "gate_reason": decision.reason,
     }
@@ -199,14 +217,21 @@ def retrieval_eval_report(
         role = "candidate" if "candidate" in builds else "served"
         proposal = _propose_fusion(builds[role], embedder, evaluation, config, evaluations[role])
     target, served = builds[role].collection, builds["served"].collection
-    ndcg = {name: result.modes[evaluation.gate_mode].means["ndcg@10"] for name, result in evaluations.items()}
+    gated = {name: result.modes[evaluation.gate_mode] for name, result in evaluations.items()}
     with milvus.store() as store:
-        decision = judge(store, target, served, ndcg[role], ndcg["served"], evaluation.gate_margin)
+        decision = judge(
+            store, target, served, gated[role].means["ndcg@10"], gated["served"].means["ndcg@10"],
+            evaluation.gate_margin, rule=config.rule, min_effect=evaluation.promotion_min_effect,
+            scores=gated[role].per_query["ndcg@10"], served_scores=gated["served"].per_query["ndcg@10"],
+        )
         records = {name: store.record(name) for name in {target, served}}
         if not isinstance(proposal, str):
             adopt_fusion(store, target, proposal.decision)  # served from the API's next poll
     report = write_report(evaluations, evaluation.report_folder(target), f"Retrieval evaluation of {target}")
     tracker = tracking.tracker()
+    registry = "unchanged"
+    if role == "candidate" and not decision.passed:  # its model version stays, no longer the candidate
+        registry = tracker.mark_rejected(records[target].model_reference, decision.reason)
     origin = DagsterOrigin.of(context, tracking.dagster_ui_url)
     runs = log_retrieval_runs(tracker, evaluations, records, evaluation, report, origin)
     (context.log.info if decision.passed else context.log.error)(f"quality gate: {decision.reason}")
@@ -217,6 +242,7 @@ def retrieval_eval_report(
             "role": role,
             "gate_mode": evaluation.gate_mode,
             **_gate_metadata(decision),
+            "registry": registry,
             **_shortfall_metadata(context, evaluations),
             **_fusion_metadata(proposal),
             "queries": evaluations[role].queries,
@@ -235,7 +261,9 @@ def retrieval_eval_report(
     asset=retrieval_eval_report,
     name=GATE_CHECK,
     blocking=True,
-    description="nDCG@10 of the evaluated build is not more than the margin below the promoted index.",
+    description="The quality gate: a candidate beats the served build by the minimum effect (its paired interval "
+    "above zero), or — with the tolerance rule, and for the served build after a reindex — falls no more than the "
+    "margin below it.",
 )
 def ndcg_within_margin_of_promoted(
     context: AssetCheckExecutionContext, evaluation: EvaluationResource
@@ -255,7 +283,10 @@ def ndcg_within_margin_of_promoted(
         metadata={
             "ndcg_at_10": report["ndcg_at_10"],
             "baseline_ndcg_at_10": report["baseline_ndcg_at_10"],
+            "rule": report.get("gate_rule", "tolerance"),
             "margin": evaluation.gate_margin,
+            "min_effect": report.get("gate_min_effect", "none"),
+            "effect": report.get("gate_effect", "none"),
             "reason": report["gate_reason"],
             "margin_over_naive_ndcg_at_10": report.get(
                 f"{report['role']}_margin_{evaluation.gate_mode}_ndcg_at_10", "none"

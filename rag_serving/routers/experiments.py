@@ -13,13 +13,13 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from rag_core.errors import Refusal
+from rag_core.experiment_rule import DecisionRule
 from rag_core.experiments import (
     NAME_PATTERN,
     PAUSED,
     RUNNING,
     STOPPED,
     Arm,
-    DecisionRule,
     Experiment,
     UnknownExperiment,
     markdown,

@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rag_assets.cli import builds, index, promote
 from rag_assets.experiment_cli import report
-from rag_core.evaluation import EvalDataset
+from rag_core.promotion import CANDIDATE
 from rag_core.querylog import ServingDatabase
+from rag_core.search.engines import IndexConnection
 from rag_core.tracking import Tracker
 from rag_serving.app import create_app
 from tests.conftest import FIXTURES
@@ -28,6 +29,7 @@ from tests.integration.pipeline_helpers import write_fixture_dataset
 from tests.integration.test_promotion import damaged_model, served_collection
 from tests.serving_server import ServerThread
 from tests.support.settings import embedded_settings
+from tests.support.simulated_users import judged_questions
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "test-admin-key-for-experiments"
@@ -69,19 +71,10 @@ def lab(tmp_path_factory):
                 "keys": keys,
                 "good": good,
                 "worse": refused["evaluated"],
-                "dataset": _questions(dataset_dir),
+                "dataset": judged_questions(dataset_dir),
             }
         finally:
             server.stop()
-
-
-def _questions(folder) -> list[tuple[str, set[str]]]:
-    """(question, the documents judged relevant to it) over both splits."""
-    found = []
-    for split in ("train", "test"):
-        dataset = EvalDataset.load(folder, split)
-        found += [(dataset.queries[q], set(dataset.qrels[q])) for q in sorted(dataset.queries)]
-    return found
 
 
 def _create(lab, name: str, min_samples: int, **rule) -> dict:
@@ -177,6 +170,8 @@ def test_the_better_build_wins_and_the_worse_is_never_promoted(lab) -> None:
     assert final["promoted"] is False and served_collection(settings) == lab["good"]
     assert {row["collection"]: row["status"] for row in builds(settings)}[lab["worse"]] == "rejected"
     assert "| scrambled |" in final["report"] and "data:image/png;base64," in final["report"]
+    assert final["stopped"] is False and final["rejected_builds"] == "none"  # a person's experiment keeps running
+
 
     # MLflow: a run per report in `ab-tests`, with the arms as params and each arm's metrics.
     run, first_run = Tracker.from_settings(settings).runs("ab-tests")  # newest first
@@ -212,6 +207,16 @@ def test_the_better_build_wins_and_the_worse_is_never_promoted(lab) -> None:
     with lab["server"].client(lab["keys"]["default"]) as client:
         after = client.post("/v1/retrieve", json={"query": "What does the cache key on?", "user_id": "user-1"}).json()
     assert after["experiment"] is None  # traffic is back on the served configuration at once
+
+    # A model update's experiment is stopped once decided (here: again); a candidate its users turned down
+    # is rejected.
+    with IndexConnection.from_settings(settings).store() as store:
+        store.update_record(lab["worse"], status=CANDIDATE)  # as an update leaves it: past the tolerance gate
+    decided = report(settings, "scrambled-vs-served", stop_when_decided=True, instance=instance)
+    assert decided["verdict"] == "keep" and decided["stopped"] is True and decided["rejected_builds"] == lab["worse"]
+    with IndexConnection.from_settings(settings).store() as store:
+        record = store.record(lab["worse"])
+    assert record.status == "rejected" and "scrambled-vs-served kept the control" in record.rejected_reason
 
 
 def test_a_build_that_wins_online_still_faces_the_offline_gate(lab) -> None:

@@ -8,13 +8,13 @@ import pytest
 import sqlalchemy as sa
 
 from rag_core.errors import Refusal
+from rag_core.experiment_rule import DecisionRule
 from rag_core.experiments import (
     CONTINUE,
     PAUSED,
     RUNNING,
     STOPPED,
     Arm,
-    DecisionRule,
     ExperimentStore,
     UnknownExperiment,
     new_experiment,

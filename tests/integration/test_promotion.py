@@ -2,30 +2,40 @@
 in-process runs on a real instance, Milvus Lite, real training steps, a real MLflow store in a temp dir.
 
 The served index starts on a deliberately damaged model (the base MiniLM with its weights scrambled), so
-"better" and "worse" are not a matter of luck on a dozen documents: the fine-tuned candidate must beat it
-and move the alias; the damaged model with new chunking must be refused; rollback restores the old build.
+"better" and "worse" are not a matter of luck on a dozen documents: the fine-tuned candidate must prove its gain
+(the improvement rule) and move the alias, its registered version becoming `champion`; the damaged model,
+registered as a candidate version, with new chunking must be refused, lose `candidate`, and the run-failure
+alert must carry the gate's reason; rollback restores the old build.
+
+The fixture corpus has 4 SciFact test queries: too few for any gain to exclude zero at 95% when some queries
+tie. The gate here uses a split of 16 (the test queries and half of the train ones) and fine-tuning learns from
+the other half, so no query it is judged on was trained on.
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test
+from dagster import AssetKey, DagsterEventType, DagsterInstance, build_run_status_sensor_context, instance_for_test
 
 from rag_assets.cli import builds, index, promote, rollback
 from rag_assets.definitions import build_definitions
+from rag_assets.operations import AlertsResource, run_failure_alert
 from rag_assets.resources import build_resources
 from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings, bundled_model_dir
-from rag_core.tracking import REGISTERED_EMBEDDER, Tracker
+from rag_core.tracking import CHAMPION_ALIAS, REGISTERED_EMBEDDER, REJECTED_REASON_TAG, Tracker
 from rag_serving.state import ServingState
 from tests.conftest import FIXTURES
 from tests.integration.pipeline_helpers import write_fixture_dataset
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
+TUNE_SPLIT, GATE_SPLIT = "tune", "gate"
 
 
 def damaged_model(folder: Path) -> Path:
@@ -49,9 +59,28 @@ def workspace(tmp_path_factory) -> dict:
     shutil.copytree(FIXTURES / "corpus", root / "documents")
     return {
         "root": root,
-        "dataset": write_fixture_dataset(root / "dataset"),
+        "dataset": split_for_the_gate(write_fixture_dataset(root / "dataset")),
         "damaged": damaged_model(root / "damaged-minilm"),
     }
+
+
+def split_for_the_gate(folder: Path) -> Path:
+    """Adds two splits: `tune` (every other train query) and `gate` (the test queries and the other train ones)."""
+
+    def judged(split: str) -> list[list[str]]:
+        with (folder / "qrels" / f"{split}.tsv").open(newline="") as handle:
+            return list(csv.reader(handle, delimiter="\t"))[1:]
+
+    train = judged("train")
+    tuned = set(sorted({row[0] for row in train})[::2])
+    splits = {
+        TUNE_SPLIT: [row for row in train if row[0] in tuned],
+        GATE_SPLIT: judged("test") + [row for row in train if row[0] not in tuned],
+    }
+    for split, rows in splits.items():
+        with (folder / "qrels" / f"{split}.tsv").open("w", newline="") as handle:
+            csv.writer(handle, delimiter="\t").writerows([["query-id", "corpus-id", "score"], *rows])
+    return folder
 
 
 def settings_for(workspace: dict, **overrides) -> Settings:
@@ -66,6 +95,8 @@ def settings_for(workspace: dict, **overrides) -> Settings:
         mlflow_tracking_uri="",
         collection_alias="rag_chunks",
         eval_dataset_dir=workspace["dataset"],
+        eval_split=GATE_SPLIT,
+        train_split=TUNE_SPLIT,
         eval_gate_mode="dense",
         eval_gate_margin=0.01,
         **overrides,
@@ -77,7 +108,7 @@ def served_collection(settings: Settings) -> str | None:
         return store.alias_target()
 
 
-def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
+def test_eval_finetune_and_gated_promotion(workspace: dict, caplog: pytest.LogCaptureFixture) -> None:
     damaged_settings = settings_for(workspace, embedding_model=str(workspace["damaged"]))
     settings = settings_for(workspace)  # no model pinned: indexing follows the served build's model
     tracker = Tracker.from_settings(settings)
@@ -131,7 +162,7 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         )
         assert finetuned.success
         model = _metadata(instance, "finetuned_embedding_model")
-        assert model["model_uri"] == f"models:/{REGISTERED_EMBEDDER}/1"
+        assert model["model_uri"] == f"models:/{REGISTERED_EMBEDDER}/1" and "@candidate" in model["registry"]
         (training_run,) = tracker.runs("embeddings")
         assert training_run.data.params["examples.qrels"] == str(model["examples"]["qrels"])
         assert model["examples"]["feedback"] == 1
@@ -143,6 +174,11 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
         assert promoted != first and "rag_embedder_1" in promoted
         gate = _metadata(instance, "retrieval_eval_report")
         assert gate["candidate_dense_ndcg_at_10"] > gate["served_dense_ndcg_at_10"]
+        assert gate["gate_rule"] == "improvement" and gate["gate_effect"] >= settings.promotion_min_effect
+        assert 0 < gate["gate_effect_low"] <= gate["gate_effect"] <= gate["gate_effect_high"]
+        assert f"≥ min effect {settings.promotion_min_effect}" in gate["gate_reason"]
+        assert tracker.client().get_model_version(REGISTERED_EMBEDDER, "1").aliases == [CHAMPION_ALIAS]
+        assert "@champion" in _metadata(instance, "promoted_index")["registry"]
         serving.index.refresh()
         snapshot = serving.index.current()
         assert snapshot.collection == promoted and snapshot.embedder.version.startswith("rag-embedder-1@")
@@ -155,18 +191,45 @@ def test_eval_finetune_and_gated_promotion(workspace: dict) -> None:
             assert store.alias_target() == promoted
             assert "new-note-md" in " ".join(store.rows_by_source(promoted))
 
-        # A deliberately worse candidate is refused by the gate: the alias does not move.
-        outcome = promote(
-            settings, model=str(workspace["damaged"]), chunk_max_tokens=128, chunk_overlap_tokens=16, instance=instance
-        )
-        assert outcome["promoted"] is False and "below" in outcome["gate"]
+        # A deliberately worse model version, registered as the candidate, is refused by the gate: the alias does
+        # not move, the version loses `candidate`, and the run-failure alert says why.
+        damaged = _register_candidate(tracker, workspace["damaged"])
+        outcome = promote(settings, model=damaged, chunk_max_tokens=128, chunk_overlap_tokens=16, instance=instance)
+        assert outcome["promoted"] is False and "no proven gain" in outcome["gate"]
         assert served_collection(settings) == promoted
         statuses = {row["collection"]: row["status"] for row in builds(settings)}
         assert statuses[outcome["evaluated"]] == "rejected"
+        version = tracker.client().get_model_version(REGISTERED_EMBEDDER, damaged.rsplit("/", 1)[1])
+        assert version.aliases == [] and version.tags[REJECTED_REASON_TAG] == outcome["gate"]
+        assert tracker.client().get_model_version(REGISTERED_EMBEDDER, "1").aliases == [CHAMPION_ALIAS]
+        with caplog.at_level(logging.ERROR, logger="rag_assets.alerts"):
+            run_failure_alert(_failure_context(instance, str(outcome["run_id"])))
+        assert f"failed: check ndcg_within_margin_of_promoted: {outcome['gate']}" in caplog.text
 
         # Rollback restores the build served before the promotion.
         assert rollback(settings) == (promoted, first)
         assert served_collection(settings) == first
+
+
+def _register_candidate(tracker: Tracker, model_dir: Path) -> str:
+    """`model_dir` as the next registered version of rag-embedder, aliased `candidate` as a fine-tune leaves it."""
+    with tracker.run("embeddings", f"registered:{model_dir.name}") as run:
+        tracker.mlflow().log_artifacts(str(model_dir), artifact_path="model")
+    model_uri = tracker.register_model(run.info.run_id, "model")
+    assert "@candidate" in tracker.mark_candidate(model_uri)
+    return model_uri
+
+
+def _failure_context(instance: DagsterInstance, run_id: str):
+    """What the run-failure sensor receives for the failed run `run_id`."""
+    (failure,) = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    return build_run_status_sensor_context(
+        sensor_name="run_failure_alert",
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id),
+        resources={"alerts": AlertsResource()},
+    ).for_run_failure()
 
 
 def _metadata(instance: DagsterInstance, asset: str) -> dict:

@@ -1,5 +1,5 @@
 """A/B assignment (sticky, on the configured split, excluded tenants get no arm), the declared rule and its
-statistics, on rag_core.experiments' own functions."""
+statistics, on rag_core.experiments' and rag_core.stats' own functions."""
 
 from __future__ import annotations
 
@@ -8,20 +8,9 @@ from collections import Counter
 
 import pytest
 
-from rag_core.experiments import (
-    CONTINUE,
-    KEEP,
-    SHIP,
-    Arm,
-    ArmObservations,
-    DecisionRule,
-    assign,
-    bootstrap,
-    decide,
-    new_experiment,
-    two_proportions,
-    wilson,
-)
+from rag_core.experiment_rule import DecisionRule
+from rag_core.experiments import CONTINUE, KEEP, SHIP, Arm, ArmObservations, assign, decide, new_experiment
+from rag_core.stats import bootstrap, two_proportions, wilson
 
 
 def three_arms(**rule):
