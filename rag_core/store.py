@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.client.types import Status
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from rag_core.build_record import BuildRecord
 from rag_core.build_record import changes as record_changes
@@ -158,9 +158,15 @@ def _open_lite(uri: str, timeout_s: float) -> MilvusClient:
     while True:
         with _lite_lock:
             if _lite_users[str(db_path)] or not _lite_file_busy(db_path):
-                client = MilvusClient(str(db_path))
-                _lite_users[str(db_path)] += 1
-                return client
+                try:
+                    client = MilvusClient(str(db_path))
+                except ConnectionConfigException:
+                    # Another process took the file between the probe and the open: wait for it as for a busy one.
+                    if not _lite_file_busy(db_path):
+                        raise
+                else:
+                    _lite_users[str(db_path)] += 1
+                    return client
         countdown.tick()
         if time.monotonic() > deadline:
             raise MilvusUnavailable(
