@@ -22,13 +22,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
 	touch $@
 
-# Most tests wait on subprocesses, servers and Dagster runs: two workers keep both cores busy (TEST_WORKERS=0: one process).
+# Most tests wait on subprocesses, servers and Dagster runs: two workers keep both cores busy (TEST_WORKERS=0: one
+# process). A module runs whole on one worker, so its fixtures are built once.
 TEST_WORKERS ?= 2
 test: install  ## the suite: unit + integration against Milvus Lite, Dagster, PostgreSQL (the walk-through apart)
-	$(BIN)/pytest -q -ra -m "not walkthrough" --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -ra -m "not walkthrough" --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 walkthrough: install  ## the README's command blocks, run in order on a fresh copy (scripts/walkthrough.py)
 	$(BIN)/pytest -q -ra -m walkthrough

@@ -24,15 +24,6 @@ POSTGRES_URL = os.environ.get("RAG_TEST_POSTGRES_URL", "postgresql://postgres@12
 # identical builds (the same collection names and cache keys) never read each other's cache or limits.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 REDIS_URL = f"redis://127.0.0.1:6379/{int(XDIST_WORKER.removeprefix('gw'))}"
-# Tests on the session's served index run on one worker, so that the index is built once per run; the other
-# tests run a module per worker, so that a module's fixture (an index, a model) is built once too.
-SERVED_FIXTURES = {"served", "hardened"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        served = SERVED_FIXTURES & set(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.xdist_group("served" if served else item.nodeid.split("::")[0]))
 
 
 def service_missing(message: str) -> None:
