@@ -26,6 +26,18 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 REDIS_URL = f"redis://127.0.0.1:6379/{int(XDIST_WORKER.removeprefix('gw'))}"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` (every Tracker calls it) also exports MLFLOW_TRACKING_URI, which Settings reads
+    as the user's choice: without this, one test's MLflow store becomes every later test's in that process."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def service_missing(message: str) -> None:
     """In CI a missing service is a failure; on a laptop the test is skipped, saying what to start."""
     if os.environ.get("CI"):
