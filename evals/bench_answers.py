@@ -177,7 +177,7 @@ def index_engine(documents: Path, work: Path):
     parsed = [document for unit in units for document in parse_source(unit).documents]
     chunks = chunk_documents(parsed, embedder.tokenizer, config)
     print(f"{documents.name}: {len(parsed)} documents, {len(chunks)} chunks — embedding…", flush=True)
-    vectors = embedder.encode([chunk.search_text for chunk in chunks])
+    vectors = embedder.encode([chunk.embedded for chunk in chunks])
     rows = milvus_rows(chunks, vectors, {document.doc_id: document for document in parsed})
     searcher = MemoryIndex.build(*rows_table(rows))
     return QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), settings.fusion()), embedder

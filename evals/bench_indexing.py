@@ -1,4 +1,4 @@
-"""Indexing benchmark on the vendored SciFact corpus (5,183 abstracts).
+"""Indexing benchmark on the vendored SciFact corpus (5,183 abstracts), or another BEIR-layout corpus (--dataset).
 
 1. baseline: a plain `SentenceTransformer.encode` of exactly the texts the pipeline embeds (its chunk
    texts, title + passage), in one call, timed in this process;
@@ -17,13 +17,14 @@ import gzip
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CORPUS = Path(__file__).parent / "datasets" / "scifact" / "corpus.jsonl.gz"
+DATASET = Path(__file__).parent / "datasets" / "scifact"
 
 
 def main() -> None:
@@ -31,6 +32,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N abstracts (0 = all)")
     parser.add_argument("--changed", type=float, default=0.01, help="fraction of documents edited")
     parser.add_argument("--keep", type=Path, help="build in this folder and keep it (evals/bench_serving.py reuses it)")
+    parser.add_argument("--dataset", type=Path, default=DATASET, help="a BEIR-layout folder (its corpus.jsonl.gz)")
+    parser.add_argument("--build-only", action="store_true", help="only the full build (a corpus to evaluate)")
+    parser.add_argument(
+        "--seed-cache", type=Path, help="start from this embedding cache (another build's): only new texts are encoded"
+    )
     args = parser.parse_args()
 
     from dagster import instance_for_test
@@ -44,7 +50,7 @@ def main() -> None:
     from rag_core.models import ModelResolver
     from rag_core.settings import Settings
 
-    with gzip.open(CORPUS) as corpus:
+    with gzip.open(args.dataset / "corpus.jsonl.gz") as corpus:
         records = [json.loads(line) for line in corpus]
     if args.limit:
         records = records[: args.limit]
@@ -53,7 +59,7 @@ def main() -> None:
         raise SystemExit(f"{work} exists — remove it or choose another --keep folder")
     documents = work / "documents"
     documents.mkdir(parents=True)
-    corpus_file = documents / "scifact.jsonl"
+    corpus_file = documents / f"{args.dataset.name}.jsonl"
     corpus_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     settings = Settings(data_dir=work / "data", documents_dir=documents, dagster_home=work / "dagster")
 
@@ -63,18 +69,27 @@ def main() -> None:
     config = ChunkingConfig(settings.chunk_max_tokens, settings.chunk_overlap_tokens, embedder.max_seq_length - 2)
     units = discover_sources(documents, settings.default_tenant, settings.jsonl_shard_size)
     parsed = [document for unit in units for document in parse_source(unit).documents]
-    texts = [chunk.search_text for chunk in chunk_documents(parsed, embedder.tokenizer, config)]
+    chunks = chunk_documents(parsed, embedder.tokenizer, config)
+    texts = [chunk.search_text for chunk in chunks if not chunk.is_document_entry]  # what is encoded
     print(f"{len(records)} documents → {len(units)} partitions, {len(texts)} chunks", flush=True)
 
-    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    started = time.perf_counter()
-    model.encode(texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True, show_progress_bar=True)
-    baseline = time.perf_counter() - started
-    del model
+    baseline = float("nan")
+    if not args.build_only:
+        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        started = time.perf_counter()
+        model.encode(texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True, show_progress_bar=True)
+        baseline = time.perf_counter() - started
+        del model
 
     settings.resolved_dagster_home.mkdir(parents=True)
+    if args.seed_cache:
+        settings.embedding_cache_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.seed_cache, settings.embedding_cache_path)
     with instance_for_test(temp_dir=str(settings.resolved_dagster_home)) as instance:
         full = index(settings, instance=instance)
+        if args.build_only:
+            print(f"built {full['vectors']} vectors in {full['seconds']:.1f} s → {work}")
+            return
         rng = random.Random(13)
         edited = rng.sample(range(len(records)), max(1, round(len(records) * args.changed)))
         for position in edited:

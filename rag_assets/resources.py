@@ -145,6 +145,7 @@ class EmbedderResource(ConfigurableResource):
     follow_served_chunking: bool = True
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
+    document_entries: bool = True
     device: str = "cpu"
     batch_size: int = 64
     cache_path: str
@@ -179,13 +180,17 @@ class EmbedderResource(ConfigurableResource):
             )
             if self.follow_served_chunking and served:
                 sizes = (served.chunk_max_tokens, served.chunk_overlap_tokens)
+                entries = served.document_entries
             else:
                 sizes = (self.chunk_max_tokens, self.chunk_overlap_tokens)
-            collection = store.collection_named(embedder.version, ChunkingConfig(*sizes).describe())
+                entries = self.document_entries
+            chunking = ChunkingConfig(*sizes, document_entries=entries)
+            collection = store.collection_named(embedder.version, chunking.describe())
         return BuildSpec(
             model=embedder.reference,
             chunk_max_tokens=sizes[0],
             chunk_overlap_tokens=sizes[1],
+            document_entries=entries,
             backend=embedder.backend,
             embedding_version=embedder.version,
             collection=collection,
@@ -308,9 +313,11 @@ def _embedder(settings: Settings, milvus: MilvusResource, tracking: TrackingReso
         milvus=milvus,
         model=settings.embedding_model,
         backend=settings.embedding_backend if "embedding_backend" in settings.model_fields_set else "",
-        follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens"} & settings.model_fields_set,
+        follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens", "document_entries"}
+        & settings.model_fields_set,
         chunk_max_tokens=settings.chunk_max_tokens,
         chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        document_entries=settings.document_entries,
         device=settings.embedding_device,
         batch_size=settings.embedding_batch_size,
         cache_path=str(settings.embedding_cache_path),

@@ -54,6 +54,7 @@ def whole_documents(chunks: pa.Table, tenant: str | None = None) -> list[WholeDo
     """Each document of `tenant` (None: every tenant) rebuilt from its chunk rows. In order of position,
     a chunk adds what lies past the end of the text so far (chunks overlap); a gap between two chunks
     (whitespace the chunker left out) becomes one space."""
+    chunks = chunks.filter(pc.greater_equal(chunks.column("position"), 0))  # not the document entries
     if tenant is not None:
         chunks = chunks.filter(pc.equal(chunks.column("tenant"), tenant))
     grouped: dict[tuple[str, str, str], list[dict]] = {}
@@ -153,7 +154,6 @@ def shortfall(evaluation: RetrievalEvaluation) -> Shortfall | None:
         )
     margins = ", ".join(f"{mode} {margin:+.4f}" for mode, margin in losing.items())
     message = (
-        f"{evaluation.collection} is below the naive baseline in {HEADLINE_METRIC} ({margins}); "
-        f"likely cause: {advice}"
+        f"{evaluation.collection} is below the naive baseline in {HEADLINE_METRIC} ({margins}); likely cause: {advice}"
     )
     return Shortfall(evaluation.collection, losing, cause, message)

@@ -19,6 +19,7 @@ _KEYS = {
     "chunking": "rag.chunking",
     "chunk_max_tokens": "rag.chunk_max_tokens",
     "chunk_overlap_tokens": "rag.chunk_overlap_tokens",
+    "document_entries": "rag.document_entries",
     "schema_version": "rag.schema_version",
     "created_at": "rag.created_at",
     "index_version": "rag.index_version",
@@ -45,6 +46,7 @@ class BuildRecord:
     chunking: str = ""
     chunk_max_tokens: int | None = None
     chunk_overlap_tokens: int | None = None
+    document_entries: bool | None = None  # None: a build from before document entries (it has none)
     schema_version: str = ""
     created_at: str = ""
     index_version: str = "0"  # changes whenever the rows change; caches key on it
@@ -77,6 +79,8 @@ class BuildRecord:
                 values[field.name] = int(text)
             elif field.name == "eval_ndcg_at_10":
                 values[field.name] = float(text)
+            elif field.name == "document_entries":
+                values[field.name] = text == "true"
             else:
                 values[field.name] = text
         return cls(**values)
@@ -95,4 +99,6 @@ def _text(value: object) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)

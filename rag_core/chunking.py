@@ -3,6 +3,11 @@
 Each chunk fits the model's maximum sequence length together with its title, overlaps its neighbour,
 prefers to end on a sentence or paragraph boundary, and keeps character offsets into the normalised
 document text so answers can cite the exact passage.
+
+Beside its chunks each document gets one **document entry** (position -1): its whole text for BM25, which
+scores a document better whole than by its best chunk (evals/doc_representation.py: SciFact and the man-page
+corpus, train and test). The entry is never shown and never searched densely (its vector is its first
+chunk's, so it costs no encode); BM25-only retrieval ranks documents by it, then shows each one's best chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit for a chunk's text, in UTF-8 byt
 # characters, which also keeps every piece (4 bytes a character at worst, plus a 500-character title)
 # under TEXT_MAX_BYTES.
 PASSAGE_MAX_CHARS = 8000
+DOCUMENT_POSITION = -1  # a document entry's position: never a chunk's
 
 
 @dataclass(frozen=True)
@@ -32,11 +38,20 @@ class Chunk:
     title: str
     position: int
     text: str
-    search_text: str  # what is embedded and BM25-indexed: title + passage
+    search_text: str  # what is BM25-indexed, and embedded unless `embedding_text` says otherwise: title + passage
     start_char: int
     end_char: int
     token_count: int
-    content_hash: str
+    content_hash: str  # of the embedded text: the embedding cache's key
+    embedding_text: str = ""  # a document entry's: its first chunk's search text (the same vector, no encode)
+
+    @property
+    def embedded(self) -> str:
+        return self.embedding_text or self.search_text
+
+    @property
+    def is_document_entry(self) -> bool:
+        return self.position == DOCUMENT_POSITION
 
 
 @dataclass(frozen=True)
@@ -45,9 +60,11 @@ class ChunkingConfig:
     overlap_tokens: int = 32
     model_limit: int = 254  # the model's max sequence length minus its two special tokens
     min_passage_tokens: int = 64  # a very long title cannot squeeze passages below this
+    document_entries: bool = True  # one whole-document BM25 entry per document beside its chunks
 
     def describe(self) -> str:
-        return f"tokens{self.max_tokens}-overlap{self.overlap_tokens}"
+        entries = "-docs" if self.document_entries else ""
+        return f"tokens{self.max_tokens}-overlap{self.overlap_tokens}{entries}"
 
 
 def _is_boundary(text: str, end_char: int) -> bool:
@@ -91,6 +108,33 @@ def search_text(title: str, passage: str) -> str:
     return passage if not title or passage.startswith(title) else f"{title}\n{passage}"
 
 
+def _within_bytes(text: str, limit: int) -> str:
+    encoded = text.encode("utf-8")
+    return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
+
+
+def document_entry(document: Document, first: Chunk, token_count: int) -> Chunk:
+    """The document's whole text for BM25 (its first TEXT_MAX_BYTES), with its first chunk's vector. Its
+    `text` stays empty: what is shown is always a chunk."""
+    whole = _within_bytes(search_text(document.title, document.text), TEXT_MAX_BYTES)
+    return Chunk(
+        chunk_id=chunk_id(document.tenant, document.source, document.doc_id, DOCUMENT_POSITION, whole),
+        doc_id=document.doc_id,
+        partition_key=document.partition_key,
+        tenant=document.tenant,
+        source=document.source,
+        title=document.title,
+        position=DOCUMENT_POSITION,
+        text="",
+        search_text=whole,
+        start_char=0,
+        end_char=len(document.text),
+        token_count=token_count,
+        content_hash=first.content_hash,
+        embedding_text=first.search_text,
+    )
+
+
 def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
     """Chunks for many documents; one batched tokenizer call (fast tokenizers run it in Rust)."""
     if not documents:
@@ -117,10 +161,11 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
             for first, end in token_windows(document.text, offsets, size, overlap)
             for piece in _bounded(offsets, first, end)
         ]
+        document_chunks = []
         for position, (start_char, end_char, token_count) in enumerate(pieces):
             passage = document.text[start_char:end_char]
             embedded = search_text(document.title, passage)
-            chunks.append(
+            document_chunks.append(
                 Chunk(
                     chunk_id=chunk_id(document.tenant, document.source, document.doc_id, position, embedded),
                     doc_id=document.doc_id,
@@ -137,4 +182,7 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
                     content_hash=content_hash(embedded),
                 )
             )
+        chunks += document_chunks
+        if config.document_entries and document_chunks:
+            chunks.append(document_entry(document, document_chunks[0], len(offsets)))
     return chunks

@@ -67,7 +67,7 @@ def embed_chunks(
     vectors, stats = embed_with_cache(
         embedder,
         cache,
-        [chunk.search_text for chunk in ordered],
+        [chunk.embedded for chunk in ordered],
         [chunk.content_hash for chunk in ordered],
         show_progress=show_progress,
     )
@@ -295,7 +295,7 @@ def build_from_sources(
     return collection, BuildStats(
         documents=sum(len(source.documents) for source in parsed.values()),
         quarantined=sum(len(source.quarantined) for source in parsed.values()),
-        chunks=sum(len(partition) for partition in chunks.values()),
+        chunks=sum(1 for partition in chunks.values() for chunk in partition if not chunk.is_document_entry),
         computed=stats.computed,
         cached=stats.cached,
         rows=store.count(collection),

@@ -40,6 +40,7 @@ class BuildSpec:
     embedding_version: str = ""
     collection: str = ""
     served: str = ""  # "" = nothing was served: the build is the first, and is published
+    document_entries: bool = True  # a whole-document BM25 entry per document (rag_core.chunking)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -50,10 +51,12 @@ class BuildSpec:
 
     def chunking(self, model_limit: int) -> ChunkingConfig:
         """Chunks (with their title) fit `model_limit`: the model's sequence length less its special tokens."""
-        return ChunkingConfig(self.chunk_max_tokens, self.chunk_overlap_tokens, model_limit)
+        return ChunkingConfig(
+            self.chunk_max_tokens, self.chunk_overlap_tokens, model_limit, document_entries=self.document_entries
+        )
 
     def describe(self) -> str:
-        chunking = ChunkingConfig(self.chunk_max_tokens, self.chunk_overlap_tokens).describe()
+        chunking = self.chunking(DEFAULT_CHUNKING.model_limit).describe()
         return f"{self.embedding_version or self.model}, {chunking} → {self.collection or 'no collection yet'}"
 
 
@@ -71,6 +74,7 @@ def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
         model_reference=embedder.reference,
         chunk_max_tokens=chunking.max_tokens,
         chunk_overlap_tokens=chunking.overlap_tokens,
+        document_entries=chunking.document_entries,
     )
 
 
@@ -85,6 +89,7 @@ def spec_of(properties: dict[str, str], default_model: str, collection: str = ""
         backend_of(record.embedding_version),
         record.embedding_version,
         collection,
+        document_entries=bool(record.document_entries),
     )
 
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the settings import FusionConfig: keep this module free of 
     from rag_core.store import Hit
 
 Mode = Literal["dense", "bm25", "hybrid"]
+# Chunks read per document to find each one's best for BM25-only results: a document's best chunk is nearly
+# always among its own first few hits.
+PASSAGES_PER_DOCUMENT = 20
 FusionMethod = Literal["rrf", "convex"]
 
 
@@ -160,7 +163,10 @@ def fuse(ranked: Mapping[str, Sequence[Hit]], fusion: FusionConfig) -> list[tupl
 
 
 class Retriever:
-    """Dense, BM25 or hybrid retrieval on one searcher (one build, on whichever engine serves it)."""
+    """Dense, BM25 or hybrid retrieval on one searcher (one build, on whichever engine serves it).
+
+    Dense and hybrid rank chunks. BM25 alone ranks documents by their whole-text entries (rag_core.chunking),
+    which beat scoring a document by its best chunk, and shows each document as its best chunk."""
 
     def __init__(self, searcher: Searcher, fusion: FusionConfig | None = None) -> None:
         self.searcher = searcher
@@ -177,22 +183,22 @@ class Retriever:
     ) -> list[RetrievedChunk]:
         fusion = fusion or self.fusion
         search_filter = search_filter or SearchFilter()
+        chunks = search_filter.reading("chunks")
         if mode == "dense":
-            hits = self.searcher.search_dense(query_vector, top_k, search_filter)
+            hits = self.searcher.search_dense(query_vector, top_k, chunks)
             return [
                 replace(RetrievedChunk.from_hit(hit, hit.score, hit.score), dense_rank=rank)
                 for rank, hit in enumerate(hits, start=1)
             ]
         if mode == "bm25":
-            hits = self.searcher.search_bm25(query, top_k, search_filter)
             return [
-                replace(RetrievedChunk.from_hit(hit, abs(hit.score)), bm25_rank=rank, bm25_score=abs(hit.score))
-                for rank, hit in enumerate(hits, start=1)
+                replace(RetrievedChunk.from_hit(hit, score), bm25_rank=rank, bm25_score=score)
+                for rank, (hit, score) in enumerate(self.bm25_documents(query, top_k, search_filter), start=1)
             ]
         depth = max(top_k, fusion.candidates)
         ranked = {
-            "dense": self.searcher.search_dense(query_vector, depth, search_filter),
-            "bm25": self.searcher.search_bm25(query, depth, search_filter),
+            "dense": self.searcher.search_dense(query_vector, depth, chunks),
+            "bm25": self.searcher.search_bm25(query, depth, chunks),
         }
         fused = fuse(ranked, fusion)
         similarity = {hit.chunk_id: hit.score for hit in ranked["dense"]}
@@ -206,3 +212,22 @@ class Retriever:
             )
             for hit, score, ranks in fused[:top_k]
         ]
+
+    def bm25_documents(self, query: str, top_k: int, search_filter: SearchFilter) -> list[tuple[Hit, float]]:
+        """(each document's best chunk, the document's BM25 score), best document first. A build without
+        document entries ranks its chunks. A document none of whose shown chunks holds a query term (they are
+        disabled, or the term lies past the entry's size limit) is left out."""
+        documents = self.searcher.search_bm25(query, top_k, search_filter.reading("documents"))
+        if not documents:
+            chunks = self.searcher.search_bm25(query, top_k, search_filter.reading("chunks"))
+            return [(hit, abs(hit.score)) for hit in chunks]
+        doc_ids = tuple(dict.fromkeys(hit.fields["doc_id"] for hit in documents))
+        within = search_filter.reading("chunks").within_documents(doc_ids)
+        best: dict[tuple[str, str], Hit] = {}
+        for hit in self.searcher.search_bm25(query, PASSAGES_PER_DOCUMENT * len(doc_ids), within):
+            best.setdefault(_document_key(hit), hit)
+        return [(best[key], abs(hit.score)) for hit in documents if (key := _document_key(hit)) in best]
+
+
+def _document_key(hit: Hit) -> tuple[str, str]:
+    return hit.fields["source_key"], hit.fields["doc_id"]

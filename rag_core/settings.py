@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         256, ge=16, description="Upper bound; each chunk plus its title also fits the model's limit."
     )
     chunk_overlap_tokens: int = Field(32, ge=0)
+    document_entries: bool = Field(
+        True,
+        description="Index each document whole for BM25 beside its chunks (a new build's choice; a build keeps "
+        "its own). BM25-only retrieval then ranks whole documents and shows each one's best chunk.",
+    )
 
     # Embedding.
     embedding_model: str = Field("", description="Model directory; empty = the bundled MiniLM.")

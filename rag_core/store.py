@@ -33,6 +33,7 @@ from rag_core.chunking import TEXT_MAX_BYTES
 from rag_core.documents import DOC_ID_MAX_BYTES, SOURCE_MAX_BYTES, TENANT_MAX_BYTES
 from rag_core.errors import Refusal
 from rag_core.search.analyzer import BM25_B, BM25_K1
+from rag_core.search.filters import ROW_CLAUSES
 from rag_core.search.published import is_lite_uri
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ class IndexBuild:
     model_reference: str = ""  # how any process loads the model again (rag_core.models)
     chunk_max_tokens: int = 0
     chunk_overlap_tokens: int = 0
+    document_entries: bool = False
 
     def record(self) -> BuildRecord:
         return BuildRecord(
@@ -259,6 +261,7 @@ class IndexBuild:
             chunking=self.chunking,
             chunk_max_tokens=self.chunk_max_tokens,
             chunk_overlap_tokens=self.chunk_overlap_tokens,
+            document_entries=self.document_entries,
             schema_version=SCHEMA_VERSION,
         )
 
@@ -485,7 +488,9 @@ class MilvusStore:
         return {row["doc_id"] for row in self._query_all(collection, "", ["doc_id"])}
 
     def rows_by_source(self, collection: str) -> Counter[str]:
-        return Counter(row["source_key"] for row in self._query_all(collection, "", ["source_key"]))
+        """Chunks per source: what the catalog counts (a document entry beside them is not a chunk)."""
+        rows = self._query_all(collection, ROW_CLAUSES["chunks"], ["source_key"])
+        return Counter(row["source_key"] for row in rows)
 
     def all_rows(self, collection: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         return self._query_all(collection, "", fields)

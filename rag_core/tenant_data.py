@@ -91,7 +91,7 @@ def tenant_usage(
     return TenantUsage(
         files=len(stored_documents(documents_dir, tenant, default_tenant)),
         documents=int(documents or 0),
-        chunks=served_rows(SearchFilter(tenant)),
+        chunks=served_rows(SearchFilter(tenant, rows="chunks")),
     )
 
 

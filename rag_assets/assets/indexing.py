@@ -129,10 +129,12 @@ def _chunk_preview(chunks: list[Chunk]) -> MetadataValue:
     )
 
 
-def _chunks_metadata(chunks: list[Chunk], documents: int) -> dict[str, object]:
+def _chunks_metadata(rows: list[Chunk], documents: int) -> dict[str, object]:
+    chunks = [chunk for chunk in rows if not chunk.is_document_entry]
     tokens = [chunk.token_count for chunk in chunks]
     return {
         "chunks": len(chunks),
+        "document_entries": len(rows) - len(chunks),
         "documents": documents,
         "tokens": sum(tokens),
         "max_chunk_tokens": max(tokens, default=0),
@@ -140,7 +142,9 @@ def _chunks_metadata(chunks: list[Chunk], documents: int) -> dict[str, object]:
     }
 
 
-def _vectors_metadata(chunks: list[Chunk], vectors: PartitionVectors, stats: EmbeddingStats) -> dict[str, object]:
+def _vectors_metadata(rows: list[Chunk], vectors: PartitionVectors, stats: EmbeddingStats) -> dict[str, object]:
+    """Vectors per row; encoded or cached per chunk (a document entry reuses its first chunk's vector)."""
+    chunks = [chunk for chunk in rows if not chunk.is_document_entry]
     computed = sum(chunk.content_hash in stats.computed_hashes for chunk in chunks)
     return {"vectors": len(vectors.vectors), "computed": computed, "from_cache": len(chunks) - computed}
 
@@ -216,11 +220,13 @@ def document_chunks(
         context,
         {key: _chunks_metadata(chunks, len(raw_documents[key].documents)) for key, chunks in by_partition.items()},
     )
-    tokens = [chunk.token_count for partition in by_partition.values() for chunk in partition]
+    rows = [chunk for partition in by_partition.values() for chunk in partition]
+    tokens = [chunk.token_count for chunk in rows if not chunk.is_document_entry]
     return MaterializeResult(
         value=by_partition,
         metadata={
             "run_chunks": len(tokens),
+            "run_document_entries": len(rows) - len(tokens),
             "run_documents": sum(len(source.documents) for source in raw_documents.values()),
             "run_tokens": sum(tokens),
             "run_max_chunk_tokens": max(tokens, default=0),
@@ -272,7 +278,7 @@ def _catalog_entries(
             content_hash=source.unit.content_hash,
             status=INDEXED if source.documents else QUARANTINED,
             documents=len(source.documents),
-            chunks=len(chunks.get(key, [])),
+            chunks=sum(1 for chunk in chunks.get(key, []) if not chunk.is_document_entry),
             quarantined=[item.describe() for item in source.quarantined],
             collection=spec.collection,
             embedding_version=spec.embedding_version,

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Literal
 
 # Scalar fields a caller may filter on, and how many values an `in` filter may hold.
 FILTERABLE = ("doc_id", "source", "source_key", "title")
 MAX_FILTER_VALUES = 100
+# Which rows a search reads: every row, the chunks (what is shown and searched densely), or the document
+# entries (rag_core.chunking: a document's whole text for BM25, at position -1).
+Rows = Literal["all", "chunks", "documents"]
+ROW_CLAUSES = {"all": "", "chunks": "position >= 0", "documents": "position < 0"}
 
 
 class InvalidFilter(ValueError):
@@ -21,6 +26,7 @@ class SearchFilter:
     tenant: str | None = None
     fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
     excluded: frozenset[str] = frozenset()  # disabled chunk ids (rag_core.catalog.Catalog.disabled_chunks)
+    rows: Rows = "all"
 
     @classmethod
     def parse(cls, filters: Mapping[str, object] | None, tenant: str | None) -> SearchFilter:
@@ -40,11 +46,20 @@ class SearchFilter:
     def excluding(self, chunk_ids: frozenset[str]) -> SearchFilter:
         return replace(self, excluded=self.excluded | chunk_ids) if chunk_ids else self
 
+    def reading(self, rows: Rows) -> SearchFilter:
+        return replace(self, rows=rows)
+
+    def within_documents(self, doc_ids: tuple[str, ...]) -> SearchFilter:
+        """Also only these documents (besides any doc_id filter the caller set: both hold)."""
+        return replace(self, fields=(*self.fields, ("doc_id", doc_ids)))
+
     def expression(self) -> str:
         """The Milvus boolean expression: the tenant clause first, then one `in` clause per field, then the
         disabled chunks."""
         clauses = [f"tenant == {milvus_string(self.tenant)}"] if self.tenant is not None else []
         clauses += [f"{name} in [{', '.join(map(milvus_string, values))}]" for name, values in self.fields]
+        if self.rows != "all":
+            clauses.append(ROW_CLAUSES[self.rows])
         if self.excluded:
             clauses.append(f"chunk_id not in [{', '.join(map(milvus_string, sorted(self.excluded)))}]")
         return " and ".join(clauses)

@@ -103,8 +103,22 @@ class Segment:
         data = saturation(self.postings.data, self.lengths[rows], average[rows]).astype(np.float32)
         return sp.csc_matrix((data, rows, self.postings.indptr), shape=self.postings.shape)
 
+    @cached_property
+    def document_rows(self) -> np.ndarray:
+        """The document entries (position -1, rag_core.chunking)."""
+        return self.table.column("position").to_numpy(zero_copy_only=False) < 0
+
+    @cached_property
+    def chunk_rows(self) -> np.ndarray | None:
+        """The chunks; None when every row is one (a build without document entries)."""
+        return ~self.document_rows if self.document_rows.any() else None
+
     def allowed(self, live: np.ndarray, search_filter: SearchFilter) -> np.ndarray:
         mask = live
+        if search_filter.rows == "documents":
+            mask = mask & self.document_rows
+        elif search_filter.rows == "chunks" and self.chunk_rows is not None:
+            mask = mask & self.chunk_rows
         if search_filter.tenant is not None:
             mask = mask & self.tenant_masks.get(search_filter.tenant, np.zeros(len(self), bool))
         for name, values in search_filter.fields:

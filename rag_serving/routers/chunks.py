@@ -41,7 +41,7 @@ REDACTED = re.compile(r"\[REDACTED_([A-Z_]+)\]")  # the mark rag_core.pii.redact
 
 def _rows(doc_id: str, tenant: str, snapshot: IndexSnapshot) -> list[dict]:
     """The document's rows in the served build, within the tenant: another tenant's document is not found."""
-    rows = snapshot.searcher.matching_rows(SearchFilter(tenant, (("source_key", (doc_id,)),)))
+    rows = snapshot.searcher.matching_rows(SearchFilter(tenant, (("source_key", (doc_id,)),), rows="chunks"))
     if not rows:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

@@ -18,9 +18,11 @@ from dagster import (
 
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
+from rag_core.chunking import DOCUMENT_POSITION
 from rag_core.evaluation import EvalDataset, restrict_to_documents
 from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import served_spec
+from rag_core.search.filters import SearchFilter
 from rag_core.settings import Settings, vendored_eval_dataset
 from rag_core.store import Hit
 from tests.conftest import FIXTURES
@@ -68,15 +70,17 @@ def search(settings: Settings, query: str, limit: int = 5) -> list[Hit]:
     with resources["milvus"].store() as store:
         spec = served_spec(store, BUNDLED_MODEL)
         vector = resources["embedder"].load(spec.model, spec.backend).encode([query])[0]
-        return store.search_dense(store.alias, vector, limit)
+        return store.search_dense(store.alias, vector, limit, SearchFilter(rows="chunks").expression())
 
 
-def served_rows(settings: Settings) -> dict[str, set[str]]:
-    """chunk ids per source partition in the collection the alias serves."""
+def served_rows(settings: Settings, entries: bool = False) -> dict[str, set[str]]:
+    """Chunk ids per source partition in the collection the alias serves; with `entries`, the ids of the
+    document entries beside them too (rag_core.chunking: `…#-1:…`)."""
     with build_resources(settings)["milvus"].store() as store:
         collection = store.alias_target()
         keys = list(store.rows_by_source(collection))
-        return store.chunk_ids_by_source(collection, keys)
+        rows = store.chunk_ids_by_source(collection, keys)
+    return {key: {i for i in ids if entries or f"#{DOCUMENT_POSITION}:" not in i} for key, ids in rows.items()}
 
 
 def write_fixture_dataset(folder: Path) -> Path:

@@ -45,7 +45,7 @@ def _failure(result) -> str:
 def test_a_run_refuses_to_write_after_the_alias_moved_or_into_another_models_build(settings, instance):
     index(settings, instance=instance)
     key = source_key("getting-started.md")
-    served_ids = served_rows(settings)[key]
+    served_ids = served_rows(settings, entries=True)[key]
     markdown = settings.documents_dir / "getting-started.md"
     markdown.write_text(markdown.read_text() + "\nZebras index quickly.\n")
     (request,) = sensor_tick(settings, instance).run_requests

@@ -48,7 +48,8 @@ def _write_corpus(documents: Path) -> None:
 def _doc_ids(settings: Settings, tenant: str, doc_id: str) -> list[tuple[str, str]]:
     """(doc id, tenant) of what a tenant's filtered retrieval returns, through the served search engine."""
     searcher = IndexConnection.from_settings(settings).memory_engine().served().searcher
-    hits = searcher.search_bm25("vitamin fractures", 10, SearchFilter.parse({"doc_id": doc_id}, tenant))
+    search_filter = SearchFilter.parse({"doc_id": doc_id}, tenant).reading("chunks")
+    hits = searcher.search_bm25("vitamin fractures", 10, search_filter)
     return [(hit.fields["doc_id"], hit.fields["tenant"]) for hit in hits]
 
 

@@ -4,7 +4,8 @@ Milvus Lite, the in-memory engine, the bundled MiniLM, a real MLflow store, a Da
 Each query names four rare words. Its relevant document holds all four, one per chunk, far apart; two
 distractors of the same length hold two of them side by side. Scored by its best chunk the relevant document
 ranks third in BM25 (a distractor chunk matches two words, none of its chunks more than one); scored whole it
-ranks first. So the pipeline must lose to the naive baseline in BM25, and say that chunking is the likely cause.
+ranks first. So a build without document entries must lose to the naive baseline in BM25, and say that chunking
+is the likely cause; a build with them (the default) ranks documents whole in BM25 and does not lose there.
 """
 
 from __future__ import annotations
@@ -64,12 +65,16 @@ def write_chunking_hurts_corpus(root: Path) -> tuple[Path, Path]:
     return documents, dataset
 
 
-def test_report_shows_the_naive_baseline_and_warns_when_chunking_loses(tmp_path: Path) -> None:
-    documents, dataset = write_chunking_hurts_corpus(tmp_path)
-    settings = embedded_settings(
-        tmp_path, documents, collection_alias="rag_chunks", eval_dataset_dir=dataset, chunk_max_tokens=64,
-        chunk_overlap_tokens=8,
+def chunked_settings(root: Path, document_entries: bool):
+    documents, dataset = write_chunking_hurts_corpus(root)
+    return embedded_settings(
+        root, documents, collection_alias="rag_chunks", eval_dataset_dir=dataset, chunk_max_tokens=64,
+        chunk_overlap_tokens=8, document_entries=document_entries,
     )
+
+
+def test_report_shows_the_naive_baseline_and_warns_when_chunking_loses(tmp_path: Path) -> None:
+    settings = chunked_settings(tmp_path, document_entries=False)
     metadata, logged = index_and_evaluate(settings)
     warnings = [message for message in logged if "naive baseline" in message]
 
@@ -95,3 +100,10 @@ def test_report_shows_the_naive_baseline_and_warns_when_chunking_loses(tmp_path:
     (bm25_run,) = [run for run in runs if run.data.params["mode"] == "bm25"]
     assert bm25_run.data.metrics["naive_bm25_ndcg_at_10"] == 1.0
     assert bm25_run.data.metrics["margin_bm25_ndcg_at_10"] == pytest.approx(-0.5)
+
+
+def test_document_entries_rank_bm25_whole_and_no_longer_lose_to_the_naive_baseline(tmp_path: Path) -> None:
+    metadata, _logged = index_and_evaluate(chunked_settings(tmp_path, document_entries=True))
+    assert metadata["served_naive_bm25_ndcg_at_10"] == 1.0
+    assert metadata["served_bm25_ndcg_at_10"] == 1.0 and metadata["served_margin_bm25_ndcg_at_10"] == 0.0
+    assert "bm25" not in metadata.get("below_naive_baseline", {}).get("served", {}).get("modes", [])

@@ -40,7 +40,11 @@ def test_full_build_indexes_everything_and_search_finds_documents(settings, inst
     summary = index(settings, instance=instance)
     assert summary["partitions"] == 6 and summary["documents"] == 17 and summary["quarantined"] == 0
     rows = served_rows(settings)
-    assert sum(len(ids) for ids in rows.values()) == summary["chunks"] == summary["vectors"]
+    assert sum(len(ids) for ids in rows.values()) == summary["chunks"]
+    # Beside them, one whole-text entry per document for BM25 (rag_core.chunking), with its first chunk's vector.
+    with_entries = served_rows(settings, entries=True)
+    assert sum(len(ids) for ids in with_entries.values()) == summary["chunks"] + summary["documents"]
+    assert summary["vectors"] == summary["chunks"] + summary["documents"]
     entries = _catalog(settings)
     assert sum(entry.chunks for entry in entries.values()) == summary["chunks"]
     assert {entry.status for entry in entries.values()} == {INDEXED}
@@ -54,7 +58,7 @@ def test_full_build_indexes_everything_and_search_finds_documents(settings, inst
     assert report["rows"] == summary["chunks"] and report["embedding_version"].startswith("all-MiniLM-L6-v2@")
     # the Dagster UI tells the story: metadata on every asset
     materialization = instance.get_latest_materialization_event(AssetKey("milvus_collection")).asset_materialization
-    assert materialization.metadata["run_rows_inserted"].value == summary["chunks"]
+    assert materialization.metadata["run_rows_inserted"].value == summary["vectors"]
     assert materialization.metadata["alias"].value.startswith("rag_chunks → rag_chunks__all_minilm_l6_v2_")
 
 
@@ -83,6 +87,7 @@ def test_sensor_reindexes_only_the_changed_file_and_replaces_its_chunks(settings
     new_ids = served_rows(settings)[key]
     assert old_ids - new_ids, "the edited chunks' old rows must be gone from Milvus"
     assert len(new_ids) == _catalog(settings)[key].chunks  # replaced, not duplicated
+    assert len(served_rows(settings, entries=True)[key]) == len(new_ids) + 1  # and its one document entry
     assert any("Zebras" in hit.fields["text"] for hit in search(settings, "zebras index quickly", 3))
     assert isinstance(sensor_tick(settings, instance), SkipReason)  # the same change is not requested again
 

@@ -89,9 +89,11 @@ def test_each_partition_of_a_batched_run_reports_its_own_counts(evaluated: Evalu
     assert chunks[jsonl]["chunks"] != chunks[markdown]["chunks"]
     assert sum(meta["chunks"] for meta in chunks.values()) == summary["chunks"]
     for key in keys:
-        assert vectors[key]["vectors"] == vectors[key]["computed"] == chunks[key]["chunks"]  # a first build
-        assert written[key]["partition_rows"] == written[key]["rows_inserted"] == chunks[key]["chunks"]
-        assert written[key]["rows_deleted"] == 0 and written[key]["run_rows_inserted"] == summary["chunks"]
+        rows = chunks[key]["chunks"] + chunks[key]["document_entries"]  # one whole-text entry per document
+        assert chunks[key]["document_entries"] == raw[key]["documents"]
+        assert vectors[key]["computed"] == chunks[key]["chunks"] and vectors[key]["vectors"] == rows  # a first build
+        assert written[key]["partition_rows"] == written[key]["rows_inserted"] == rows
+        assert written[key]["rows_deleted"] == 0 and written[key]["run_rows_inserted"] == summary["vectors"]
 
 
 def test_document_chunks_shows_a_preview_table_of_the_partition_chunks(evaluated: Evaluated) -> None:
@@ -134,7 +136,7 @@ def test_mlflow_runs_name_the_model_split_the_fusion_log_the_dataset_and_link_ba
     assert tracker.client().get_experiment_by_name("retrieval").tags["mlflow.experimentKind"] == MODEL_TRAINING
     for run in runs:
         mode = run.data.params["mode"]
-        assert run.info.run_name == f"served:{mode}:all-MiniLM-L6-v2:tokens256-overlap32"
+        assert run.info.run_name == f"served:{mode}:all-MiniLM-L6-v2:tokens256-overlap32-docs"
         params = run.data.params
         assert "fusion" not in params
         assert (params["fusion_method"], float(params["dense_weight"]), float(params["bm25_weight"])) == (

@@ -3,6 +3,7 @@
 import pytest
 
 from rag_core.build_record import BuildRecord, changes
+from rag_core.chunking import ChunkingConfig
 from rag_core.indexing import check_rows
 from rag_core.promotion import BuildSpec, spec_of
 from rag_core.store import IndexBuild
@@ -40,9 +41,13 @@ def test_partial_updates_name_fields_and_clear_with_none():
 def test_the_spec_a_run_carries_survives_its_tag_and_reads_a_collection():
     spec = BuildSpec("bundled:m", 128, 16, "onnx", "m@abc+onnx", "rag_chunks__m", served="rag_chunks__m")
     assert BuildSpec.from_json(spec.to_json()) == spec
-    assert spec.chunking(254).describe() == "tokens128-overlap16"
+    assert spec.chunking(254).describe() == "tokens128-overlap16-docs"
     built = spec_of(IndexBuild("m", "m@abc+onnx", 4, "tokens128-overlap16", "bundled:m", 128, 16).properties(), "x")
     assert (built.model, built.backend, built.embedding_version) == ("bundled:m", "onnx", "m@abc+onnx")
+    # A build from before document entries records none, and its spec keeps writing it without them.
+    assert not built.document_entries and built.chunking(254).describe() == "tokens128-overlap16"
+    entries = IndexBuild("m", "m@abc", 4, "tokens128-overlap16-docs", "bundled:m", 128, 16, document_entries=True)
+    assert spec_of(entries.properties(), "x").chunking(254) == ChunkingConfig(128, 16, 254, document_entries=True)
 
 
 def test_the_row_check_fails_when_nothing_vouches_for_the_collection():

@@ -1,6 +1,6 @@
 import pytest
 
-from rag_core.chunking import ChunkingConfig, chunk_documents, token_windows
+from rag_core.chunking import DOCUMENT_POSITION, TEXT_MAX_BYTES, Chunk, ChunkingConfig, chunk_documents, token_windows
 from rag_core.documents import Document
 from rag_core.embedding import Embedder
 from rag_core.settings import bundled_model_dir
@@ -15,12 +15,17 @@ def _document(text: str, title: str = "A title", doc_id: str = "doc") -> Documen
     return Document(doc_id, "key", "default", "a.md", title, text, "text", 0.0, "h")
 
 
+def passages(documents: list[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
+    """The chunks, without the document entries."""
+    return [chunk for chunk in chunk_documents(documents, tokenizer, config) if not chunk.is_document_entry]
+
+
 LONG = " ".join(f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(120))
 
 
 def test_chunks_fit_the_model_with_their_title(tokenizer):
     config = ChunkingConfig(max_tokens=256, overlap_tokens=32, model_limit=254)
-    chunks = chunk_documents([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
+    chunks = passages([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
     assert len(chunks) > 3
     for chunk in chunks:
         with_specials = tokenizer(chunk.search_text)["input_ids"]
@@ -30,7 +35,7 @@ def test_chunks_fit_the_model_with_their_title(tokenizer):
 
 def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
     document = _document(LONG)
-    chunks = chunk_documents([document], tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
+    chunks = passages([document], tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
     for chunk in chunks:
         assert document.text[chunk.start_char : chunk.end_char] == chunk.text
     for first, second in zip(chunks, chunks[1:], strict=False):
@@ -42,18 +47,36 @@ def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
 
 def test_ids_are_deterministic_and_change_with_content(tokenizer):
     config = ChunkingConfig(max_tokens=80, overlap_tokens=16)
-    first = chunk_documents([_document(LONG)], tokenizer, config)
-    again = chunk_documents([_document(LONG)], tokenizer, config)
+    first = passages([_document(LONG)], tokenizer, config)
+    again = passages([_document(LONG)], tokenizer, config)
     assert [c.chunk_id for c in first] == [c.chunk_id for c in again]
-    edited = chunk_documents([_document(LONG.replace("number 0 ", "number zero "))], tokenizer, config)
+    edited = passages([_document(LONG.replace("number 0 ", "number zero "))], tokenizer, config)
     assert edited[0].chunk_id != first[0].chunk_id
     assert edited[-1].chunk_id == first[-1].chunk_id  # untouched passages keep their ids
     assert len({c.chunk_id for c in first}) == len(first)
 
 
 def test_short_document_is_one_chunk(tokenizer):
-    [chunk] = chunk_documents([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
+    [chunk] = passages([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
     assert chunk.search_text == "Just one line." and chunk.position == 0
+
+
+def test_each_document_has_one_whole_text_entry_for_bm25_with_its_first_chunks_vector(tokenizer):
+    documents = [_document(LONG, doc_id="long"), _document("Just one line.", doc_id="short")]
+    rows = chunk_documents(documents, tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
+    entries = [row for row in rows if row.is_document_entry]
+    assert [entry.doc_id for entry in entries] == ["long", "short"]
+    for entry, document in zip(entries, documents, strict=True):
+        first = next(row for row in rows if row.doc_id == entry.doc_id and row.position == 0)
+        assert entry.position == DOCUMENT_POSITION and entry.text == ""  # never shown: a chunk is
+        assert entry.search_text == f"{document.title}\n{document.text}"  # the whole text, for BM25
+        assert entry.embedded == first.search_text and entry.content_hash == first.content_hash  # no encode
+        assert (entry.start_char, entry.end_char) == (0, len(document.text))
+    assert len({row.chunk_id for row in rows}) == len(rows)
+    # Off, nothing but the chunks; the build's chunking says which it is.
+    plain = ChunkingConfig(max_tokens=80, overlap_tokens=16, document_entries=False)
+    assert not any(row.is_document_entry for row in chunk_documents(documents, tokenizer, plain))
+    assert plain.describe() == "tokens80-overlap16" and ChunkingConfig().describe() == "tokens256-overlap32-docs"
 
 
 def test_window_always_advances():
@@ -70,11 +93,14 @@ def test_window_always_advances():
 
 
 def test_a_run_without_spaces_is_split_to_fit_the_milvus_text_field(tokenizer):
-    from rag_core.chunking import PASSAGE_MAX_CHARS, TEXT_MAX_BYTES
+    from rag_core.chunking import PASSAGE_MAX_CHARS
 
     run = "é" * 70_000  # one token to the tokenizer; 140 KB in UTF-8
     document = _document(f"Before the run. {run} After the run.")
-    chunks = chunk_documents([document], tokenizer, ChunkingConfig())
+    rows = chunk_documents([document], tokenizer, ChunkingConfig())
+    [entry] = [row for row in rows if row.is_document_entry]
+    assert len(entry.search_text.encode()) <= TEXT_MAX_BYTES  # the whole text, cut to what Milvus holds
+    chunks = [row for row in rows if not row.is_document_entry]
     assert len(chunks) >= 70_000 // PASSAGE_MAX_CHARS
     for chunk in chunks:
         assert len(chunk.search_text.encode()) <= TEXT_MAX_BYTES and len(chunk.text) <= PASSAGE_MAX_CHARS
