@@ -96,6 +96,7 @@ def main() -> None:
     from rag_core.evaluation import EvalDataset, ir_metrics, judged_dataset
     from rag_core.retrieval import Retriever, fuse
     from rag_core.search.filters import SearchFilter
+    from rag_core.stats import paired_bootstrap_difference
 
     build = open_build(args.data_dir)
     settings, collection, embedder, chunks = build.settings, build.collection, build.embedder, build.searcher
@@ -132,6 +133,7 @@ def main() -> None:
         ),
     }
     rows: dict[str, dict[str, float]] = {name: {} for name in variants}
+    per_query: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # (split, mode) → {variant: {query: nDCG}}
     for split in args.splits:
         judged = judged_dataset(EvalDataset.load(args.dataset, split), chunks.doc_ids(), collection)
         ids = list(judged.queries)
@@ -162,8 +164,9 @@ def main() -> None:
                     hybrid = fuse_documents(top(dense), top(bm25), fusion.dense_weight, fusion.bm25_weight)
                     runs["hybrid"][query_id] = top(hybrid)
             for mode, run in runs.items():
-                means, _ = ir_metrics(judged.qrels, run, ("ndcg@10",))
+                means, scores = ir_metrics(judged.qrels, run, ("ndcg@10",))
                 rows[name][f"{split} {mode}"] = means["ndcg@10"]
+                per_query.setdefault((split, mode), {})[name] = scores["ndcg@10"]
         print(f"  {split}: {len(ids)} queries", flush=True)
     columns = [f"{split} {mode}" for split in args.splits for mode in ("bm25", "dense", "hybrid")]
     print("\nnDCG@10, documents fused by the served convex weights after scoring\n")
@@ -171,6 +174,14 @@ def main() -> None:
     print("|---" * (len(columns) + 1) + "|")
     for name, scores in rows.items():
         print(f"| {name} | " + " | ".join(f"{scores[column]:.4f}" for column in columns) + " |")
+    print("\nserved − naive baseline, nDCG@10 per query: mean and paired bootstrap 95% interval (2,000 resamples)\n")
+    print("| split | mode | margin | 95% interval |\n|---|---|---|---|")
+    for (split, mode), by_variant in per_query.items():
+        queries = sorted(by_variant["served"])
+        margin = paired_bootstrap_difference(
+            "ndcg@10", [by_variant["naive baseline"][q] for q in queries], [by_variant["served"][q] for q in queries]
+        )
+        print(f"| {split} | {mode} | {margin.difference:+.4f} | {margin.low:+.4f} to {margin.high:+.4f} |")
 
 
 if __name__ == "__main__":
