@@ -479,8 +479,9 @@ class MilvusStore:
         return found
 
     def sample_texts(self, collection: str, limit: int) -> dict[str, str]:
-        """Up to `limit` chunks' embedded text, spread over the collection (every n-th chunk id)."""
-        ids = sorted(row["chunk_id"] for row in self._query_all(collection, "", ["chunk_id"]))
+        """Up to `limit` chunks' embedded text, spread over the collection (every n-th chunk id; never a
+        document entry)."""
+        ids = sorted(row["chunk_id"] for row in self._query_all(collection, ROW_CLAUSES["chunks"], ["chunk_id"]))
         step = max(1, len(ids) // max(limit, 1))
         return self.texts_by_chunk_id(collection, ids[::step][:limit])
 
