@@ -113,26 +113,35 @@ def _within_bytes(text: str, limit: int) -> str:
     return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
 
 
-def document_entry(document: Document, first: Chunk, token_count: int) -> Chunk:
-    """The document's whole text for BM25 (its first TEXT_MAX_BYTES), with its first chunk's vector. Its
-    `text` stays empty: what is shown is always a chunk."""
-    whole = _within_bytes(search_text(document.title, document.text), TEXT_MAX_BYTES)
+def _row(
+    document: Document, position: int, text: str, searched: str, span: tuple[int, int, int], head: Chunk | None = None
+) -> Chunk:
+    """A row of `document`: a chunk, or (with `head`, its first chunk, whose vector it takes) its entry. `span` is
+    (start char, end char, tokens)."""
+    start_char, end_char, token_count = span
     return Chunk(
-        chunk_id=chunk_id(document.tenant, document.source, document.doc_id, DOCUMENT_POSITION, whole),
+        chunk_id=chunk_id(document.tenant, document.source, document.doc_id, position, searched),
         doc_id=document.doc_id,
         partition_key=document.partition_key,
         tenant=document.tenant,
         source=document.source,
         title=document.title,
-        position=DOCUMENT_POSITION,
-        text="",
-        search_text=whole,
-        start_char=0,
-        end_char=len(document.text),
+        position=position,
+        text=text,
+        search_text=searched,
+        start_char=start_char,
+        end_char=end_char,
         token_count=token_count,
-        content_hash=first.content_hash,
-        embedding_text=first.search_text,
+        content_hash=head.content_hash if head else content_hash(searched),
+        embedding_text=head.search_text if head else "",
     )
+
+
+def document_entry(document: Document, first: Chunk, token_count: int) -> Chunk:
+    """The document's whole text for BM25 (its first TEXT_MAX_BYTES), with its first chunk's vector. Its
+    `text` stays empty: what is shown is always a chunk."""
+    whole = _within_bytes(search_text(document.title, document.text), TEXT_MAX_BYTES)
+    return _row(document, DOCUMENT_POSITION, "", whole, (0, len(document.text), token_count), head=first)
 
 
 def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
@@ -162,26 +171,9 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
             for piece in _bounded(offsets, first, end)
         ]
         document_chunks = []
-        for position, (start_char, end_char, token_count) in enumerate(pieces):
-            passage = document.text[start_char:end_char]
-            embedded = search_text(document.title, passage)
-            document_chunks.append(
-                Chunk(
-                    chunk_id=chunk_id(document.tenant, document.source, document.doc_id, position, embedded),
-                    doc_id=document.doc_id,
-                    partition_key=document.partition_key,
-                    tenant=document.tenant,
-                    source=document.source,
-                    title=document.title,
-                    position=position,
-                    text=passage,
-                    search_text=embedded,
-                    start_char=start_char,
-                    end_char=end_char,
-                    token_count=token_count,
-                    content_hash=content_hash(embedded),
-                )
-            )
+        for position, span in enumerate(pieces):
+            passage = document.text[span[0] : span[1]]
+            document_chunks.append(_row(document, position, passage, search_text(document.title, passage), span))
         chunks += document_chunks
         if config.document_entries and document_chunks:
             chunks.append(document_entry(document, document_chunks[0], len(offsets)))
