@@ -104,11 +104,13 @@ def candidate_build(
     model: str = "",
     chunk_max_tokens: int = 0,
     chunk_overlap_tokens: int = -1,
+    document_entries: bool | None = None,
 ) -> tuple[str, ChunkingConfig]:
     """The model reference and chunk sizes a candidate build is made with: those asked for, the rest as the
     served build has them (nothing served: `default_model` and the default sizes). An empty `model`, a
     `chunk_max_tokens` of 0 and a `chunk_overlap_tokens` of -1 ask for nothing. The chunking's model limit
-    is the model's to set (`fit_chunking`), once it is loaded."""
+    is the model's to set (`fit_chunking`), once it is loaded. `document_entries` None follows the served build
+    (nothing served: on)."""
     reference = model or (served.model if served else default_model)
     max_tokens = chunk_max_tokens or (served.chunk_max_tokens if served else DEFAULT_CHUNKING.max_tokens)
     if chunk_overlap_tokens >= 0:
@@ -120,7 +122,9 @@ def candidate_build(
             f"chunk overlap {overlap} must be smaller than the chunk size {max_tokens} — ask for a smaller "
             "chunk_overlap_tokens or a larger chunk_max_tokens"
         )
-    return reference, ChunkingConfig(max_tokens, overlap)
+    if document_entries is None:
+        document_entries = served.document_entries if served else DEFAULT_CHUNKING.document_entries
+    return reference, ChunkingConfig(max_tokens, overlap, document_entries=document_entries)
 
 
 def sync_build(store: MilvusStore, collection: str, rows: dict[str, list[dict]], served: str | None) -> SyncStats:

@@ -161,8 +161,9 @@ def _candidate_model(
     with milvus.store() as store:
         served = served_spec(store, BUNDLED_MODEL)
     try:
+        entries = None if embedder.follow_served_chunking else embedder.document_entries
         model_ref, chunking = candidate_build(
-            served, BUNDLED_MODEL, requested, config.chunk_max_tokens, config.chunk_overlap_tokens
+            served, BUNDLED_MODEL, requested, config.chunk_max_tokens, config.chunk_overlap_tokens, entries
         )
     except ValueError as refused:
         raise Failure(str(refused)) from refused

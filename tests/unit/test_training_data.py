@@ -84,6 +84,10 @@ def test_a_candidate_takes_what_it_asks_for_and_the_rest_from_the_served_build()
         ChunkingConfig(128, 0),
     )
     assert candidate_build(None, "bundled:x", chunk_max_tokens=64) == ("bundled:x", ChunkingConfig(64, 32))
+    # Document entries follow the served build unless asked for: a build from before them keeps none.
+    before_entries = BuildSpec("bundled:x", 256, 32, document_entries=False)
+    assert not candidate_build(before_entries, "bundled:x")[1].document_entries
+    assert candidate_build(before_entries, "bundled:x", document_entries=True)[1].document_entries
 
 
 def test_a_candidate_whose_overlap_is_not_below_its_chunk_size_is_refused_with_the_fix() -> None:
