@@ -277,4 +277,4 @@ def _read_base(folder: Path, seq: int) -> MemoryIndex:
     )
     vocabulary = {term: column for column, term in enumerate(stored["vocabulary"].tolist())}
     segment = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, stored["lengths"], graph)
-    return MemoryIndex.from_segment(segment, seq)
+    return MemoryIndex.from_segment(segment.entries_last(), seq)

@@ -65,7 +65,23 @@ class Segment:
         vocabulary = {term: column for column, term in enumerate(terms)}
         lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
         segment = cls(table, np.ascontiguousarray(vectors, dtype=np.float32), vocabulary, counts.tocsc(), lengths)
+        segment = segment.entries_last()
         return segment.with_graph() if graph and len(table) >= GRAPH_MIN_ROWS else segment
+
+    def entries_last(self) -> Segment:
+        """The same rows with the document entries after every chunk: a search of chunks then reads a prefix
+        of the vectors (`chunk_end`), not every row."""
+        entries = self.document_rows
+        if not entries.any() or entries[len(self) - int(entries.sum()) :].all() or self.graph is not None:
+            return self  # (a graph's ids are its row order: a segment with one keeps it)
+        order = np.argsort(entries, kind="stable")
+        return Segment(
+            self.table.take(pa.array(order)),
+            np.ascontiguousarray(self.vectors[order]),
+            self.vocabulary,
+            self.postings[order].tocsc(),
+            self.lengths[order],
+        )
 
     def with_graph(self) -> Segment:
         graph = faiss.IndexHNSWFlat(self.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -109,9 +125,24 @@ class Segment:
         return self.table.column("position").to_numpy(zero_copy_only=False) < 0
 
     @cached_property
+    def chunk_end(self) -> int:
+        """Rows before the first document entry: every chunk (`entries_last`)."""
+        return len(self) - int(self.document_rows.sum())
+
+    @cached_property
     def chunk_rows(self) -> np.ndarray | None:
         """The chunks; None when every row is one (a build without document entries)."""
         return ~self.document_rows if self.document_rows.any() else None
+
+    def impact_parts(self, statistics: dict[str | None, Statistics]) -> dict[str, ImpactPart]:
+        impacts = self.impacts(statistics)
+        if self.chunk_rows is None:
+            return {"all": ImpactPart(impacts, None)}
+        parts = {}
+        for kind, mask in (("chunks", self.chunk_rows), ("documents", self.document_rows)):
+            rows = np.flatnonzero(mask)
+            parts[kind] = ImpactPart(impacts[rows].tocsc(), rows)
+        return parts
 
     def allowed(self, live: np.ndarray, search_filter: SearchFilter) -> np.ndarray:
         mask = live
@@ -144,13 +175,15 @@ class Segment:
             scores, rows = self.graph.search(vector[None, :], limit, params=params)
             keep = rows[0] >= 0
             return rows[0][keep].astype(np.int64), scores[0][keep]
-        if count < len(self) // 2:
-            rows = np.flatnonzero(allowed)
+        # Only chunks allowed (document entries come last): the vectors before them are all there is to read.
+        end = self.chunk_end if self.chunk_rows is not None and not allowed[self.chunk_end :].any() else len(self)
+        if count < end // 2:
+            rows = np.flatnonzero(allowed[:end])
             scores = self.vectors[rows] @ vector
         else:
             rows = None
-            scores = self.vectors @ vector
-            scores = np.where(allowed, scores, -np.inf)
+            scores = self.vectors[:end] @ vector
+            scores = np.where(allowed[:end], scores, -np.inf)
         best = _top(scores, limit)
         return (rows[best] if rows is not None else best), scores[best]
 
@@ -175,6 +208,14 @@ class Segment:
         candidates = np.flatnonzero((scores > 0) & allowed)
         best = _top(scores[candidates], min(limit, len(candidates)))
         return candidates[best], scores[candidates][best]
+
+
+@dataclass(frozen=True, eq=False)
+class ImpactPart:
+    """BM25 impacts of some of a segment's rows, and which rows (None: all of them, in order)."""
+
+    impacts: sp.csc_matrix
+    rows: np.ndarray | None
 
 
 def graph_vectors(graph: faiss.IndexHNSWFlat) -> np.ndarray:
@@ -265,7 +306,10 @@ class MemoryIndex:
     impact_cache: dict[int, tuple] = field(default_factory=dict, repr=False)
 
     @cached_property
-    def impacts(self) -> tuple[sp.csc_matrix, ...]:
+    def impacts(self) -> tuple[dict[str, ImpactPart], ...]:
+        """Per segment, its BM25 impacts by kind of row: "all" for a segment of chunks only; "chunks" and
+        "documents" for one with document entries, so that a search of one kind reads only its own postings
+        (an entry repeats every word of its document's chunks)."""
         found = []
         for segment in self.segments:
             averages = np.asarray(
@@ -275,7 +319,7 @@ class MemoryIndex:
             if cached is not None and cached[0] is segment and np.allclose(cached[1], averages, rtol=AVERAGE_DRIFT):
                 found.append(cached[2])
                 continue
-            impacts = segment.impacts(self.statistics)
+            impacts = segment.impact_parts(self.statistics)
             self.impact_cache[id(segment)] = (segment, averages, impacts)
             found.append(impacts)
         live = {id(segment) for segment in self.segments}
@@ -419,8 +463,13 @@ class MemoryIndex:
         found = []
         for index, segment in enumerate(self.segments):
             allowed = self._allowed(index, search_filter)
-            rows, scores = segment.bm25(terms, statistics, self.impacts[index], limit, allowed)
-            found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
+            parts = self.impacts[index]
+            kinds = ("chunks", "documents") if search_filter.rows == "all" else (search_filter.rows,)
+            for part in [parts["all"]] if "all" in parts else [parts[kind] for kind in kinds]:
+                part_allowed = allowed if part.rows is None else allowed[part.rows]
+                rows, scores = segment.bm25(terms, statistics, part.impacts, limit, part_allowed)
+                rows = rows if part.rows is None else part.rows[rows]
+                found.extend((float(score), index, int(row)) for row, score in zip(rows, scores, strict=True))
         return self._hits(found, limit)
 
     def _allowed(self, index: int, search_filter: SearchFilter) -> np.ndarray:
@@ -498,5 +547,5 @@ def _merge(parts: list[tuple[Segment, np.ndarray]]) -> Segment | None:
     )
     vectors = np.vstack([segment.vectors[rows] for segment, rows in parts])
     lengths = np.concatenate([segment.lengths[rows] for segment, rows in parts])
-    merged = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, lengths)
+    merged = Segment(table, np.ascontiguousarray(vectors), vocabulary, postings, lengths).entries_last()
     return merged.with_graph() if len(merged) >= GRAPH_MIN_ROWS else merged
