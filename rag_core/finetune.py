@@ -156,7 +156,8 @@ def mine_hard_negatives(
     without `embedder_dir` only BM25 is used). Every known positive of the question is skipped (by id, and
     by text), then the first `skip_top` remaining ranks (likely unlabelled positives), and, when dense scores
     exist, any candidate scoring above `max_relative_score` × the positive's score. One negative is drawn at
-    random from the remaining candidates within the top `depth`; an example without any keeps None.
+    random from the remaining candidates within the top `depth`; when the ceiling leaves none there, from
+    any remaining candidate; an example with no non-positive passage at all keeps None.
     """
     if not examples:
         return []
@@ -190,7 +191,8 @@ def mine_hard_negatives(
             for index in remaining[skip_top : skip_top + depth]
             if dense is None or float(dense[row, index]) <= ceiling
         ]
-        negative = texts[rng.choice(window)] if window else None
+        fallback = window or remaining[skip_top:] or remaining
+        negative = texts[rng.choice(fallback)] if fallback else None
         mined.append(
             TrainingExample(
                 example.query, example.positive, negative, example.origin, example.query_id, example.positive_id
@@ -258,6 +260,20 @@ def evaluate_dev(model, dev: DevSet, top_k: int = 10) -> dict[str, float]:
     metrics = ("ndcg@10", f"recall@{top_k}", "mrr@10")
     means, _ = ir_metrics({q: qrels[q] for q in query_ids}, run, metrics)
     return {f"dev_{name}": value for name, value in means.items()}
+
+
+def fill_missing_negatives(examples: Sequence[TrainingExample]) -> list[TrainingExample]:
+    """Examples that all have a negative: one mining left without takes the positive of the next example of
+    another question (what in-batch training would show it), so one gap never turns hard negatives off for all."""
+    filled = list(examples)
+    for position, example in enumerate(examples):
+        if example.negative:
+            continue
+        others = (examples[(position + step) % len(examples)] for step in range(1, len(examples)))
+        other = next((o for o in others if o.query != example.query and o.positive != example.positive), None)
+        if other is not None:
+            filled[position] = replace(example, negative=other.positive)
+    return filled
 
 
 def _training_dataset(examples: Sequence[TrainingExample], with_negatives: bool):
@@ -359,8 +375,9 @@ def finetune(
 ) -> FinetuneResult:
     """Train `base_model_dir` on `examples` with MultipleNegativesRankingLoss; save to `output_dir`.
 
-    Hard negatives (when every example has one and `config.use_hard_negatives`) join the in-batch
-    negatives. Batches never hold the same text twice, so a shared positive is never a false negative.
+    Hard negatives (with `config.use_hard_negatives`, when mining found any; `fill_missing_negatives` fills
+    the gaps) join the in-batch negatives. Batches never hold the same text twice, so a shared positive is
+    never a false negative.
     `on_epoch(epoch, metrics)` gets the mean training loss and, given `dev`, nDCG@10 on it — also once
     before training as epoch 0. With `dev` and `config.keep_best`, the saved model is the epoch with the best
     dev nDCG@10 (its metrics carry `saved`: 1.0); otherwise the last.
@@ -379,6 +396,8 @@ def finetune(
     torch.manual_seed(config.seed)
     model = SentenceTransformer(str(base_model_dir), device="cpu", local_files_only=True)
     model.max_seq_length = config.max_seq_length
+    if config.use_hard_negatives and any(example.negative for example in examples):
+        examples = fill_missing_negatives(examples)
     with_negatives = config.use_hard_negatives and all(example.negative for example in examples)
     history: list[dict[str, float]] = []
     reporter, report = epoch_reporter(

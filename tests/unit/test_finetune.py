@@ -12,6 +12,7 @@ from rag_core.finetune import (
     FinetuneConfig,
     TrainingExample,
     bm25_scores,
+    fill_missing_negatives,
     finetune,
     load_corpus,
     mine_hard_negatives,
@@ -81,6 +82,27 @@ def test_bm25_mining_never_returns_a_positive(corpus: dict[str, str]) -> None:
     # deterministic for a seed
     again = mine_hard_negatives(examples, small_corpus(corpus, examples), method="bm25", skip_top=0)
     assert [m.negative for m in again] == [m.negative for m in mined]
+
+
+def test_one_example_left_without_a_negative_does_not_turn_hard_negatives_off() -> None:
+    """Mining found a negative for all but one example (its ceiling hid every candidate): that one borrows
+    another question's positive, and the rest keep theirs. Before, one gap silently trained in-batch only."""
+    examples = [
+        TrainingExample("q1", "p1", "n1", query_id="1"),
+        TrainingExample("q2", "p2", None, query_id="2"),
+        TrainingExample("q3", "p3", "n3", query_id="3"),
+    ]
+    filled = fill_missing_negatives(examples)
+    assert [e.negative for e in filled] == ["n1", "p3", "n3"]
+    assert fill_missing_negatives([TrainingExample("q", "p")]) == [TrainingExample("q", "p")]  # nothing to borrow
+
+
+def test_mining_falls_back_past_the_ceiling_rather_than_leaving_an_example_without_a_negative() -> None:
+    corpus = {"pos": "vitamin d deficiency in adults", "near": "vitamin d deficiency", "far": "cats and dogs"}
+    example = TrainingExample("vitamin d deficiency", corpus["pos"], query_id="q", positive_id="pos")
+    # skip_top=2 passes over both candidates the window could hold: the fallback still finds one.
+    [mined] = mine_hard_negatives([example], corpus, method="bm25", skip_top=2, depth=1)
+    assert mined.negative in {corpus["near"], corpus["far"]}
 
 
 @pytest.mark.slow
