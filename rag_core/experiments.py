@@ -560,8 +560,10 @@ def write_plot(result: Report, path: Path) -> Path:
     for axis, metric in zip(axes, shown, strict=True):
         estimates = [result.decision.metrics[name].estimate(metric) for name in names]
         values = [e.value or 0.0 for e in estimates]
-        below = [(e.value - e.low) if e.value is not None and e.low is not None else 0.0 for e in estimates]
-        above = [(e.high - e.value) if e.value is not None and e.high is not None else 0.0 for e in estimates]
+        # A percentile interval need not contain its estimate (a p95 of few samples, resampled, skews low):
+        # a bar then shows the side it lies on, never a negative length.
+        below = [max(0.0, e.value - e.low) if e.value is not None and e.low is not None else 0.0 for e in estimates]
+        above = [max(0.0, e.high - e.value) if e.value is not None and e.high is not None else 0.0 for e in estimates]
         colours = ["#2b8a3e" if name == result.decision.winner else "#868e96" for name in names]
         axis.bar(names, values, yerr=[below, above], capsize=6, color=colours)
         axis.set_title(metric)

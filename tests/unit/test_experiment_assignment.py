@@ -112,3 +112,20 @@ def test_intervals() -> None:
     assert two_proportions("r", [True] * 50 + [False] * 50, [True] * 50 + [False] * 50).p_value == pytest.approx(1)
     mean = bootstrap([1, 2, 3, 4, 5] * 40, lambda samples: samples.mean(axis=-1))
     assert mean.low < 3 < mean.high and mean.high - mean.low < 0.5
+
+
+def test_the_plot_draws_an_estimate_that_lies_outside_its_percentile_interval(tmp_path) -> None:
+    """A p95 of few samples, resampled, gives an interval below the estimate itself: the bar must still draw
+    (it failed a CI run with matplotlib's "'yerr' must not contain negative values")."""
+    from rag_core.experiments import ArmMetrics, Decision, Report, write_plot
+    from rag_core.stats import Estimate
+
+    def metrics(arm: str) -> ArmMetrics:
+        skewed = Estimate(120.0, 80.0, 110.0, 5)  # value above its whole interval
+        rate = Estimate(0.5, 0.4, 0.6, 50)
+        return ArmMetrics(arm, 50, skewed, skewed, rate, rate, Estimate(3.0, 2.5, 3.5, 50), rate, rate)
+
+    experiment = new_experiment("ab", [Arm("control", 0.5), Arm("candidate", 0.5)], DecisionRule(min_samples=10))
+    decision = Decision(CONTINUE, None, (), {"control": metrics("control"), "candidate": metrics("candidate")}, {})
+    path = write_plot(Report(experiment, decision), tmp_path / "plot.png")
+    assert path.exists() and path.stat().st_size > 0
