@@ -121,8 +121,9 @@ def test_index_shows_its_stages_then_status_partitions_and_rollback_answer_from_
     indexed = run([str(BIN / "rag"), "index"], tmp_path, timeout_s=1800, **env)
     assert indexed.returncode == 0, indexed.stderr
     for position, step in enumerate(["raw_documents", "document_chunks", "chunk_embeddings", "milvus_collection"], 1):
-        assert f"  [{position}/4] {step} …" in indexed.stderr
-        assert f"  [{position}/4] {step} done (" in indexed.stderr
+        assert f"  [{position}/4] {step} …" in indexed.stderr, indexed.stderr
+        # (went missing for milvus_collection in three loaded CI runs: the whole output says what came instead)
+        assert f"  [{position}/4] {step} done (" in indexed.stderr, indexed.stderr
     # Dagster's events are in the run's log file, not on the terminal
     assert "DEBUG" not in indexed.stderr + indexed.stdout and "STEP_START" not in indexed.stderr
     logs = sorted((tmp_path / "data" / "logs").glob("index_documents_job-*.log"))
