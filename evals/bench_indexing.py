@@ -44,7 +44,7 @@ def main() -> None:
 
     import rag_assets.definitions  # noqa: F401 - import the whole code location before any timing
     from rag_assets.cli import index
-    from rag_core.chunking import ChunkingConfig, chunk_documents
+    from rag_core.chunking import ChunkingConfig, chunk_documents, passages
     from rag_core.documents import discover_sources, parse_source
     from rag_core.embedding import Embedder
     from rag_core.models import ModelResolver
@@ -70,7 +70,7 @@ def main() -> None:
     units = discover_sources(documents, settings.default_tenant, settings.jsonl_shard_size)
     parsed = [document for unit in units for document in parse_source(unit).documents]
     chunks = chunk_documents(parsed, embedder.tokenizer, config)
-    texts = [chunk.search_text for chunk in chunks if not chunk.is_document_entry]  # what is encoded
+    texts = [chunk.search_text for chunk in passages(chunks)]  # what is encoded
     print(f"{len(records)} documents → {len(units)} partitions, {len(texts)} chunks", flush=True)
 
     baseline = float("nan")

@@ -154,6 +154,7 @@ def shortfall(evaluation: RetrievalEvaluation) -> Shortfall | None:
         )
     margins = ", ".join(f"{mode} {margin:+.4f}" for mode, margin in losing.items())
     message = (
-        f"{evaluation.collection} is below the naive baseline in {HEADLINE_METRIC} ({margins}); likely cause: {advice}"
+        f"{evaluation.collection} is below the naive baseline in {HEADLINE_METRIC} ({margins}); "
+        f"likely cause: {advice}"
     )
     return Shortfall(evaluation.collection, losing, cause, message)

@@ -12,7 +12,7 @@ chunk's, so it costs no encode); BM25-only retrieval ranks documents by it, then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rag_core.documents import Document
@@ -106,6 +106,11 @@ def _bounded(offsets: Sequence[tuple[int, int]], first: int, end: int) -> list[t
 
 def search_text(title: str, passage: str) -> str:
     return passage if not title or passage.startswith(title) else f"{title}\n{passage}"
+
+
+def passages(rows: Iterable[Chunk]) -> list[Chunk]:
+    """The chunks among rows, not the document entries: what is shown, counted as chunks and embedded."""
+    return [row for row in rows if not row.is_document_entry]
 
 
 def _within_bytes(text: str, limit: int) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rag_core.chunking import Chunk, ChunkingConfig, chunk_documents
+from rag_core.chunking import Chunk, ChunkingConfig, chunk_documents, passages
 from rag_core.documents import Document, ParsedSource, ParseLimits, Quarantined, SourceUnit, parse_source
 from rag_core.embedding import Embedder, EmbeddingCache, EmbeddingStats, embed_with_cache
 from rag_core.pii import redact
@@ -295,7 +295,7 @@ def build_from_sources(
     return collection, BuildStats(
         documents=sum(len(source.documents) for source in parsed.values()),
         quarantined=sum(len(source.quarantined) for source in parsed.values()),
-        chunks=sum(1 for partition in chunks.values() for chunk in partition if not chunk.is_document_entry),
+        chunks=sum(len(passages(partition)) for partition in chunks.values()),
         computed=stats.computed,
         cached=stats.cached,
         rows=store.count(collection),

@@ -30,7 +30,7 @@ from dagster import (
 from rag_assets.partitions import documents_partitions
 from rag_assets.resources import CatalogResource, EmbedderResource, MilvusResource, SourcesResource
 from rag_core.catalog import INDEXED, QUARANTINED, CatalogEntry
-from rag_core.chunking import Chunk
+from rag_core.chunking import Chunk, passages
 from rag_core.documents import ParsedSource
 from rag_core.embedding import Embedder, EmbeddingStats
 from rag_core.indexing import (
@@ -130,7 +130,7 @@ def _chunk_preview(chunks: list[Chunk]) -> MetadataValue:
 
 
 def _chunks_metadata(rows: list[Chunk], documents: int) -> dict[str, object]:
-    chunks = [chunk for chunk in rows if not chunk.is_document_entry]
+    chunks = passages(rows)
     tokens = [chunk.token_count for chunk in chunks]
     return {
         "chunks": len(chunks),
@@ -144,7 +144,7 @@ def _chunks_metadata(rows: list[Chunk], documents: int) -> dict[str, object]:
 
 def _vectors_metadata(rows: list[Chunk], vectors: PartitionVectors, stats: EmbeddingStats) -> dict[str, object]:
     """Vectors per row; encoded or cached per chunk (a document entry reuses its first chunk's vector)."""
-    chunks = [chunk for chunk in rows if not chunk.is_document_entry]
+    chunks = passages(rows)
     computed = sum(chunk.content_hash in stats.computed_hashes for chunk in chunks)
     return {"vectors": len(vectors.vectors), "computed": computed, "from_cache": len(chunks) - computed}
 
@@ -221,7 +221,7 @@ def document_chunks(
         {key: _chunks_metadata(chunks, len(raw_documents[key].documents)) for key, chunks in by_partition.items()},
     )
     rows = [chunk for partition in by_partition.values() for chunk in partition]
-    tokens = [chunk.token_count for chunk in rows if not chunk.is_document_entry]
+    tokens = [chunk.token_count for chunk in passages(rows)]
     return MaterializeResult(
         value=by_partition,
         metadata={
@@ -278,7 +278,7 @@ def _catalog_entries(
             content_hash=source.unit.content_hash,
             status=INDEXED if source.documents else QUARANTINED,
             documents=len(source.documents),
-            chunks=sum(1 for chunk in chunks.get(key, []) if not chunk.is_document_entry),
+            chunks=len(passages(chunks.get(key, []))),
             quarantined=[item.describe() for item in source.quarantined],
             collection=spec.collection,
             embedding_version=spec.embedding_version,

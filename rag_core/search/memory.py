@@ -72,7 +72,7 @@ class Segment:
         """The same rows with the document entries after every chunk: a search of chunks then reads a prefix
         of the vectors (`chunk_end`), not every row."""
         entries = self.document_rows
-        if not entries.any() or entries[len(self) - int(entries.sum()) :].all() or self.graph is not None:
+        if not entries.any() or entries[self.chunk_end :].all() or self.graph is not None:
             return self  # (a graph's ids are its row order: a segment with one keeps it)
         order = np.argsort(entries, kind="stable")
         return Segment(
@@ -176,7 +176,7 @@ class Segment:
             keep = rows[0] >= 0
             return rows[0][keep].astype(np.int64), scores[0][keep]
         # Only chunks allowed (document entries come last): the vectors before them are all there is to read.
-        end = self.chunk_end if self.chunk_rows is not None and not allowed[self.chunk_end :].any() else len(self)
+        end = self.chunk_end if not allowed[self.chunk_end :].any() else len(self)
         if count < end // 2:
             rows = np.flatnonzero(allowed[:end])
             scores = self.vectors[rows] @ vector
@@ -464,8 +464,12 @@ class MemoryIndex:
         for index, segment in enumerate(self.segments):
             allowed = self._allowed(index, search_filter)
             parts = self.impacts[index]
-            kinds = ("chunks", "documents") if search_filter.rows == "all" else (search_filter.rows,)
-            for part in [parts["all"]] if "all" in parts else [parts[kind] for kind in kinds]:
+            if "all" in parts:  # a segment without document entries: none to read when only they are asked for
+                selected = [] if search_filter.rows == "documents" else [parts["all"]]
+            else:
+                kinds = ("chunks", "documents") if search_filter.rows == "all" else (search_filter.rows,)
+                selected = [parts[kind] for kind in kinds]
+            for part in selected:
                 part_allowed = allowed if part.rows is None else allowed[part.rows]
                 rows, scores = segment.bm25(terms, statistics, part.impacts, limit, part_allowed)
                 rows = rows if part.rows is None else part.rows[rows]

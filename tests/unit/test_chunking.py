@@ -1,6 +1,14 @@
 import pytest
 
-from rag_core.chunking import DOCUMENT_POSITION, TEXT_MAX_BYTES, Chunk, ChunkingConfig, chunk_documents, token_windows
+from rag_core.chunking import (
+    DOCUMENT_POSITION,
+    TEXT_MAX_BYTES,
+    Chunk,
+    ChunkingConfig,
+    chunk_documents,
+    passages,
+    token_windows,
+)
 from rag_core.documents import Document
 from rag_core.embedding import Embedder
 from rag_core.settings import bundled_model_dir
@@ -15,9 +23,9 @@ def _document(text: str, title: str = "A title", doc_id: str = "doc") -> Documen
     return Document(doc_id, "key", "default", "a.md", title, text, "text", 0.0, "h")
 
 
-def passages(documents: list[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
+def chunked(documents: list[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
     """The chunks, without the document entries."""
-    return [chunk for chunk in chunk_documents(documents, tokenizer, config) if not chunk.is_document_entry]
+    return passages(chunk_documents(documents, tokenizer, config))
 
 
 LONG = " ".join(f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(120))
@@ -25,7 +33,7 @@ LONG = " ".join(f"Sentence number {i} talks about topic {i % 7} in some detail."
 
 def test_chunks_fit_the_model_with_their_title(tokenizer):
     config = ChunkingConfig(max_tokens=256, overlap_tokens=32, model_limit=254)
-    chunks = passages([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
+    chunks = chunked([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
     assert len(chunks) > 3
     for chunk in chunks:
         with_specials = tokenizer(chunk.search_text)["input_ids"]
@@ -35,7 +43,7 @@ def test_chunks_fit_the_model_with_their_title(tokenizer):
 
 def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
     document = _document(LONG)
-    chunks = passages([document], tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
+    chunks = chunked([document], tokenizer, ChunkingConfig(max_tokens=80, overlap_tokens=16))
     for chunk in chunks:
         assert document.text[chunk.start_char : chunk.end_char] == chunk.text
     for first, second in zip(chunks, chunks[1:], strict=False):
@@ -47,17 +55,17 @@ def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
 
 def test_ids_are_deterministic_and_change_with_content(tokenizer):
     config = ChunkingConfig(max_tokens=80, overlap_tokens=16)
-    first = passages([_document(LONG)], tokenizer, config)
-    again = passages([_document(LONG)], tokenizer, config)
+    first = chunked([_document(LONG)], tokenizer, config)
+    again = chunked([_document(LONG)], tokenizer, config)
     assert [c.chunk_id for c in first] == [c.chunk_id for c in again]
-    edited = passages([_document(LONG.replace("number 0 ", "number zero "))], tokenizer, config)
+    edited = chunked([_document(LONG.replace("number 0 ", "number zero "))], tokenizer, config)
     assert edited[0].chunk_id != first[0].chunk_id
     assert edited[-1].chunk_id == first[-1].chunk_id  # untouched passages keep their ids
     assert len({c.chunk_id for c in first}) == len(first)
 
 
 def test_short_document_is_one_chunk(tokenizer):
-    [chunk] = passages([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
+    [chunk] = chunked([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
     assert chunk.search_text == "Just one line." and chunk.position == 0
 
 
@@ -100,7 +108,7 @@ def test_a_run_without_spaces_is_split_to_fit_the_milvus_text_field(tokenizer):
     rows = chunk_documents([document], tokenizer, ChunkingConfig())
     [entry] = [row for row in rows if row.is_document_entry]
     assert len(entry.search_text.encode()) <= TEXT_MAX_BYTES  # the whole text, cut to what Milvus holds
-    chunks = [row for row in rows if not row.is_document_entry]
+    chunks = passages(rows)
     assert len(chunks) >= 70_000 // PASSAGE_MAX_CHARS
     for chunk in chunks:
         assert len(chunk.search_text.encode()) <= TEXT_MAX_BYTES and len(chunk.text) <= PASSAGE_MAX_CHARS
