@@ -72,16 +72,16 @@ def build_index(store, cache, label: str, model_dir: Path, units: Sequence) -> I
     from rag_core.documents import ParseLimits
     from rag_core.embedding import Embedder
     from rag_core.indexing import build_from_sources
-    from rag_core.store import IndexBuild
+    from rag_core.promotion import index_build
+    from rag_core.search.memory import ROW_FIELDS, MemoryIndex, rows_table
 
     embedder = Embedder(model_dir)
     chunking = ChunkingConfig(256, 32, embedder.max_seq_length - 2)
-    build = IndexBuild(label, embedder.version, embedder.dimension, chunking.describe())
-    from rag_core.search.memory import ROW_FIELDS, MemoryIndex, rows_table
-
+    build = replace(index_build(embedder, chunking), embedding_model=label)
     collection, stats = build_from_sources(store, build, units, embedder, cache, chunking, ParseLimits(), False)
     print(f"{label}: {stats.chunks} chunks, {stats.computed} embedded, {stats.cached} from the cache", flush=True)
-    searcher = MemoryIndex.build(*rows_table(list(store.all_rows(collection, [*ROW_FIELDS, "dense"]))))
+    rows = rows_table(list(store.all_rows(collection, [*ROW_FIELDS, "dense"])))
+    searcher = MemoryIndex.build(*rows, analyzer=chunking.bm25_analyzer)
     return Index(label, embedder, collection, searcher)
 
 
@@ -180,7 +180,7 @@ def first_chunks(documents: Sequence, model_dir: Path) -> dict[str, str]:
     embedder = Embedder(model_dir)
     texts: dict[str, str] = {}
     for chunk in chunk_documents(documents, embedder.tokenizer, ChunkingConfig(256, 32, embedder.max_seq_length - 2)):
-        texts.setdefault(chunk.doc_id, chunk.search_text)
+        texts.setdefault(chunk.doc_id, chunk.embedded)
     return texts
 
 

@@ -70,7 +70,7 @@ def main() -> None:
     units = discover_sources(documents, settings.default_tenant, settings.jsonl_shard_size)
     parsed = [document for unit in units for document in parse_source(unit).documents]
     chunks = chunk_documents(parsed, embedder.tokenizer, config)
-    texts = [chunk.search_text for chunk in passages(chunks)]  # what is encoded
+    texts = [chunk.embedded for chunk in passages(chunks)]  # what is encoded
     print(f"{len(records)} documents → {len(units)} partitions, {len(texts)} chunks", flush=True)
 
     baseline = float("nan")

@@ -103,7 +103,7 @@ def main() -> None:
     tenant = settings.default_tenant
     cache = EmbeddingCache(settings.embedding_cache_path)  # whole-document vectors are kept for reruns
     print(f"{collection} ({embedder.version}): whole-document vectors …", flush=True)
-    whole = naive_index(whole_documents(chunks.row_table(CHUNK_FIELDS), tenant), embedder, cache)
+    whole = naive_index(whole_documents(chunks.row_table(CHUNK_FIELDS), tenant), embedder, cache, chunks.analyzer)
     fusion = build.fusion
     search_filter = SearchFilter(tenant)
     chunk_rows = search_filter.reading("chunks")

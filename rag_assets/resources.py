@@ -22,6 +22,7 @@ from rag_core.generation import LLMConfig
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
 from rag_core.promotion import BuildSpec, served_fusion, served_spec, spec_of
 from rag_core.retrieval import FusionConfig
+from rag_core.search.analyzer import DEFAULT_ANALYZER
 from rag_core.search.engines import IndexConnection, MilvusEngine, Searcher
 from rag_core.settings import Settings
 from rag_core.store import MilvusStore
@@ -146,6 +147,7 @@ class EmbedderResource(ConfigurableResource):
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
     document_entries: bool = True
+    bm25_analyzer: str = DEFAULT_ANALYZER
     device: str = "cpu"
     batch_size: int = 64
     cache_path: str
@@ -180,17 +182,18 @@ class EmbedderResource(ConfigurableResource):
             )
             if self.follow_served_chunking and served:
                 sizes = (served.chunk_max_tokens, served.chunk_overlap_tokens)
-                entries = served.document_entries
+                entries, analyzer = served.document_entries, served.bm25_analyzer
             else:
                 sizes = (self.chunk_max_tokens, self.chunk_overlap_tokens)
-                entries = self.document_entries
-            chunking = ChunkingConfig(*sizes, document_entries=entries)
+                entries, analyzer = self.document_entries, self.bm25_analyzer
+            chunking = ChunkingConfig(*sizes, document_entries=entries, bm25_analyzer=analyzer)
             collection = store.collection_named(embedder.version, chunking.describe())
         return BuildSpec(
             model=embedder.reference,
             chunk_max_tokens=sizes[0],
             chunk_overlap_tokens=sizes[1],
             document_entries=entries,
+            bm25_analyzer=analyzer,
             backend=embedder.backend,
             embedding_version=embedder.version,
             collection=collection,
@@ -313,11 +316,12 @@ def _embedder(settings: Settings, milvus: MilvusResource, tracking: TrackingReso
         milvus=milvus,
         model=settings.embedding_model,
         backend=settings.embedding_backend if "embedding_backend" in settings.model_fields_set else "",
-        follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens", "document_entries"}
+        follow_served_chunking=not {"chunk_max_tokens", "chunk_overlap_tokens", "document_entries", "bm25_analyzer"}
         & settings.model_fields_set,
         chunk_max_tokens=settings.chunk_max_tokens,
         chunk_overlap_tokens=settings.chunk_overlap_tokens,
         document_entries=settings.document_entries,
+        bm25_analyzer=settings.bm25_analyzer,
         device=settings.embedding_device,
         batch_size=settings.embedding_batch_size,
         cache_path=str(settings.embedding_cache_path),

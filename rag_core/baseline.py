@@ -21,6 +21,7 @@ from rag_core.embedding import Embedder, EmbeddingCache, embed_with_cache
 from rag_core.evaluation import EvalDataset, RetrievalEvaluation, evaluate_engine
 from rag_core.ids import chunk_id, content_hash
 from rag_core.retrieval import FusionConfig
+from rag_core.search.analyzer import analyzed
 from rag_core.search.memory import MemoryIndex, row_schema
 
 if TYPE_CHECKING:
@@ -76,8 +77,11 @@ def whole_documents(chunks: pa.Table, tenant: str | None = None) -> list[WholeDo
     return documents
 
 
-def naive_index(documents: list[WholeDocument], embedder: Embedder, cache: EmbeddingCache) -> MemoryIndex:
-    """An in-memory index with one row per whole document; vectors from the cache where it has them."""
+def naive_index(
+    documents: list[WholeDocument], embedder: Embedder, cache: EmbeddingCache, analyzer: str
+) -> MemoryIndex:
+    """An in-memory index with one row per whole document, its BM25 field written by `analyzer` (the
+    evaluated build's); vectors from the cache where it has them."""
     texts = [document.search_text for document in documents]
     vectors, _ = embed_with_cache(embedder, cache, texts, [content_hash(text) for text in texts])
     table = pa.Table.from_pylist(
@@ -93,13 +97,13 @@ def naive_index(documents: list[WholeDocument], embedder: Embedder, cache: Embed
                 "position": 0,
                 "start_char": 0,
                 "end_char": len(document.text),
-                "search_text": text,
+                "search_text": analyzed(text, analyzer),
             }
             for document, text in zip(documents, texts, strict=True)
         ],
         schema=row_schema(),
     )
-    return MemoryIndex.build(table, vectors, dimension=embedder.dimension)
+    return MemoryIndex.build(table, vectors, dimension=embedder.dimension, analyzer=analyzer)
 
 
 def naive_baseline(
@@ -114,7 +118,7 @@ def naive_baseline(
 ) -> RetrievalEvaluation:
     """The naive baseline over the documents `collection` holds for `tenant`, on the judged queries."""
     documents = whole_documents(searcher.row_table(CHUNK_FIELDS), tenant)
-    index = naive_index(documents, embedder, cache)
+    index = naive_index(documents, embedder, cache, searcher.analyzer)
     return evaluate_engine(index, NAIVE_FUSION, embedder, judged, modes, tenant, f"naive:{collection}", depth=depth)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from rag_core.search.analyzer import STANDARD
+
 # The property key of each BuildRecord field.
 _KEYS = {
     "embedding_model": "rag.embedding_model",
@@ -20,6 +22,7 @@ _KEYS = {
     "chunk_max_tokens": "rag.chunk_max_tokens",
     "chunk_overlap_tokens": "rag.chunk_overlap_tokens",
     "document_entries": "rag.document_entries",
+    "bm25_analyzer": "rag.bm25_analyzer",
     "schema_version": "rag.schema_version",
     "created_at": "rag.created_at",
     "index_version": "rag.index_version",
@@ -47,6 +50,7 @@ class BuildRecord:
     chunk_max_tokens: int | None = None
     chunk_overlap_tokens: int | None = None
     document_entries: bool | None = None  # None: a build from before document entries (it has none)
+    bm25_analyzer: str = ""  # "": a build from before the choice (its BM25 field holds the text as written)
     schema_version: str = ""
     created_at: str = ""
     index_version: str = "0"  # changes whenever the rows change; caches key on it
@@ -62,6 +66,11 @@ class BuildRecord:
     # The hybrid fusion this build serves with, when the gate adopted a tuned one (FusionConfig.to_json);
     # "" = the deployment's settings.
     fusion: str = ""
+
+    @property
+    def analyzer(self) -> str:
+        """The BM25 analyzer the build's rows were written with, and its queries are analyzed by."""
+        return self.bm25_analyzer or STANDARD
 
     def to_properties(self) -> dict[str, str]:
         """Every recorded field as a collection property."""

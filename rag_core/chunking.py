@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rag_core.documents import Document
 from rag_core.ids import chunk_id, content_hash
+from rag_core.search.analyzer import DEFAULT_ANALYZER, ENGLISH, analyzed
 
 SENTENCE_END = ".!?;:"
 TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit for a chunk's text, in UTF-8 bytes
@@ -38,12 +39,14 @@ class Chunk:
     title: str
     position: int
     text: str
-    search_text: str  # what is BM25-indexed, and embedded unless `embedding_text` says otherwise: title + passage
+    search_text: str  # what is BM25-indexed: title + passage, as the build's analyzer writes it (search.analyzer)
     start_char: int
     end_char: int
     token_count: int
     content_hash: str  # of the embedded text: the embedding cache's key
-    embedding_text: str = ""  # a document entry's: its first chunk's search text (the same vector, no encode)
+    # What is embedded: title + passage as written; a document entry's is its first chunk's (the same
+    # vector, no encode).
+    embedding_text: str = ""
 
     @property
     def embedded(self) -> str:
@@ -61,10 +64,12 @@ class ChunkingConfig:
     model_limit: int = 254  # the model's max sequence length minus its two special tokens
     min_passage_tokens: int = 64  # a very long title cannot squeeze passages below this
     document_entries: bool = True  # one whole-document BM25 entry per document beside its chunks
+    bm25_analyzer: str = DEFAULT_ANALYZER  # what the BM25 field holds (rag_core.search.analyzer)
 
     def describe(self) -> str:
         entries = "-docs" if self.document_entries else ""
-        return f"tokens{self.max_tokens}-overlap{self.overlap_tokens}{entries}"
+        stemmed = "-stem" if self.bm25_analyzer == ENGLISH else ""
+        return f"tokens{self.max_tokens}-overlap{self.overlap_tokens}{entries}{stemmed}"
 
 
 def _is_boundary(text: str, end_char: int) -> bool:
@@ -119,10 +124,16 @@ def _within_bytes(text: str, limit: int) -> str:
 
 
 def _row(
-    document: Document, position: int, text: str, searched: str, span: tuple[int, int, int], head: Chunk | None = None
+    document: Document,
+    position: int,
+    text: str,
+    searched: str,
+    span: tuple[int, int, int],
+    analyzer: str,
+    head: Chunk | None = None,
 ) -> Chunk:
     """A row of `document`: a chunk, or (with `head`, its first chunk, whose vector it takes) its entry. `span` is
-    (start char, end char, tokens)."""
+    (start char, end char, tokens); `searched` is title + text as written, which ids and the cache key hash."""
     start_char, end_char, token_count = span
     return Chunk(
         chunk_id=chunk_id(document.tenant, document.source, document.doc_id, position, searched),
@@ -133,20 +144,21 @@ def _row(
         title=document.title,
         position=position,
         text=text,
-        search_text=searched,
+        search_text=_within_bytes(analyzed(searched, analyzer), TEXT_MAX_BYTES),
         start_char=start_char,
         end_char=end_char,
         token_count=token_count,
         content_hash=head.content_hash if head else content_hash(searched),
-        embedding_text=head.search_text if head else "",
+        embedding_text=head.embedded if head else searched,
     )
 
 
-def document_entry(document: Document, first: Chunk, token_count: int) -> Chunk:
+def document_entry(document: Document, first: Chunk, token_count: int, analyzer: str) -> Chunk:
     """The document's whole text for BM25 (its first TEXT_MAX_BYTES), with its first chunk's vector. Its
     `text` stays empty: what is shown is always a chunk."""
     whole = _within_bytes(search_text(document.title, document.text), TEXT_MAX_BYTES)
-    return _row(document, DOCUMENT_POSITION, "", whole, (0, len(document.text), token_count), head=first)
+    span = (0, len(document.text), token_count)
+    return _row(document, DOCUMENT_POSITION, "", whole, span, analyzer, head=first)
 
 
 def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingConfig) -> list[Chunk]:
@@ -178,8 +190,9 @@ def chunk_documents(documents: Sequence[Document], tokenizer, config: ChunkingCo
         document_chunks = []
         for position, span in enumerate(pieces):
             passage = document.text[span[0] : span[1]]
-            document_chunks.append(_row(document, position, passage, search_text(document.title, passage), span))
+            searched = search_text(document.title, passage)
+            document_chunks.append(_row(document, position, passage, searched, span, config.bm25_analyzer))
         chunks += document_chunks
         if config.document_entries and document_chunks:
-            chunks.append(document_entry(document, document_chunks[0], len(offsets)))
+            chunks.append(document_entry(document, document_chunks[0], len(offsets), config.bm25_analyzer))
     return chunks

@@ -20,6 +20,7 @@ from rag_core.embedding import Embedder, backend_of
 from rag_core.errors import Refusal
 from rag_core.indexing import SyncStats, sync_partitions
 from rag_core.retrieval import FusionConfig
+from rag_core.search.analyzer import DEFAULT_ANALYZER
 from rag_core.stats import paired_bootstrap_difference
 from rag_core.store import IndexBuild, MilvusStore
 
@@ -41,6 +42,7 @@ class BuildSpec:
     collection: str = ""
     served: str = ""  # "" = nothing was served: the build is the first, and is published
     document_entries: bool = True  # a whole-document BM25 entry per document (rag_core.chunking)
+    bm25_analyzer: str = DEFAULT_ANALYZER  # what the BM25 field holds (rag_core.search.analyzer)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -52,7 +54,11 @@ class BuildSpec:
     def chunking(self, model_limit: int) -> ChunkingConfig:
         """Chunks (with their title) fit `model_limit`: the model's sequence length less its special tokens."""
         return ChunkingConfig(
-            self.chunk_max_tokens, self.chunk_overlap_tokens, model_limit, document_entries=self.document_entries
+            self.chunk_max_tokens,
+            self.chunk_overlap_tokens,
+            model_limit,
+            document_entries=self.document_entries,
+            bm25_analyzer=self.bm25_analyzer,
         )
 
     def describe(self) -> str:
@@ -75,6 +81,7 @@ def index_build(embedder: Embedder, chunking: ChunkingConfig) -> IndexBuild:
         chunk_max_tokens=chunking.max_tokens,
         chunk_overlap_tokens=chunking.overlap_tokens,
         document_entries=chunking.document_entries,
+        bm25_analyzer=chunking.bm25_analyzer,
     )
 
 
@@ -90,6 +97,7 @@ def spec_of(properties: dict[str, str], default_model: str, collection: str = ""
         record.embedding_version,
         collection,
         document_entries=bool(record.document_entries),
+        bm25_analyzer=record.analyzer,
     )
 
 
@@ -105,12 +113,13 @@ def candidate_build(
     chunk_max_tokens: int = 0,
     chunk_overlap_tokens: int = -1,
     document_entries: bool | None = None,
+    bm25_analyzer: str = "",
 ) -> tuple[str, ChunkingConfig]:
     """The model reference and chunk sizes a candidate build is made with: those asked for, the rest as the
     served build has them (nothing served: `default_model` and the default sizes). An empty `model`, a
     `chunk_max_tokens` of 0 and a `chunk_overlap_tokens` of -1 ask for nothing. The chunking's model limit
-    is the model's to set (`fit_chunking`), once it is loaded. `document_entries` None follows the served build
-    (nothing served: on)."""
+    is the model's to set (`fit_chunking`), once it is loaded. `document_entries` None and an empty
+    `bm25_analyzer` follow the served build (nothing served: the defaults)."""
     reference = model or (served.model if served else default_model)
     max_tokens = chunk_max_tokens or (served.chunk_max_tokens if served else DEFAULT_CHUNKING.max_tokens)
     if chunk_overlap_tokens >= 0:
@@ -124,7 +133,11 @@ def candidate_build(
         )
     if document_entries is None:
         document_entries = served.document_entries if served else DEFAULT_CHUNKING.document_entries
-    return reference, ChunkingConfig(max_tokens, overlap, document_entries=document_entries)
+    if not bm25_analyzer:
+        bm25_analyzer = served.bm25_analyzer if served else DEFAULT_CHUNKING.bm25_analyzer
+    return reference, ChunkingConfig(
+        max_tokens, overlap, document_entries=document_entries, bm25_analyzer=bm25_analyzer
+    )
 
 
 def sync_build(store: MilvusStore, collection: str, rows: dict[str, list[dict]], served: str | None) -> SyncStats:

@@ -13,6 +13,7 @@ import sys
 import typing
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -106,6 +107,11 @@ class Settings(BaseSettings):
         True,
         description="Index each document whole for BM25 beside its chunks (a new build's choice; a build keeps "
         "its own). BM25-only retrieval then ranks whole documents and shows each one's best chunk.",
+    )
+    bm25_analyzer: Literal["english", "standard"] = Field(
+        "english",
+        description="What a new build's BM25 field holds (a build keeps its own): `english` stems every word "
+        '(Snowball English: "cells" and "cell" match), `standard` keeps the words as written.',
     )
 
     # Embedding.

@@ -29,10 +29,10 @@ from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from rag_core.build_record import BuildRecord
 from rag_core.build_record import changes as record_changes
-from rag_core.chunking import TEXT_MAX_BYTES
+from rag_core.chunking import TEXT_MAX_BYTES, search_text
 from rag_core.documents import DOC_ID_MAX_BYTES, SOURCE_MAX_BYTES, TENANT_MAX_BYTES
 from rag_core.errors import Refusal
-from rag_core.search.analyzer import BM25_B, BM25_K1
+from rag_core.search.analyzer import BM25_B, BM25_K1, STANDARD
 from rag_core.search.filters import ROW_CLAUSES
 from rag_core.search.published import is_lite_uri
 
@@ -251,6 +251,7 @@ class IndexBuild:
     chunk_max_tokens: int = 0
     chunk_overlap_tokens: int = 0
     document_entries: bool = False
+    bm25_analyzer: str = STANDARD  # what the rows' BM25 field holds (rag_core.search.analyzer)
 
     def record(self) -> BuildRecord:
         return BuildRecord(
@@ -262,6 +263,7 @@ class IndexBuild:
             chunk_max_tokens=self.chunk_max_tokens,
             chunk_overlap_tokens=self.chunk_overlap_tokens,
             document_entries=self.document_entries,
+            bm25_analyzer=self.bm25_analyzer,
             schema_version=SCHEMA_VERSION,
         )
 
@@ -470,12 +472,12 @@ class MilvusStore:
         return found
 
     def texts_by_chunk_id(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
-        """The embedded text (title + passage) of these chunks."""
+        """The embedded text (title + passage, as written: the BM25 field may hold it stemmed) of these chunks."""
         found: dict[str, str] = {}
         for start in range(0, len(chunk_ids), 100):
             batch = list(chunk_ids[start : start + 100])
-            for row in self._query_all(collection, in_filter("chunk_id", batch), ["chunk_id", "search_text"]):
-                found[row["chunk_id"]] = row["search_text"]
+            for row in self._query_all(collection, in_filter("chunk_id", batch), ["chunk_id", "title", "text"]):
+                found[row["chunk_id"]] = search_text(row["title"], row["text"])
         return found
 
     def sample_texts(self, collection: str, limit: int) -> dict[str, str]:

@@ -161,9 +161,15 @@ def _candidate_model(
     with milvus.store() as store:
         served = served_spec(store, BUNDLED_MODEL)
     try:
-        entries = None if embedder.follow_served_chunking else embedder.document_entries
+        follows = embedder.follow_served_chunking
         model_ref, chunking = candidate_build(
-            served, BUNDLED_MODEL, requested, config.chunk_max_tokens, config.chunk_overlap_tokens, entries
+            served,
+            BUNDLED_MODEL,
+            requested,
+            config.chunk_max_tokens,
+            config.chunk_overlap_tokens,
+            None if follows else embedder.document_entries,
+            "" if follows else embedder.bm25_analyzer,
         )
     except ValueError as refused:
         raise Failure(str(refused)) from refused

@@ -4,23 +4,51 @@ parameters), the in-memory engine and evaluation, so every engine scores a query
 Tokens are Milvus' standard analyzer's: runs of letters, digits and underscores, lowercased, no stop
 words. Tokenizing runs in Arrow's C++ kernels, for one query or a million chunks alike. Scores are Okapi
 BM25: IDF(t) = ln(1 + (N − df + 0.5) / (df + 0.5)), query terms weighted by how often the query repeats them.
+
+A build chooses what its BM25 field holds (`BM25_ANALYZERS`, recorded on the build):
+- `english` (the default): each token replaced by its Snowball English stem ("cells" → "cell"), joined by
+  spaces. The stemming happens here, before Milvus sees the text, because Milvus Lite has no stemmer and a
+  Milvus server's stemmer is not the in-memory engine's: stemmed text tokenizes to the same terms everywhere.
+  Picked on the train splits of two corpora (whole-document BM25 nDCG@10: SciFact +0.029, man pages
+  +0.026; English stop words on top changed −0.004 / +0.000, so none are dropped).
+- `standard`: the text as it is (builds from before the choice).
+A query is analyzed by the build it searches (`analyzed`), so every engine matches the stored terms.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+import Stemmer
 
 BM25_K1 = 1.5  # Milvus Lite applies 1.5 whatever the index parameters say; a Milvus server takes it from them
 BM25_B = 0.75
 _SEPARATORS = r"[^\p{L}\p{N}_]+"
 SLICE_ROWS = 50_000
 _WORD = re.compile(r"\w+")
+STANDARD = "standard"
+ENGLISH = "english"
+BM25_ANALYZERS = (ENGLISH, STANDARD)
+DEFAULT_ANALYZER = ENGLISH
+_stemmers = threading.local()  # a PyStemmer object keeps a cache and is not safe across threads
+
+
+def analyzed(text: str, analyzer: str) -> str:
+    """What the BM25 field of a build with this analyzer holds for `text` (or what its query searches for)."""
+    if analyzer == STANDARD:
+        return text
+    if analyzer != ENGLISH:
+        raise ValueError(f"unknown BM25 analyzer {analyzer!r}; choose one of {', '.join(BM25_ANALYZERS)}")
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        stemmer = _stemmers.english = Stemmer.Stemmer("english", 100_000)
+    return " ".join(stemmer.stemWords(_WORD.findall(text.lower())))
 
 
 def term_matrix(texts: pa.Array | pa.ChunkedArray | list[str]) -> tuple[sp.csr_matrix, list[str]]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,7 @@ from pymilvus import MilvusClient
 from threadpoolctl import threadpool_limits
 
 from rag_core.build_record import BuildRecord
+from rag_core.search.analyzer import analyzed
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
 from rag_core.search.memory import ROW_FIELDS, MemoryIndex, row_schema, rows_table
@@ -41,6 +42,8 @@ class IndexNotReady(RuntimeError):
 
 
 class Searcher(Protocol):
+    analyzer: str  # the build's BM25 analyzer: a query is analyzed by it before BM25 matches its terms
+
     def search_dense(self, vector: Sequence[float], limit: int, search_filter: SearchFilter) -> list[Hit]: ...
 
     def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]: ...
@@ -143,12 +146,15 @@ def _memory_engine(connection: IndexConnection) -> MemoryEngine:
 class MilvusSearcher:
     store: MilvusStore
     collection: str
+    analyzer: str  # the build's BM25 analyzer (BuildRecord.analyzer)
 
     def search_dense(self, vector: Sequence[float], limit: int, search_filter: SearchFilter) -> list[Hit]:
         return self.store.search_dense(self.collection, vector, limit, search_filter.expression())
 
     def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]:
-        return self.store.search_bm25(self.collection, query, limit, search_filter.expression())
+        return self.store.search_bm25(
+            self.collection, analyzed(query, self.analyzer), limit, search_filter.expression()
+        )
 
     def doc_ids(self) -> set[str]:
         return self.store.doc_ids(self.collection)
@@ -167,8 +173,11 @@ class MilvusEngine:
     def __init__(self, store: MilvusStore) -> None:
         self.store = store
 
-    def searcher(self, collection: str) -> MilvusSearcher:
-        return MilvusSearcher(self.store, collection)
+    def searcher(self, collection: str, properties: dict[str, str] | None = None) -> MilvusSearcher:
+        """A searcher bound to `collection` (pass its properties when they are at hand: saves a round trip)."""
+        if properties is None:
+            properties = self.store.collection_properties(collection)
+        return MilvusSearcher(self.store, collection, BuildRecord.from_properties(properties).analyzer)
 
     def served(self) -> Served:
         collection = self.store.alias_target()
@@ -180,7 +189,7 @@ class MilvusEngine:
             properties,
             BuildRecord.from_properties(properties).index_version,
             self.store.count(collection),
-            self.searcher(collection),
+            self.searcher(collection, properties),
         )
 
     def build(self, collection: str) -> Served:
@@ -190,7 +199,7 @@ class MilvusEngine:
         properties = self.store.collection_properties(collection)
         record = BuildRecord.from_properties(properties)
         rows = self.store.count(collection)
-        return Served(collection, properties, record.index_version, rows, self.searcher(collection))
+        return Served(collection, properties, record.index_version, rows, self.searcher(collection, properties))
 
 
 # --------------------------------------------------------------------------- in memory
@@ -284,7 +293,9 @@ class MemoryEngine:
         if base is None and not (recorded and recorded[1]):
             base = self._bootstrap(collection)
         index = base or MemoryIndex.build(*rows_table([]), seq=0)
-        index = self._catch_up(collection, index)
+        recorded = self.log.properties(collection)
+        analyzer = BuildRecord.from_properties(recorded[0] if recorded else {}).analyzer
+        index = self._catch_up(collection, replace(index, analyzer=analyzer))
         log.info("loaded %s in memory: %d rows in %.2f s", collection, index.rows, time.perf_counter() - started)
         return index
 

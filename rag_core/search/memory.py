@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from rag_core.search.analyzer import idf, saturation, term_counts, term_matrix
+from rag_core.search.analyzer import STANDARD, analyzed, idf, saturation, term_counts, term_matrix
 from rag_core.search.filters import SearchFilter
 from rag_core.store import OUTPUT_FIELDS, Hit
 
@@ -301,6 +301,7 @@ class MemoryIndex:
     statistics: dict[str | None, Statistics]  # per tenant; None: every tenant
     seq: int = 0  # the last change of the build's log applied
     dimension: int = 0
+    analyzer: str = STANDARD  # the build's BM25 analyzer: its rows were written with it, queries go through it
     # Per segment: (the segment, its tenants' average lengths, its BM25 impacts); shared by successive
     # versions of the index so that a change recomputes only what it moved.
     impact_cache: dict[int, tuple] = field(default_factory=dict, repr=False)
@@ -328,8 +329,10 @@ class MemoryIndex:
         return tuple(found)
 
     @classmethod
-    def build(cls, table: pa.Table, vectors: np.ndarray, seq: int = 0, dimension: int = 0) -> MemoryIndex:
-        empty = cls((), (), {}, {}, seq, dimension or (vectors.shape[1] if len(vectors) else 0))
+    def build(
+        cls, table: pa.Table, vectors: np.ndarray, seq: int = 0, dimension: int = 0, analyzer: str = STANDARD
+    ) -> MemoryIndex:
+        empty = cls((), (), {}, {}, seq, dimension or (vectors.shape[1] if len(vectors) else 0), analyzer)
         return empty.apply(table, vectors, [], seq) if len(table) else empty
 
     @classmethod
@@ -421,7 +424,7 @@ class MemoryIndex:
         merged = _merge(list(zip(self.segments, self.live, strict=True)))
         if merged is None:
             return replace(self, segments=(), live=(), location={})
-        return replace(MemoryIndex.from_segment(merged, self.seq), dimension=self.dimension)
+        return replace(MemoryIndex.from_segment(merged, self.seq), dimension=self.dimension, analyzer=self.analyzer)
 
     def doc_ids(self) -> set[str]:
         return {
@@ -456,7 +459,7 @@ class MemoryIndex:
         return self._hits(found, limit)
 
     def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]:
-        terms = term_counts(query)
+        terms = term_counts(analyzed(query, self.analyzer))
         # A tenant's query is scored with its own corpus' statistics: relevance that does not depend on
         # (or reveal) what other tenants hold.
         statistics = self.statistics.get(search_filter.tenant) or EMPTY_STATISTICS

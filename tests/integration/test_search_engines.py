@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from rag_core.indexing import sync_partitions
 from rag_core.retrieval import FusionConfig, Retriever
-from rag_core.search.analyzer import term_counts, term_matrix
+from rag_core.search.analyzer import ENGLISH, analyzed, term_counts, term_matrix
 from rag_core.search.engines import IndexConnection
 from rag_core.search.filters import SearchFilter
 from rag_core.search.log import SearchLog
@@ -87,6 +88,30 @@ def test_memory_engine_matches_milvus_top_10_in_every_mode_and_filter(one_tenant
                     assert found == expected, (mode, query, filters)
                     compared += 1
     assert compared == 12 * len(FILTERS) * 3
+
+
+def test_a_stemmed_build_finds_any_word_form_and_both_engines_agree(tmp_path):
+    """A build with the English analyzer stores stems; each engine analyzes the query by the build's record."""
+    records = scifact(200)
+    vectors = unit_vectors(len(records), seed=3)
+    index = Index(tmp_path, build=replace(BUILD, chunking="tokens64-overlap8-stem", bm25_analyzer=ENGLISH))
+    index.write(rows_for(records, vectors, lambda _: "default", analyzer=ENGLISH))
+    words = {word for r in records for word in term_counts(f"{r['title']}\n{r['text']}")}
+    holding_methyl = {r["_id"] for r in records if "methyl" in analyzed(r["text"], ENGLISH).split()}
+    memory = index.memory.served()
+    with index.milvus() as engine:
+        milvus = engine.served()
+        assert memory.searcher.analyzer == milvus.searcher.analyzer == ENGLISH
+        # No abstract says "methylating"; the seven that say "methylation", "methylated" … are found by it.
+        assert "methylating" not in words and len(holding_methyl) == 7
+        for searcher in (memory.searcher, milvus.searcher):
+            found = Retriever(searcher, FUSION).retrieve("Methylating", None, 20, "bm25", SearchFilter("default"))
+            assert {chunk.doc_id for chunk in found} == holding_methyl
+        for query, vector in queries(records, vectors):
+            for mode in ("bm25", "hybrid"):
+                search_filter = SearchFilter("default")
+                expected = top_ids(milvus.searcher, mode, query, vector, search_filter)
+                assert top_ids(memory.searcher, mode, query, vector, search_filter) == expected, (mode, query)
 
 
 def test_disabled_chunks_are_excluded_by_either_engine_and_a_document_reads_the_same(one_tenant):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_core.search.analyzer import STANDARD, analyzed
 from rag_core.search.engines import IndexConnection, MemoryEngine, MilvusEngine
 from rag_core.search.log import SearchLog
 from rag_core.store import IndexBuild
@@ -25,7 +26,9 @@ def scifact(count: int, skip: int = 0) -> list[dict]:
     return records[skip:]
 
 
-def rows_for(records: list[dict], vectors: np.ndarray, tenant_of, prefix: str = "") -> list[dict]:
+def rows_for(
+    records: list[dict], vectors: np.ndarray, tenant_of, prefix: str = "", analyzer: str = STANDARD
+) -> list[dict]:
     return [
         {
             "chunk_id": f"{prefix}{record['_id']}#0",
@@ -35,7 +38,7 @@ def rows_for(records: list[dict], vectors: np.ndarray, tenant_of, prefix: str = 
             "source": f"source-{index % 4}.jsonl",
             "title": record["title"],
             "text": record["text"],
-            "search_text": f"{record['title']}\n{record['text']}",
+            "search_text": analyzed(f"{record['title']}\n{record['text']}", analyzer),
             "position": 0,
             "start_char": 0,
             "end_char": len(record["text"]),

@@ -41,12 +41,15 @@ def test_partial_updates_name_fields_and_clear_with_none():
 def test_the_spec_a_run_carries_survives_its_tag_and_reads_a_collection():
     spec = BuildSpec("bundled:m", 128, 16, "onnx", "m@abc+onnx", "rag_chunks__m", served="rag_chunks__m")
     assert BuildSpec.from_json(spec.to_json()) == spec
-    assert spec.chunking(254).describe() == "tokens128-overlap16-docs"
+    assert spec.chunking(254).describe() == "tokens128-overlap16-docs-stem"
     built = spec_of(IndexBuild("m", "m@abc+onnx", 4, "tokens128-overlap16", "bundled:m", 128, 16).properties(), "x")
     assert (built.model, built.backend, built.embedding_version) == ("bundled:m", "onnx", "m@abc+onnx")
-    # A build from before document entries records none, and its spec keeps writing it without them.
-    assert not built.document_entries and built.chunking(254).describe() == "tokens128-overlap16"
-    entries = IndexBuild("m", "m@abc", 4, "tokens128-overlap16-docs", "bundled:m", 128, 16, document_entries=True)
+    # A build from before document entries and stemming records neither, and its spec keeps writing it so.
+    assert not built.document_entries and built.bm25_analyzer == "standard"
+    assert built.chunking(254).describe() == "tokens128-overlap16"
+    entries = IndexBuild(
+        "m", "m@abc", 4, "tokens128-overlap16-docs-stem", "bundled:m", 128, 16, True, bm25_analyzer="english"
+    )
     assert spec_of(entries.properties(), "x").chunking(254) == ChunkingConfig(128, 16, 254, document_entries=True)
 
 

@@ -1,3 +1,6 @@
+from collections import Counter
+from dataclasses import replace
+
 import pytest
 
 from rag_core.chunking import (
@@ -11,6 +14,7 @@ from rag_core.chunking import (
 )
 from rag_core.documents import Document
 from rag_core.embedding import Embedder
+from rag_core.search.analyzer import ENGLISH, STANDARD, analyzed, term_counts
 from rag_core.settings import bundled_model_dir
 
 
@@ -36,9 +40,9 @@ def test_chunks_fit_the_model_with_their_title(tokenizer):
     chunks = chunked([_document(LONG, title="A rather long title " * 5)], tokenizer, config)
     assert len(chunks) > 3
     for chunk in chunks:
-        with_specials = tokenizer(chunk.search_text)["input_ids"]
+        with_specials = tokenizer(chunk.embedded)["input_ids"]
         assert len(with_specials) <= 256, len(with_specials)
-        assert chunk.search_text.startswith("A rather long title")
+        assert chunk.embedded.startswith("A rather long title")
 
 
 def test_offsets_point_into_the_document_and_chunks_overlap(tokenizer):
@@ -66,7 +70,8 @@ def test_ids_are_deterministic_and_change_with_content(tokenizer):
 
 def test_short_document_is_one_chunk(tokenizer):
     [chunk] = chunked([_document("Just one line.", title="")], tokenizer, ChunkingConfig())
-    assert chunk.search_text == "Just one line." and chunk.position == 0
+    assert chunk.embedded == "Just one line." and chunk.position == 0
+    assert chunk.search_text == "just one line"  # BM25's terms, stemmed (search.analyzer)
 
 
 def test_each_document_has_one_whole_text_entry_for_bm25_with_its_first_chunks_vector(tokenizer):
@@ -77,14 +82,33 @@ def test_each_document_has_one_whole_text_entry_for_bm25_with_its_first_chunks_v
     for entry, document in zip(entries, documents, strict=True):
         first = next(row for row in rows if row.doc_id == entry.doc_id and row.position == 0)
         assert entry.position == DOCUMENT_POSITION and entry.text == ""  # never shown: a chunk is
-        assert entry.search_text == f"{document.title}\n{document.text}"  # the whole text, for BM25
-        assert entry.embedded == first.search_text and entry.content_hash == first.content_hash  # no encode
+        assert entry.search_text == analyzed(f"{document.title}\n{document.text}", ENGLISH)  # the whole text
+        assert entry.embedded == first.embedded and entry.content_hash == first.content_hash  # no encode
         assert (entry.start_char, entry.end_char) == (0, len(document.text))
     assert len({row.chunk_id for row in rows}) == len(rows)
     # Off, nothing but the chunks; the build's chunking says which it is.
     plain = ChunkingConfig(max_tokens=80, overlap_tokens=16, document_entries=False)
     assert not any(row.is_document_entry for row in chunk_documents(documents, tokenizer, plain))
-    assert plain.describe() == "tokens80-overlap16" and ChunkingConfig().describe() == "tokens256-overlap32-docs"
+    assert (
+        plain.describe() == "tokens80-overlap16-stem" and ChunkingConfig().describe() == "tokens256-overlap32-docs-stem"
+    )
+
+
+def test_the_bm25_field_holds_stems_while_ids_and_the_embedded_text_keep_the_words(tokenizer):
+    document = _document("Stem cells divided; the cell's division rates were measured.", title="Dividing Cells")
+    config = ChunkingConfig(document_entries=False)
+    [stemmed] = chunk_documents([document], tokenizer, config)
+    [written] = chunk_documents([document], tokenizer, replace(config, bm25_analyzer=STANDARD))
+    assert written.search_text == written.embedded == stemmed.embedded == f"Dividing Cells\n{document.text}"
+    assert stemmed.search_text == "divid cell stem cell divid the cell s divis rate were measur"
+    # The analyzer shapes only what BM25 matches: ids and the embedding cache key stay the same.
+    assert (stemmed.chunk_id, stemmed.content_hash) == (written.chunk_id, written.content_hash)
+    assert replace(config, bm25_analyzer=STANDARD).describe() == "tokens256-overlap32"
+    # Stems are words again: any engine's tokenizer finds exactly them, and a query finds them in any form.
+    assert term_counts(stemmed.search_text) == Counter(stemmed.search_text.split(" "))
+    assert analyzed("DIVIDING a Cell", ENGLISH) == "divid a cell"
+    with pytest.raises(ValueError, match="unknown BM25 analyzer 'porter'; choose one of english, standard"):
+        analyzed("cells", "porter")
 
 
 def test_window_always_advances():
