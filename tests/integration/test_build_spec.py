@@ -10,10 +10,14 @@ from rag_assets.assets.indexing import BUILD_TAG, build_tags
 from rag_assets.cli import index
 from rag_assets.definitions import build_definitions
 from rag_assets.resources import build_resources
+from rag_core.build_record import BuildRecord
 from rag_core.ids import source_key
 from rag_core.indexing import build_from_sources
 from rag_core.models import BUNDLED_MODEL
 from rag_core.promotion import BuildSpec, index_build
+from rag_core.retrieval import Retriever
+from rag_core.search.analyzer import ENGLISH, STANDARD
+from rag_core.search.filters import SearchFilter
 from rag_core.settings import Settings
 from rag_core.store import IndexBuild
 from tests.integration.pipeline_helpers import sensor_tick, served_rows, write_fixture_dataset
@@ -164,3 +168,37 @@ def test_the_row_check_fails_when_the_catalog_has_no_entry_for_the_collection(se
     assert not result.success  # the check is blocking: a build missing rows stops the run before promotion
     assert rows.passed is False and rows.metadata["rows"].value > 0
     assert "catalog records no indexed source" in rows.metadata["reason"].value
+
+
+def test_the_first_build_stems_bm25_and_a_build_from_before_keeps_its_words_as_written(settings, instance):
+    """BM25 matches word forms on a new build; a served build keeps the analyzer it was made with."""
+    index(settings, instance=instance)
+    resources = build_resources(settings)
+    engine = resources["milvus"].connection().memory_engine()
+    served = engine.served()
+    assert BuildRecord.from_properties(served.properties).bm25_analyzer == ENGLISH
+    texts = served.searcher.row_table(["text", "source"]).to_pylist()
+    assert not any("reconciling" in row["text"].lower() for row in texts)  # the corpus says "reconcile"
+    found = Retriever(served.searcher).retrieve("Reconciling", None, 5, "bm25", SearchFilter(settings.default_tenant))
+    assert found and all("reconcile" in chunk.text.lower() for chunk in found)
+    assert {chunk.source for chunk in found} == {"getting-started.md", "release-notes.txt"}
+
+    # A build from before the choice (its words as written) is served: indexing keeps writing it that way.
+    embedder, sources = resources["embedder"], resources["sources"]
+    with resources["milvus"].store() as store:
+        model = embedder.load(BUNDLED_MODEL)
+        chunking = BuildSpec(model.reference, 128, 16, bm25_analyzer=STANDARD).chunking(model.max_seq_length - 2)
+        older, _ = build_from_sources(
+            store, index_build(model, chunking), sources.discover(), model, embedder.cache(), chunking,
+            sources.limits(), False,
+        )  # fmt: skip
+        store.point_alias(older)
+    spec = embedder.decide_build()
+    assert (spec.collection, spec.bm25_analyzer) == (older, STANDARD)
+    older_searcher = engine.served().searcher
+    assert older_searcher.analyzer == STANDARD
+    assert not Retriever(older_searcher).retrieve("Reconciling", None, 5, "bm25", SearchFilter("default"))
+    # Asked for, stemming builds a candidate beside it.
+    asked = Settings(**{name: getattr(settings, name) for name in settings.model_fields_set}, bm25_analyzer=ENGLISH)
+    candidate = build_resources(asked)["embedder"].decide_build()
+    assert candidate.bm25_analyzer == ENGLISH and candidate.collection not in (older, "") and candidate.served == older

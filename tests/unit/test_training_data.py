@@ -88,6 +88,11 @@ def test_a_candidate_takes_what_it_asks_for_and_the_rest_from_the_served_build()
     before_entries = BuildSpec("bundled:x", 256, 32, document_entries=False)
     assert not candidate_build(before_entries, "bundled:x")[1].document_entries
     assert candidate_build(before_entries, "bundled:x", document_entries=True)[1].document_entries
+    # So does the BM25 analyzer: a build from before stemming keeps its words as written unless asked.
+    before_stems = BuildSpec("bundled:x", 256, 32, bm25_analyzer="standard")
+    assert candidate_build(before_stems, "bundled:x")[1].bm25_analyzer == "standard"
+    assert candidate_build(before_stems, "bundled:x", bm25_analyzer="english")[1].bm25_analyzer == "english"
+    assert candidate_build(None, "bundled:x")[1].describe() == "tokens256-overlap32-docs-stem"
 
 
 def test_a_candidate_whose_overlap_is_not_below_its_chunk_size_is_refused_with_the_fix() -> None:
