@@ -278,6 +278,7 @@ def main() -> None:
                 rows.append(("BM25", evaluate(test, retriever_search(index, test_vectors, "bm25")), ""))
             rows.append((f"{label} dense", evaluate(test, retriever_search(index, test_vectors, "dense")), ""))
             for name, fusion in (
+                ("the served default", FusionConfig()),
                 ("RRF k=60, 1:1 (the earlier default)", earlier_default),
                 ("best RRF on train-dev", best_rrf[1]),
                 ("best on train-dev", scored[0][1]),

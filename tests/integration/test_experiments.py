@@ -57,10 +57,10 @@ def test_grid_logs_one_mlflow_run_per_combination_and_leaves_no_collections(grid
     assert result.success
     rows = result.output_for_node("experiment_grid")
     assert {(row["chunking"], row["mode"]) for row in rows} == {
-        ("tokens256-overlap32-docs", "bm25"),
-        ("tokens256-overlap32-docs", "dense"),
-        ("tokens64-overlap8-docs", "bm25"),
-        ("tokens64-overlap8-docs", "dense"),
+        ("tokens256-overlap32-docs-stem", "bm25"),
+        ("tokens256-overlap32-docs-stem", "dense"),
+        ("tokens64-overlap8-docs-stem", "bm25"),
+        ("tokens64-overlap8-docs-stem", "dense"),
     }
     assert all(0.0 <= row["ndcg@10"] <= 1.0 for row in rows)
     runs = Tracker.from_settings(grid_settings).runs("retrieval-grid")

@@ -136,7 +136,7 @@ def test_mlflow_runs_name_the_model_split_the_fusion_log_the_dataset_and_link_ba
     assert tracker.client().get_experiment_by_name("retrieval").tags["mlflow.experimentKind"] == MODEL_TRAINING
     for run in runs:
         mode = run.data.params["mode"]
-        assert run.info.run_name == f"served:{mode}:all-MiniLM-L6-v2:tokens256-overlap32-docs"
+        assert run.info.run_name == f"served:{mode}:all-MiniLM-L6-v2:tokens256-overlap32-docs-stem"
         params = run.data.params
         assert "fusion" not in params
         assert (params["fusion_method"], float(params["dense_weight"]), float(params["bm25_weight"])) == (
