@@ -46,11 +46,11 @@ class Chunk:
     content_hash: str  # of the embedded text: the embedding cache's key
     # What is embedded: title + passage as written; a document entry's is its first chunk's (the same
     # vector, no encode).
-    embedding_text: str = ""
+    embedding_text: str
 
     @property
     def embedded(self) -> str:
-        return self.embedding_text or self.search_text
+        return self.embedding_text
 
     @property
     def is_document_entry(self) -> bool:

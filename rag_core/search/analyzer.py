@@ -48,7 +48,7 @@ def analyzed(text: str, analyzer: str) -> str:
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:
         stemmer = _stemmers.english = Stemmer.Stemmer("english", 100_000)
-    return " ".join(stemmer.stemWords(_WORD.findall(text.lower())))
+    return " ".join(stemmer.stemWords(_words(text)))
 
 
 def term_matrix(texts: pa.Array | pa.ChunkedArray | list[str]) -> tuple[sp.csr_matrix, list[str]]:
@@ -92,7 +92,12 @@ def _slice_matrix(texts: pa.Array) -> tuple[sp.csr_matrix, list[str]]:
 def term_counts(text: str) -> Counter[str]:
     """One query's terms. Python's `\\w` is the same class as `_SEPARATORS`' complement (tests check it on
     the corpus); Arrow's kernels pay a regex compile per call, which a single query should not."""
-    return Counter(_WORD.findall(text.lower()))
+    return Counter(_words(text))
+
+
+def _words(text: str) -> list[str]:
+    """One text's tokens, lowercased: what a query's BM25 terms and the English analyzer's stems start from."""
+    return _WORD.findall(text.lower())
 
 
 def idf(documents: int, document_frequency: np.ndarray | float) -> np.ndarray | float:
