@@ -97,6 +97,13 @@ class Segment:
         return self.table.column("chunk_id").to_pylist()
 
     @cached_property
+    def id_ranks(self) -> np.ndarray:
+        """Each row's place in chunk-id order: ties in a search are broken by chunk id, not by row order."""
+        ranks = np.empty(len(self), np.int64)
+        ranks[np.argsort(np.asarray(self.chunk_ids, dtype=object), kind="stable")] = np.arange(len(self))
+        return ranks
+
+    @cached_property
     def tenant_masks(self) -> dict[str, np.ndarray]:
         encoded = self.table.column("tenant").combine_chunks().dictionary_encode()
         codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -184,7 +191,7 @@ class Segment:
             rows = None
             scores = self.vectors[:end] @ vector
             scores = np.where(allowed[:end], scores, -np.inf)
-        best = _top(scores, limit)
+        best = _top(scores, limit, self.id_ranks[rows] if rows is not None else self.id_ranks[:end])
         return (rows[best] if rows is not None else best), scores[best]
 
     def bm25(
@@ -206,7 +213,7 @@ class Segment:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         scores = impacts[:, columns] @ np.asarray(weights, np.float32)
         candidates = np.flatnonzero((scores > 0) & allowed)
-        best = _top(scores[candidates], min(limit, len(candidates)))
+        best = _top(scores[candidates], min(limit, len(candidates)), self.id_ranks[candidates])
         return candidates[best], scores[candidates][best]
 
 
@@ -225,14 +232,17 @@ def graph_vectors(graph: faiss.IndexHNSWFlat) -> np.ndarray:
     return flat.reshape(graph.ntotal, graph.d)
 
 
-def _top(scores: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of the `limit` highest scores, best first (ties by position, like a stable sort)."""
+def _top(scores: np.ndarray, limit: int, ranks: np.ndarray) -> np.ndarray:
+    """Indices of the `limit` highest scores, best first; equal scores in the order of `ranks` (the rows'
+    chunk ids), so that which of several tied rows are returned never depends on where they are stored."""
     if limit <= 0:
         return np.empty(0, np.int64)
     if limit < len(scores):
-        part = np.argpartition(-scores, limit - 1)[:limit]
-        return part[np.lexsort((part, -scores[part]))]
-    return np.lexsort((np.arange(len(scores)), -scores))
+        kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]  # the limit-th highest
+        part = np.flatnonzero(scores >= kth)  # every row tied with it too
+    else:
+        part = np.arange(len(scores))
+    return part[np.lexsort((ranks[part], -scores[part]))][:limit]
 
 
 @dataclass(frozen=True)
@@ -491,7 +501,8 @@ class MemoryIndex:
         return allowed
 
     def _hits(self, found: list[tuple[float, int, int]], limit: int) -> list[Hit]:
-        found.sort(key=lambda item: (-item[0], item[1], item[2]))
+        # Equal scores by chunk id: the same rows in another layout (segments, merges) give the same order.
+        found.sort(key=lambda item: (-item[0], self.segments[item[1]].chunk_ids[item[2]]))
         return [
             Hit(self.segments[index].chunk_ids[row], score, RowFields(self.segments[index], row))
             for score, index, row in found[:limit]

@@ -156,15 +156,16 @@ def test_feedback_starts_an_update_that_users_decide_and_the_api_follows(lab) ->
 
     # The update: fine-tune (MLflow) → candidate build → gate (tolerance, for an A/B test) → experiment.
     update = job.execute_in_process(
-        run_config=with_small_finetune(request.run_config), tags=request.tags, instance=instance
+        run_config=with_small_finetune(request.run_config), tags=request.tags, instance=instance,
+        raise_on_error=False,
     )
-    assert update.success
+    gate = latest_metadata(instance, "retrieval_eval_report")
+    assert update.success, [gate.get(f"{role}_dense_ndcg_at_10") for role in ("served", "candidate")]
     tags = instance.get_run_by_id(update.run_id).tags
     (training_run,) = Tracker.from_settings(settings).runs("embeddings")
     assert tags[MLFLOW_RUN_TAG] == training_run.info.run_id
     assert latest_metadata(instance, "finetuned_embedding_model")["examples"]["feedback"] == THRESHOLD
     candidate = tags[CANDIDATE_TAG]
-    gate = latest_metadata(instance, "retrieval_eval_report")
     assert gate["evaluated_collection"] == candidate and gate["gate_rule"] == "tolerance" and gate["gate_passed"]
     assert tags[GATE_TAG] == gate["gate_reason"][:200]
     experiment = tags[EXPERIMENT_TAG]
