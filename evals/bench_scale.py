@@ -207,7 +207,7 @@ def measure(work: Path, size: int, sentences: list[str]) -> dict:
     served = engine.served()
     load_seconds = time.perf_counter() - started
     index = served.searcher
-    index.impacts  # noqa: B018 — what the follower thread computes before serving
+    index.prepare()  # what the follower thread computes before serving
     load_rss = rss_mb() - baseline_rss
     fusion = FusionConfig(method="convex", dense_weight=0.55, bm25_weight=0.45, candidates=100)
     tenant = SearchFilter("default")

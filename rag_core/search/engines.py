@@ -273,8 +273,7 @@ class MemoryEngine:
                     name: idx for name, idx in self._indexes.items() if name == served or name in self._kept
                 }
                 self._indexes[collection] = updated
-                # Computed here (the follower thread), not by the first BM25 query that reads the new version.
-                updated.impacts  # noqa: B018
+                updated.prepare()  # here (the follower thread), not in the first query that reads the new version
         self._maybe_compact(collection, updated)
         return updated
 

@@ -100,7 +100,7 @@ class Segment:
     def id_ranks(self) -> np.ndarray:
         """Each row's place in chunk-id order: ties in a search are broken by chunk id, not by row order."""
         ranks = np.empty(len(self), np.int64)
-        ranks[np.argsort(np.asarray(self.chunk_ids, dtype=object), kind="stable")] = np.arange(len(self))
+        ranks[np.argsort(np.asarray(self.chunk_ids, dtype=str), kind="stable")] = np.arange(len(self))
         return ranks
 
     @cached_property
@@ -337,6 +337,12 @@ class MemoryIndex:
         for key in [key for key in self.impact_cache if key not in live]:
             self.impact_cache.pop(key, None)
         return tuple(found)
+
+    def prepare(self) -> None:
+        """Compute now what searches read (BM25 impacts, each segment's chunk-id order), not in the first query."""
+        self.impacts  # noqa: B018
+        for segment in self.segments:
+            segment.id_ranks  # noqa: B018
 
     @classmethod
     def build(
