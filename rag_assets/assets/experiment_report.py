@@ -98,18 +98,27 @@ def promote_winner(
     margin below the served build. Promoted only if it passes (its model version becomes the registry's
     `champion`); a failing one is marked rejected (its version loses `candidate`)."""
     dataset, mode = evaluation.dataset(), evaluation.gate_mode
-    ndcg = {}
+    ndcg, measured = {}, {}
     with milvus.searchable(lambda store: {"served": milvus.served_collection(store), "winner": collection}) as builds:
         served = builds["served"].collection
         if served == collection:
             return {"promoted": False, "gate": f"{collection} is served already"}
         for role, build in builds.items():
             fusion = evaluation.served_fusion(BuildRecord.from_properties(build.properties))
+            query_embedder = embedder.load_build(build.properties)
             result = evaluate_collection(
-                build.searcher, build.collection, embedder.load_build(build.properties), dataset, [mode], fusion,
-                evaluation.tenant, max_queries,
+                build.searcher, build.collection, query_embedder, dataset, [mode], fusion, evaluation.tenant,
+                max_queries,
             )
             ndcg[role] = result.modes[mode].means["ndcg@10"]
+            # What each side was measured with, shown beside the decision.
+            measured[role] = {
+                "collection": build.collection,
+                "ndcg_at_10": ndcg[role],
+                "queries": result.queries,
+                "query_model": query_embedder.version,
+                "rows": build.searcher.row_table(["chunk_id"]).num_rows,
+            }
     with milvus.store() as store:
         decision = judge(
             store, collection, served, ndcg["winner"], ndcg["served"], evaluation.gate_margin, rule=TOLERANCE
@@ -117,7 +126,7 @@ def promote_winner(
         record = store.record(collection)
         if not decision.passed:
             return {
-                "promoted": False, "gate": decision.reason,
+                "promoted": False, "gate": decision.reason, "measured": measured,
                 "registry": tracker.mark_rejected(record.model_reference, decision.reason),
             }
         promote(store, collection, ndcg["winner"])
@@ -125,7 +134,10 @@ def promote_winner(
             catalog.get().retarget(collection, record.embedding_version, dict(store.rows_by_source(collection)))
             store.update_record(collection, expected_rows=None)
     registry = tracker.mark_champion(record.model_reference)
-    return {"promoted": True, "gate": decision.reason, "previous_collection": served, "registry": registry}
+    return {
+        "promoted": True, "gate": decision.reason, "measured": measured, "previous_collection": served,
+        "registry": registry,
+    }
 
 
 def log_ab_run(tracker: Tracker, result: Report, folder: Path, origin: DagsterOrigin) -> tuple[str, str]:
@@ -207,6 +219,7 @@ def experiment_report(
             "offline_ndcg_at_10": MetadataValue.json(experiment.replay),
             "promoted": bool(promotion["promoted"]),
             "promotion_gate": str(promotion["gate"]),
+            "promotion_gate_measured": MetadataValue.json(promotion.get("measured", {})),
             "stopped": stopped,
             "rejected_builds": ", ".join(promotion.get("rejected", [])) or "none",
             "registry": str(promotion.get("registry", "unchanged")),

@@ -214,6 +214,14 @@ def retrieval_eval_report(
     started = time.perf_counter()
     with milvus.searchable(lambda store: _roles(store, config.target, milvus.served_collection(store))) as builds:
         evaluations = {role: _evaluate(build, embedder, evaluation, config) for role, build in builds.items()}
+        measured = {  # what each build was measured with, shown beside the gate's decision
+            role: {
+                "collection": build.collection,
+                "query_model": embedder.load_build(build.properties).version,
+                "queries": evaluations[role].queries,
+            }
+            for role, build in builds.items()
+        }
         role = "candidate" if "candidate" in builds else "served"
         proposal = _propose_fusion(builds[role], embedder, evaluation, config, evaluations[role])
     target, served = builds[role].collection, builds["served"].collection
@@ -242,6 +250,7 @@ def retrieval_eval_report(
             "role": role,
             "gate_mode": evaluation.gate_mode,
             **_gate_metadata(decision),
+            "gate_measured": MetadataValue.json(measured),
             "registry": registry,
             **_shortfall_metadata(context, evaluations),
             **_fusion_metadata(proposal),
