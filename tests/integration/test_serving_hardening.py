@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -215,10 +216,12 @@ def test_ready_answers_probes_without_a_redis_round_trip_each(start_app):
     try:
         server, keys, _url = start_app(redis_url=relay.url, alias_poll_s=5)
         with server.client() as anonymous, server.client(keys["default"]) as client:
-            assert client.get("/ready").json()["cache_healthy"] is True  # (a key's request: a rate-limit hit)
-            before = relay.round_trips
+            # (a key's request: a rate-limit hit). The background check may not have run yet on a loaded machine.
+            wait_for("the cache is healthy", lambda: client.get("/ready").json()["cache_healthy"] is True)
+            before, started = relay.round_trips, time.monotonic()
             assert all(anonymous.get("/ready").status_code == 200 for _ in range(100))
-            assert relay.round_trips - before <= 2  # at most the background check, every 5 s
+            # At most the background check, every 5 s of however long a loaded machine took for the 100 probes.
+            assert relay.round_trips - before <= 2 + (time.monotonic() - started) // 5
     finally:
         relay.close()
 
