@@ -100,3 +100,13 @@ def write_fixture_dataset(folder: Path) -> Path:
             writer.writerows([q, d, s] for q, judged in dataset.qrels.items() for d, s in judged.items())
     (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
     return folder
+
+
+def measured(sides: object) -> str:
+    """The gate's `gate_measured` / `promotion_gate_measured` metadata in one short line per build, so that a
+    failing assertion shows it whole: which query model, how many queries and rows each score came from."""
+    return " | ".join(
+        f"{role}: nDCG@10 {side.get('ndcg_at_10', '?')} with {side.get('query_model')} on {side.get('queries')} "
+        f"queries, {side.get('rows', '?')} rows of {str(side.get('collection'))[-40:]}"
+        for role, side in dict(sides or {}).items()  # type: ignore[call-overload]
+    )

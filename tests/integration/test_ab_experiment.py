@@ -25,7 +25,7 @@ from rag_core.search.engines import IndexConnection
 from rag_core.tracking import Tracker
 from rag_serving.app import create_app
 from tests.conftest import FIXTURES
-from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.integration.pipeline_helpers import measured, write_fixture_dataset
 from tests.integration.test_promotion import damaged_model, served_collection
 from tests.serving_server import ServerThread
 from tests.support.settings import embedded_settings
@@ -233,7 +233,7 @@ def test_a_build_that_wins_online_still_faces_the_offline_gate(lab) -> None:
     simulate(lab, range(200, 330), likes_scrambled, "users-like-scrambled")
     found = report(settings, "users-like-scrambled", replay=False, instance=instance)
     assert found["verdict"] == "ship" and found["winner"] == "scrambled", found["reasons"]
-    assert found["promoted"] is False and "below" in found["promotion_gate"], found["promotion_gate_measured"]
+    assert found["promoted"] is False and "below" in found["promotion_gate"], measured(found["promotion_gate_measured"])
     assert served_collection(settings) == lab["good"]
 
 

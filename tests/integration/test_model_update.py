@@ -40,7 +40,7 @@ from rag_core.settings import Settings
 from rag_core.tracking import Tracker
 from rag_serving.app import create_app
 from tests.conftest import FIXTURES
-from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.integration.pipeline_helpers import measured, write_fixture_dataset
 from tests.integration.test_promotion import damaged_model, served_collection
 from tests.serving_server import ServerThread
 from tests.support.settings import embedded_settings
@@ -160,7 +160,7 @@ def test_feedback_starts_an_update_that_users_decide_and_the_api_follows(lab) ->
         raise_on_error=False,
     )
     gate = latest_metadata(instance, "retrieval_eval_report")
-    assert update.success, (gate.get("gate_reason"), gate.get("gate_measured"))
+    assert update.success, measured(gate.get("gate_measured"))
     tags = instance.get_run_by_id(update.run_id).tags
     (training_run,) = Tracker.from_settings(settings).runs("embeddings")
     assert tags[MLFLOW_RUN_TAG] == training_run.info.run_id

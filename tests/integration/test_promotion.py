@@ -31,7 +31,7 @@ from rag_core.settings import Settings, bundled_model_dir
 from rag_core.tracking import CHAMPION_ALIAS, REGISTERED_EMBEDDER, REJECTED_REASON_TAG, Tracker
 from rag_serving.state import ServingState
 from tests.conftest import FIXTURES
-from tests.integration.pipeline_helpers import write_fixture_dataset
+from tests.integration.pipeline_helpers import measured, write_fixture_dataset
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,7 @@ def test_eval_finetune_and_gated_promotion(workspace: dict, caplog: pytest.LogCa
             raise_on_error=False,
         )
         gate = _metadata(instance, "retrieval_eval_report")
-        assert finetuned.success, (gate.get("gate_reason"), gate.get("gate_measured"))
+        assert finetuned.success, measured(gate.get("gate_measured"))
         model = _metadata(instance, "finetuned_embedding_model")
         assert model["model_uri"] == f"models:/{REGISTERED_EMBEDDER}/1" and "@candidate" in model["registry"]
         (training_run,) = tracker.runs("embeddings")
