@@ -95,3 +95,27 @@ def postgres_database(postgres_admin_url: str) -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+# The modules each pytest-xdist worker ran, in order: printed after a failing run only. A module can leave state
+# in its worker's process that a later one reads; this says which modules shared the failing test's process.
+_WORKER_MODULES: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    node = getattr(report, "node", None)  # set on the controller's copy of a worker's report
+    worker = getattr(getattr(node, "gateway", None), "id", None)
+    if worker is None or report.when != "setup":
+        return
+    modules = _WORKER_MODULES.setdefault(worker, [])
+    module = report.nodeid.split("::", 1)[0]
+    if not modules or modules[-1] != module:
+        modules.append(module)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
+    if exitstatus == 0 or not _WORKER_MODULES:
+        return
+    terminalreporter.section("modules per worker, in order")
+    for worker, modules in sorted(_WORKER_MODULES.items()):
+        terminalreporter.write_line(f"{worker}: {' '.join(modules)}")
