@@ -200,3 +200,15 @@ def log_rag_run(
         mlflow.log_metrics(metric_names(result.means))
         mlflow.log_artifacts(str(report), artifact_path="report")
     return run.info.experiment_id, run.info.run_id
+
+
+def measured_build(build, query_model: str, result, mode: str) -> dict[str, object]:
+    """What one build's gate figure was measured with (the gate's `…_measured` metadata): its collection, the
+    query model, the queries and rows behind its nDCG@10 in the gate's mode."""
+    return {
+        "collection": build.collection,
+        "ndcg_at_10": result.modes[mode].means["ndcg@10"],
+        "queries": result.queries,
+        "query_model": query_model,
+        "rows": build.searcher.row_table(["chunk_id"]).num_rows,
+    }

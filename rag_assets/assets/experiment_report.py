@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, M
 from pydantic import Field
 
 from rag_assets.assets.indexing import INDEX_WRITER_TAG
-from rag_assets.reporting import DagsterOrigin, embedded_report, mlflow_links
+from rag_assets.reporting import DagsterOrigin, embedded_report, measured_build, mlflow_links
 from rag_assets.resources import (
     CatalogResource,
     EmbedderResource,
@@ -111,14 +111,7 @@ def promote_winner(
                 max_queries,
             )
             ndcg[role] = result.modes[mode].means["ndcg@10"]
-            # What each side was measured with, shown beside the decision.
-            measured[role] = {
-                "collection": build.collection,
-                "ndcg_at_10": ndcg[role],
-                "queries": result.queries,
-                "query_model": query_embedder.version,
-                "rows": build.searcher.row_table(["chunk_id"]).num_rows,
-            }
+            measured[role] = measured_build(build, query_embedder.version, result, mode)
     with milvus.store() as store:
         decision = judge(
             store, collection, served, ndcg["winner"], ndcg["served"], evaluation.gate_margin, rule=TOLERANCE

@@ -35,6 +35,7 @@ from rag_assets.reporting import (
     embedded_report,
     latest_metadata,
     log_retrieval_runs,
+    measured_build,
     metric_names,
     mlflow_links,
 )
@@ -214,12 +215,10 @@ def retrieval_eval_report(
     started = time.perf_counter()
     with milvus.searchable(lambda store: _roles(store, config.target, milvus.served_collection(store))) as builds:
         evaluations = {role: _evaluate(build, embedder, evaluation, config) for role, build in builds.items()}
-        measured = {  # what each build was measured with, shown beside the gate's decision
-            role: {
-                "collection": build.collection,
-                "query_model": embedder.load_build(build.properties).version,
-                "queries": evaluations[role].queries,
-            }
+        measured = {
+            role: measured_build(
+                build, embedder.load_build(build.properties).version, evaluations[role], evaluation.gate_mode
+            )
             for role, build in builds.items()
         }
         role = "candidate" if "candidate" in builds else "served"
