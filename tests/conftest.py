@@ -26,16 +26,32 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 REDIS_URL = f"redis://127.0.0.1:6379/{int(XDIST_WORKER.removeprefix('gw'))}"
 
 
+def _settings_variables() -> frozenset[str]:
+    """Every environment variable Settings reads: RAG_<FIELD> and the aliases (DAGSTER_HOME, MILVUS_URI, …)."""
+    from pydantic import AliasChoices
+
+    names = {f"RAG_{name.upper()}" for name in Settings.model_fields}
+    for field in Settings.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice) for choice in field.validation_alias.choices)
+    return frozenset(names)
+
+
+SETTINGS_VARIABLES = _settings_variables()
+
+
 @pytest.fixture(autouse=True)
-def _mlflow_tracking_uri_restored() -> Iterator[None]:
-    """`mlflow.set_tracking_uri` (every Tracker calls it) also exports MLFLOW_TRACKING_URI, which Settings reads
-    as the user's choice: without this, one test's MLflow store becomes every later test's in that process."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+def _settings_environment_restored() -> Iterator[None]:
+    """Code under test may set a variable Settings reads: `mlflow.set_tracking_uri` (every Tracker calls it)
+    exports MLFLOW_TRACKING_URI, the CLI exports DAGSTER_HOME. Left set, one test's MLflow store or Dagster home
+    would become every later test's in that process; each test starts from the environment as it was."""
+    before = {name: os.environ.get(name) for name in SETTINGS_VARIABLES}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        elif os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def service_missing(message: str) -> None:

@@ -102,11 +102,49 @@ def write_fixture_dataset(folder: Path) -> Path:
     return folder
 
 
-def measured(sides: object) -> str:
+def measured(sides: object, settings: Settings | None = None) -> str:
     """The gate's `gate_measured` / `promotion_gate_measured` metadata in one short line per build, so that a
-    failing assertion shows it whole: which query model, how many queries and rows each score came from."""
-    return " | ".join(
+    failing assertion shows it whole: which query model, how many queries and rows each score came from.
+    With `settings`, each build is also scored again (`rescored`)."""
+    line = " | ".join(
         f"{role}: nDCG@10 {side.get('ndcg_at_10', '?')} with {side.get('query_model')} on {side.get('queries')} "
         f"queries, {side.get('rows', '?')} rows of {str(side.get('collection'))[-40:]}"
         for role, side in dict(sides or {}).items()  # type: ignore[call-overload]
     )
+    return f"{line} || {rescored(settings, sides)}" if settings is not None else line
+
+
+def rescored(settings: Settings, sides: object) -> str:
+    """Each build a gate measured, scored again three ways, to tell a wrong index from wrong state in this
+    process: as the gate does (the process' cached engine and embedder), with the model loaded afresh, and with
+    the model and the in-memory engine both afresh (the search log read again)."""
+    from rag_core.build_record import BuildRecord
+    from rag_core.embedding import Embedder
+    from rag_core.evaluation import evaluate_collection
+    from rag_core.search.engines import MemoryEngine
+    from rag_core.search.log import SearchLog
+
+    resources = build_resources(settings)
+    milvus, embedder, evaluation = resources["milvus"], resources["embedder"], resources["evaluation"]
+    dataset, mode, connection = evaluation.dataset(), evaluation.gate_mode, milvus.connection()
+    names = {role: side.get("collection") for role, side in dict(sides or {}).items()}  # type: ignore[call-overload]
+    scored = []
+    with milvus.searchable(lambda _: {role: name for role, name in names.items() if name}) as builds:
+        for role, build in builds.items():
+            cached = embedder.load_build(build.properties)
+            fresh = Embedder(
+                cached.model_dir, name=cached.weights_version.rpartition("@")[0], backend=cached.backend,
+                onnx_dir=cached.onnx_dir,
+            )
+            ways = [(build.searcher, cached), (build.searcher, fresh)]
+            if connection.engine == "memory":
+                engine = MemoryEngine(SearchLog(connection.search_dir), connection.alias, connection.store, False)
+                ways.append((engine.searcher(build.collection), fresh))
+            fusion = evaluation.served_fusion(BuildRecord.from_properties(build.properties))
+            scores = [
+                evaluate_collection(searcher, build.collection, model, dataset, [mode], fusion, evaluation.tenant)
+                .modes[mode].means["ndcg@10"]
+                for searcher, model in ways
+            ]
+            scored.append(f"{role} {' / '.join(f'{score:.4f}' for score in scores)}")
+    return f"{mode} nDCG@10 again (as the gate / model afresh / model and engine afresh): {' | '.join(scored)}"

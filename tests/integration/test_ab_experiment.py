@@ -233,7 +233,9 @@ def test_a_build_that_wins_online_still_faces_the_offline_gate(lab) -> None:
     simulate(lab, range(200, 330), likes_scrambled, "users-like-scrambled")
     found = report(settings, "users-like-scrambled", replay=False, instance=instance)
     assert found["verdict"] == "ship" and found["winner"] == "scrambled", found["reasons"]
-    assert found["promoted"] is False and "below" in found["promotion_gate"], measured(found["promotion_gate_measured"])
+    assert found["promoted"] is False and "below" in found["promotion_gate"], measured(
+        found["promotion_gate_measured"], settings
+    )
     assert served_collection(settings) == lab["good"]
 
 

@@ -16,6 +16,7 @@ from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings
 from tests.conftest import FIXTURES
 from tests.serving_server import free_port
+from tests.support.processes import stop_process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -67,8 +68,7 @@ def test_the_api_serves_while_rag_index_writes_the_same_lite_file(tmp_path):
         ready = httpx.get(f"{url}/ready", headers={"X-API-Key": key}, timeout=10)  # details need a key
         assert ready.json()["search_engine"] == "memory"
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_process(server)
 
 
 def _status(url: str) -> int:

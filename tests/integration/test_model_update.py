@@ -160,7 +160,7 @@ def test_feedback_starts_an_update_that_users_decide_and_the_api_follows(lab) ->
         raise_on_error=False,
     )
     gate = latest_metadata(instance, "retrieval_eval_report")
-    assert update.success, measured(gate.get("gate_measured"))
+    assert update.success, measured(gate.get("gate_measured"), settings)
     tags = instance.get_run_by_id(update.run_id).tags
     (training_run,) = Tracker.from_settings(settings).runs("embeddings")
     assert tags[MLFLOW_RUN_TAG] == training_run.info.run_id

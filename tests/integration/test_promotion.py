@@ -167,7 +167,7 @@ def test_eval_finetune_and_gated_promotion(workspace: dict, caplog: pytest.LogCa
             raise_on_error=False,
         )
         gate = _metadata(instance, "retrieval_eval_report")
-        assert finetuned.success, measured(gate.get("gate_measured"))
+        assert finetuned.success, measured(gate.get("gate_measured"), settings)
         model = _metadata(instance, "finetuned_embedding_model")
         assert model["model_uri"] == f"models:/{REGISTERED_EMBEDDER}/1" and "@candidate" in model["registry"]
         (training_run,) = tracker.runs("embeddings")

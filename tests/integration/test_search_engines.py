@@ -22,6 +22,7 @@ from rag_core.search.log import SearchLog
 from rag_core.settings import Settings
 from rag_core.store import MilvusStore, milvus_client
 from tests.serving_server import free_port
+from tests.support.processes import stop_process
 from tests.support.search_index import BUILD, DIMENSION, Index, rows_for, scifact
 from tests.support.waiting import wait_for
 
@@ -335,8 +336,7 @@ def test_auto_picks_memory_for_milvus_lite_as_a_file_and_as_a_server(tmp_path):
         with connection.store() as store:
             assert store.changes is not None  # writes through the server are logged for the memory engine
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
 
 
 def test_an_unknown_engine_or_backend_stops_at_start_up_naming_the_fix(tmp_path):

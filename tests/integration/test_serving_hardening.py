@@ -24,6 +24,7 @@ from rag_core.tenants import TENANT_PATTERN
 from rag_serving.app import create_app
 from tests.integration.test_request_path import RoundTripCounter
 from tests.serving_server import RedisProcess, ServerThread, free_port
+from tests.support.processes import stop_process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -280,5 +281,4 @@ def test_the_first_query_after_ready_does_not_pay_for_loading_the_models(served,
         timings = first.json()["timings_ms"]
         assert timings["embed"] < 500 and timings["generate"] < 1_000, timings  # cold: ~1.3 s and ~16 s
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_process(server)

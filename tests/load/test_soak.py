@@ -26,6 +26,7 @@ from rag_core.querylog import ServingDatabase
 from rag_core.settings import Settings
 from tests.served import build_served_corpus
 from tests.serving_server import free_port
+from tests.support.processes import stop_process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -109,8 +110,7 @@ def test_a_soak_at_32_clients_has_no_errors_and_flat_memory(tmp_path):
         asyncio.run(sampled())
         seconds = time.monotonic() - started
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_process(server)
     requests = sum(statuses.values())
     # The baseline is read under load, as the end is: at rest the workers hold no request buffers, and an
     # idle baseline measured those buffers (+11 % within 25 s, flat after) as growth.
