@@ -117,11 +117,17 @@ class Segment:
             per_term = np.diff(self.postings[np.flatnonzero(rows)].tocsc().indptr)
         return {term: int(per_term[j]) for term, j in self.vocabulary.items() if per_term[j]}
 
-    def impacts(self, statistics: dict[str | None, Statistics]) -> sp.csc_matrix:
-        """The BM25 saturation of every posting, each row normalised by its own tenant's average length."""
+    def impacts(
+        self, statistics: dict[str | None, Statistics], entries: dict[str | None, Statistics] | None = None
+    ) -> sp.csc_matrix:
+        """The BM25 saturation of every posting, each row normalised by its own tenant's average length; with
+        `entries`, a document entry by the average length of its tenant's entries."""
         average = np.ones(len(self), np.float32)
         for tenant, mask in self.tenant_masks.items():
             average[mask] = (statistics.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
+            if entries is not None and self.chunk_rows is not None:
+                entry_rows = mask & self.document_rows
+                average[entry_rows] = (entries.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
         rows = self.postings.indices
         data = saturation(self.postings.data, self.lengths[rows], average[rows]).astype(np.float32)
         return sp.csc_matrix((data, rows, self.postings.indptr), shape=self.postings.shape)
@@ -141,8 +147,10 @@ class Segment:
         """The chunks; None when every row is one (a build without document entries)."""
         return ~self.document_rows if self.document_rows.any() else None
 
-    def impact_parts(self, statistics: dict[str | None, Statistics]) -> dict[str, ImpactPart]:
-        impacts = self.impacts(statistics)
+    def impact_parts(
+        self, statistics: dict[str | None, Statistics], entries: dict[str | None, Statistics]
+    ) -> dict[str, ImpactPart]:
+        impacts = self.impacts(statistics, entries)
         if self.chunk_rows is None:
             return {"all": ImpactPart(impacts, None)}
         parts = {}
@@ -315,6 +323,9 @@ class MemoryIndex:
     # Per segment: (the segment, its tenants' average lengths, its BM25 impacts); shared by successive
     # versions of the index so that a change recomputes only what it moved.
     impact_cache: dict[int, tuple] = field(default_factory=dict, repr=False)
+    # The same statistics over the document entries alone (rag_core.chunking): a search of the entries scores
+    # them as whole-document BM25 does, not with figures diluted by every chunk of the same words.
+    entry_statistics: dict[str | None, Statistics] = field(default_factory=dict)
 
     @cached_property
     def impacts(self) -> tuple[dict[str, ImpactPart], ...]:
@@ -324,13 +335,17 @@ class MemoryIndex:
         found = []
         for segment in self.segments:
             averages = np.asarray(
-                [(self.statistics.get(t) or EMPTY_STATISTICS).average_length for t in segment.tenant_masks]
+                [
+                    (statistics.get(t) or EMPTY_STATISTICS).average_length
+                    for statistics in (self.statistics, self.entry_statistics)
+                    for t in segment.tenant_masks
+                ]
             )
             cached = self.impact_cache.get(id(segment))
             if cached is not None and cached[0] is segment and np.allclose(cached[1], averages, rtol=AVERAGE_DRIFT):
                 found.append(cached[2])
                 continue
-            impacts = segment.impact_parts(self.statistics)
+            impacts = segment.impact_parts(self.statistics, self.entry_statistics)
             self.impact_cache[id(segment)] = (segment, averages, impacts)
             found.append(impacts)
         live = {id(segment) for segment in self.segments}
@@ -384,7 +399,7 @@ class MemoryIndex:
     def _with(self, segment: Segment | None, deleted: list[str], upserted: list[str], seq: int) -> MemoryIndex:
         live = list(self.live)
         location = dict(self.location)
-        counts = _StatisticsUpdate(self.statistics)
+        counts, entry_counts = _StatisticsUpdate(self.statistics), _StatisticsUpdate(self.entry_statistics)
         removed: dict[int, list[int]] = {}
         for chunk_id in [*deleted, *upserted]:
             where = location.pop(chunk_id, None)
@@ -399,6 +414,8 @@ class MemoryIndex:
             for position, (row, tenant) in enumerate(zip(rows, taken.column("tenant").to_pylist(), strict=True)):
                 row_terms = {terms[column] for column in terms_of[position].indices}
                 counts.remove(tenant, float(old.lengths[row]), row_terms)
+                if old.document_rows[row]:
+                    entry_counts.remove(tenant, float(old.lengths[row]), row_terms)
         segments = list(self.segments)
         if segment is not None:
             segments.append(segment)
@@ -407,6 +424,10 @@ class MemoryIndex:
             for tenant, mask in segment.tenant_masks.items():
                 length = float(segment.lengths[mask].sum())
                 counts.add(tenant, int(mask.sum()), length, segment.column_frequencies(mask))
+                entries = mask & segment.document_rows
+                if entries.any():
+                    length = float(segment.lengths[entries].sum())
+                    entry_counts.add(tenant, int(entries.sum()), length, segment.column_frequencies(entries))
         dimension = self.dimension or (segment.vectors.shape[1] if segment is not None else 0)
         return replace(
             self,
@@ -414,6 +435,7 @@ class MemoryIndex:
             live=tuple(live),
             location=location,
             statistics=counts.result(),
+            entry_statistics=entry_counts.result(),
             seq=seq,
             dimension=dimension,
         )
@@ -477,8 +499,11 @@ class MemoryIndex:
     def search_bm25(self, query: str, limit: int, search_filter: SearchFilter) -> list[Hit]:
         terms = term_counts(analyzed(query, self.analyzer))
         # A tenant's query is scored with its own corpus' statistics: relevance that does not depend on
-        # (or reveal) what other tenants hold.
-        statistics = self.statistics.get(search_filter.tenant) or EMPTY_STATISTICS
+        # (or reveal) what other tenants hold. A search of the document entries, with the entries' own.
+        by_tenant = self.statistics
+        if search_filter.rows == "documents" and self.entry_statistics:
+            by_tenant = self.entry_statistics
+        statistics = by_tenant.get(search_filter.tenant) or EMPTY_STATISTICS
         found = []
         for index, segment in enumerate(self.segments):
             allowed = self._allowed(index, search_filter)

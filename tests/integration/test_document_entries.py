@@ -15,6 +15,7 @@ from rag_core.embedding import Embedder
 from rag_core.indexing import milvus_rows
 from rag_core.retrieval import Retriever
 from rag_core.search.filters import SearchFilter
+from rag_core.search.memory import MemoryIndex, rows_table
 from rag_core.settings import bundled_model_dir
 from tests.support.search_index import BUILD, DIMENSION, Index
 
@@ -83,8 +84,24 @@ def test_bm25_ranks_whole_documents_and_shows_each_ones_best_chunk_on_both_engin
     assert "zebra" in best.text or "quokka" in best.text
     assert [chunk.bm25_rank for chunk in found] == list(range(1, len(found) + 1))
     with index.milvus() as engine:
-        milvus = engine.served().searcher
-        assert by_score(bm25(milvus), "doc_id") == by_score(found, "doc_id")
+        # Milvus scores an entry with statistics over every row of its collection (chunks too), the in-memory
+        # engine with the entries' own: the same documents in the same order, the scores apart.
+        milvus = [group for _, group in by_score(bm25(engine.served().searcher), "doc_id")]
+        assert milvus == [group for _, group in by_score(found, "doc_id")]
+
+
+def test_the_in_memory_engine_scores_an_entry_as_bm25_over_whole_documents_alone(with_entries):
+    """An entry's BM25 figures (document count, average length, document frequencies) are the entries' own:
+    a BM25-only search scores each document exactly as an index of the whole documents alone does (the naive
+    baseline's), not with figures diluted by every chunk that repeats its words."""
+    index, rows = with_entries
+    served = index.memory.served().searcher
+    alone = MemoryIndex.build(*rows_table([row for row in rows if row["position"] < 0]), analyzer=served.analyzer)
+    expected = {hit.fields["doc_id"]: round(hit.score, 4) for hit in alone.search_bm25(QUERY, 20, SearchFilter())}
+    found = {chunk.doc_id: round(chunk.score, 4) for chunk in bm25(served, top_k=20)}
+    assert len(found) >= 3 and found == expected
+    diluted = served.statistics["default"]  # every row: the entries' words counted again in their chunks
+    assert diluted.documents > served.entry_statistics["default"].documents == len(documents())
 
 
 def test_without_entries_bm25_ranks_chunks_and_a_one_word_note_wins(tmp_path):
