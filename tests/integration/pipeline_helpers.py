@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from dagster import (
@@ -115,9 +117,28 @@ def measured(sides: object, settings: Settings | None = None) -> str:
 
 
 def rescored(settings: Settings, sides: object) -> str:
-    """Each build a gate measured, scored again three ways, to tell a wrong index from wrong state in this
-    process: as the gate does (the process' cached engine and embedder), with the model loaded afresh, and with
-    the model and the in-memory engine both afresh (the search log read again)."""
+    """Each build a gate measured, scored again four ways, to tell a wrong index from wrong state in this
+    process: as the gate does (the process' cached engine and embedder), with the model loaded afresh, with the
+    model and the in-memory engine both afresh (the search log read again), and in a new Python process."""
+    names = {role: side.get("collection") for role, side in dict(sides or {}).items()}  # type: ignore[call-overload]
+    names = {role: name for role, name in names.items() if name}
+    here = _scores_again(settings, names)
+    process = subprocess.run(
+        [sys.executable, "-m", "tests.integration.pipeline_helpers", settings.model_dump_json(), json.dumps(names)],
+        cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=600,
+    )
+    there = json.loads(process.stdout.strip().splitlines()[-1]) if process.returncode == 0 else {}
+    scored = [
+        f"{role} {' / '.join(f'{score:.4f}' for score in [*here[role], *there.get(role, [])])}" for role in here
+    ]
+    failed = f" (the new process failed: {process.stderr.strip()[-300:]})" if process.returncode else ""
+    return (
+        f"{settings.eval_gate_mode} nDCG@10 again (as the gate / model afresh / model and engine afresh / in a new "
+        f"process): {' | '.join(scored)}{failed}"
+    )
+
+
+def _scores_again(settings: Settings, names: dict[str, str]) -> dict[str, list[float]]:
     from rag_core.build_record import BuildRecord
     from rag_core.embedding import Embedder
     from rag_core.evaluation import evaluate_collection
@@ -127,9 +148,8 @@ def rescored(settings: Settings, sides: object) -> str:
     resources = build_resources(settings)
     milvus, embedder, evaluation = resources["milvus"], resources["embedder"], resources["evaluation"]
     dataset, mode, connection = evaluation.dataset(), evaluation.gate_mode, milvus.connection()
-    names = {role: side.get("collection") for role, side in dict(sides or {}).items()}  # type: ignore[call-overload]
-    scored = []
-    with milvus.searchable(lambda _: {role: name for role, name in names.items() if name}) as builds:
+    scores = {}
+    with milvus.searchable(lambda _: names) as builds:
         for role, build in builds.items():
             cached = embedder.load_build(build.properties)
             fresh = Embedder(
@@ -141,10 +161,14 @@ def rescored(settings: Settings, sides: object) -> str:
                 engine = MemoryEngine(SearchLog(connection.search_dir), connection.alias, connection.store, False)
                 ways.append((engine.searcher(build.collection), fresh))
             fusion = evaluation.served_fusion(BuildRecord.from_properties(build.properties))
-            scores = [
+            scores[role] = [
                 evaluate_collection(searcher, build.collection, model, dataset, [mode], fusion, evaluation.tenant)
                 .modes[mode].means["ndcg@10"]
                 for searcher, model in ways
             ]
-            scored.append(f"{role} {' / '.join(f'{score:.4f}' for score in scores)}")
-    return f"{mode} nDCG@10 again (as the gate / model afresh / model and engine afresh): {' | '.join(scored)}"
+    return scores
+
+
+if __name__ == "__main__":  # `rescored` in a new process: the settings as JSON, then {role: collection} as JSON
+    found = _scores_again(Settings.model_validate_json(sys.argv[1]), json.loads(sys.argv[2]))
+    print(json.dumps({role: scores[-1:] for role, scores in found.items()}))
