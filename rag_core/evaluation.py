@@ -1,4 +1,4 @@
-"""Retrieval evaluation on BEIR-layout datasets with ranx (nDCG@10, recall@k, MRR@10, MAP).
+"""Retrieval evaluation on BEIR-layout datasets (nDCG@10, recall@k, MRR@10, MAP).
 
 A dataset is a folder: `corpus.jsonl[.gz]`, `queries.jsonl[.gz]`, `qrels/<split>.tsv` (query-id,
 corpus-id, score, with a header line) and optionally `answers.jsonl[.gz]` (query `_id` → reference
@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,20 +82,63 @@ def document_run(
     return run
 
 
+IR_METRICS = ("ndcg", "recall", "mrr", "map", "precision")
+
+
 def ir_metrics(
     qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], metrics=DEFAULT_METRICS
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """(mean per metric, per-query scores per metric), computed by ranx."""
-    from ranx import Qrels, Run, evaluate
+    """(mean per metric rounded to 4 places, per-query scores per metric) over the judged queries of `qrels`.
 
-    ranx_qrels, ranx_run = Qrels(qrels), Run(run)
-    means = evaluate(ranx_qrels, ranx_run, list(metrics), make_comparable=True)
-    if not isinstance(means, dict):  # ranx returns a bare number for a single metric
-        means = {metrics[0]: means}
-    per_query = {
-        metric: {query: float(value) for query, value in ranx_run.scores[metric].items()} for metric in metrics
+    The definitions are trec_eval's, as ranx computes them: nDCG with linear gains (the qrels grade),
+    recall@k, reciprocal rank within k, average precision within k over every relevant document, precision@k
+    (`@k` omitted: the whole run). Documents graded below 1 are not relevant; a judged query missing from
+    `run` scores 0 and a run's query nobody judged is ignored; equal scores keep the run's order. Plain
+    Python, deterministic and thread-safe: ranx's numba functions, compiled into a shared on-disk cache by
+    concurrent processes, returned wrong figures (a gate scored the base model 0.24 instead of 1.0)."""
+    parsed = [_parse_metric(metric) for metric in metrics]
+    per_query: dict[str, dict[str, float]] = {metric: {} for metric in metrics}
+    for query_id, judged in qrels.items():
+        relevant = {doc_id: grade for doc_id, grade in judged.items() if grade >= 1}
+        ranked = [doc_id for doc_id, _ in sorted(run.get(query_id, {}).items(), key=lambda item: -item[1])]
+        for metric, (name, k) in zip(metrics, parsed, strict=True):
+            per_query[metric][query_id] = _query_metric(name, k, relevant, ranked)
+    means = {
+        metric: round(math.fsum(scores.values()) / len(scores), 4) if scores else 0.0
+        for metric, scores in per_query.items()
     }
-    return {metric: round(float(value), 4) for metric, value in means.items()}, per_query
+    return means, per_query
+
+
+def _parse_metric(metric: str) -> tuple[str, int]:
+    name, _, cutoff = metric.partition("@")
+    if name not in IR_METRICS or (cutoff and not cutoff.isdigit()):
+        raise ValueError(f"unknown metric {metric!r} — use one of {', '.join(IR_METRICS)}, optionally @k")
+    return name, int(cutoff or 0)
+
+
+def _query_metric(name: str, k: int, relevant: Mapping[str, int], ranked: list[str]) -> float:
+    if not relevant:
+        return 0.0
+    top = ranked[:k] if k else ranked
+    grades = [relevant.get(doc_id, 0) for doc_id in top]
+    if name == "ndcg":
+        ideal = sorted(relevant.values(), reverse=True)[: k or len(relevant)]
+        dcg = sum(grade / math.log2(rank + 2) for rank, grade in enumerate(grades))
+        return dcg / sum(grade / math.log2(rank + 2) for rank, grade in enumerate(ideal))
+    hits = [grade > 0 for grade in grades]
+    if name == "recall":
+        return sum(hits) / len(relevant)
+    if name == "precision":
+        return sum(hits) / len(top) if top else 0.0
+    if name == "mrr":
+        return next((1.0 / (rank + 1) for rank, hit in enumerate(hits) if hit), 0.0)
+    found, precision_sum = 0, 0.0  # map
+    for rank, hit in enumerate(hits):
+        if hit:
+            found += 1
+            precision_sum += found / (rank + 1)
+    return precision_sum / len(relevant)
 
 
 def restrict_to_documents(dataset: EvalDataset, doc_ids: set[str]) -> EvalDataset:
