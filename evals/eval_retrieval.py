@@ -2,7 +2,8 @@
 query engine the API serves with (its fusion: the one the gate adopted for the build, or the settings').
 
 Run: .venv/bin/python evals/eval_retrieval.py --data-dir /tmp/scifact-index [--split test]
-Prints nDCG@10, recall@10/100, MRR@10 and MAP@100 per mode (rag_core.evaluation.ir_metrics), documents scored by their best chunk.
+Prints nDCG@10, recall@10/100, MRR@10 and MAP@100 per mode (rag_core.evaluation.ir_metrics), documents scored
+by their best chunk.
 """
 
 from __future__ import annotations
