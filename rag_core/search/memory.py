@@ -118,16 +118,15 @@ class Segment:
         return {term: int(per_term[j]) for term, j in self.vocabulary.items() if per_term[j]}
 
     def impacts(
-        self, statistics: dict[str | None, Statistics], entries: dict[str | None, Statistics] | None = None
+        self, statistics: dict[str | None, Statistics], entries: dict[str | None, Statistics]
     ) -> sp.csc_matrix:
-        """The BM25 saturation of every posting, each row normalised by its own tenant's average length; with
-        `entries`, a document entry by the average length of its tenant's entries."""
+        """The BM25 saturation of every posting, each row normalised by its own tenant's average length: a chunk
+        by that of every row (`statistics`), a document entry by that of the tenant's entries (`entries`)."""
         average = np.ones(len(self), np.float32)
         for tenant, mask in self.tenant_masks.items():
             average[mask] = (statistics.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
-            if entries is not None and self.chunk_rows is not None:
-                entry_rows = mask & self.document_rows
-                average[entry_rows] = (entries.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
+            if self.chunk_rows is not None:  # the segment holds entries
+                average[mask & self.document_rows] = (entries.get(tenant) or EMPTY_STATISTICS).average_length or 1.0
         rows = self.postings.indices
         data = saturation(self.postings.data, self.lengths[rows], average[rows]).astype(np.float32)
         return sp.csc_matrix((data, rows, self.postings.indptr), shape=self.postings.shape)
@@ -500,9 +499,7 @@ class MemoryIndex:
         terms = term_counts(analyzed(query, self.analyzer))
         # A tenant's query is scored with its own corpus' statistics: relevance that does not depend on
         # (or reveal) what other tenants hold. A search of the document entries, with the entries' own.
-        by_tenant = self.statistics
-        if search_filter.rows == "documents" and self.entry_statistics:
-            by_tenant = self.entry_statistics
+        by_tenant = self.entry_statistics if search_filter.rows == "documents" else self.statistics
         statistics = by_tenant.get(search_filter.tenant) or EMPTY_STATISTICS
         found = []
         for index, segment in enumerate(self.segments):
