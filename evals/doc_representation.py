@@ -2,13 +2,16 @@
 is searched once per list (chunk dense, chunk BM25, whole-document dense, whole-document BM25), and the
 alternatives are scored from the same lists:
 
-- `served`: what the API does — dense and hybrid over chunks (a document scores as its best chunk), BM25 alone
-  over the build's document entries (rag_core.chunking) when it has them;
-- `chunk max`: a document scores as its best chunk, in every mode;
+- `served`: what the API does — dense and hybrid over chunks (a document scores as its best chunk, a first
+  chunk's cosine raised by the served `head_bonus`), BM25 alone over the build's document entries
+  (rag_core.chunking) when it has them;
+- `chunk max`: a document scores as its best chunk, in every mode, with no head bonus;
 - `chunk max + 0.1 Σ rest`: its best chunk plus a tenth of its other retrieved chunks' scores;
 - `first chunk`: only the document's first chunk counts (its head);
 - `whole document`: one vector / one BM25 entry per whole document (title + text, truncated by the model);
 - `max(chunk, whole)`: a document vector stored beside the chunk vectors, the better of the two counting;
+- `head bonus δ`: dense and hybrid as served, with a first chunk's cosine raised by δ (a lead prior: the head
+  states what the document is about);
 - `naive baseline` (the report's, `rag_core.baseline`): whole documents, hybrid fused by RRF 1:1 (k=60).
 
 Hybrid fuses each alternative's dense and BM25 document scores with the served fusion (convex, min-max per
@@ -29,6 +32,7 @@ from pathlib import Path
 
 DATASET = Path(__file__).parent / "datasets" / "scifact"
 DEPTH = 100
+HEAD_BONUSES = (0.01, 0.04, 0.08, 0.16)
 Scores = dict[str, float]
 
 
@@ -94,7 +98,7 @@ def main() -> None:
     from rag_core.baseline import CHUNK_FIELDS, NAIVE_FUSION, naive_index, whole_documents
     from rag_core.embedding import EmbeddingCache
     from rag_core.evaluation import EvalDataset, ir_metrics, judged_dataset
-    from rag_core.retrieval import Retriever, fuse
+    from rag_core.retrieval import Retriever, fuse, with_head_bonus
     from rag_core.search.filters import SearchFilter
     from rag_core.stats import paired_bootstrap_difference
 
@@ -109,17 +113,20 @@ def main() -> None:
     chunk_rows = search_filter.reading("chunks")
     served_bm25 = Retriever(chunks, fusion)
 
-    def served_hybrid(lists: dict) -> Scores:
+    def served_dense(lists: dict, bonus: float) -> Scores:
+        return chunk_max(with_head_bonus(lists["dense"], bonus))
+
+    def served_hybrid(lists: dict, bonus: float) -> Scores:
         """As the API ranks: chunks fused first (at the served candidate depth), then the best chunk per document."""
         cut = {name: lists[name][: max(DEPTH, fusion.candidates)] for name in ("dense", "bm25")}
-        return chunk_max_fused(fuse(cut, fusion))
+        return chunk_max_fused(fuse(cut, replace(fusion, head_bonus=bonus)))
 
     def naive_hybrid(lists: dict) -> Scores:
         return chunk_max_fused(fuse({"dense": lists["whole_dense"], "bm25": lists["whole_bm25"]}, NAIVE_FUSION))
 
     variants: dict[str, Callable[[dict], tuple[Scores, Scores]]] = {
         "naive baseline": lambda lists: (chunk_max(lists["whole_dense"]), chunk_max(lists["whole_bm25"])),
-        "served": lambda lists: (chunk_max(lists["dense"]), lists["served_bm25"]),
+        "served": lambda lists: (served_dense(lists, fusion.head_bonus), lists["served_bm25"]),
         "chunk max": lambda lists: (chunk_max(lists["dense"]), chunk_max(lists["bm25"])),
         "chunk max + 0.1 Σ rest": lambda lists: (
             chunk_max_plus_rest(lists["dense"]), chunk_max_plus_rest(lists["bm25"])
@@ -132,6 +139,12 @@ def main() -> None:
             better_of(chunk_max(lists["bm25"]), chunk_max(lists["whole_bm25"])),
         ),
     }
+    bonuses = {"served": fusion.head_bonus, "chunk max": 0.0}
+    for bonus in HEAD_BONUSES:
+        bonuses[f"head bonus {bonus:g}"] = bonus
+        variants[f"head bonus {bonus:g}"] = lambda lists, bonus=bonus: (
+            served_dense(lists, bonus), lists["served_bm25"]
+        )
     rows: dict[str, dict[str, float]] = {name: {} for name in variants}
     per_query: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # (split, mode) → {variant: {query: nDCG}}
     for split in args.splits:
@@ -156,8 +169,8 @@ def main() -> None:
                 dense, bm25 = scored(lists[query_id])
                 runs["dense"][query_id] = top(dense)
                 runs["bm25"][query_id] = top(bm25)
-                if name in ("served", "chunk max"):
-                    runs["hybrid"][query_id] = top(served_hybrid(lists[query_id]))
+                if name in bonuses:
+                    runs["hybrid"][query_id] = top(served_hybrid(lists[query_id], bonuses[name]))
                 elif name == "naive baseline":
                     runs["hybrid"][query_id] = top(naive_hybrid(lists[query_id]))
                 else:

@@ -109,6 +109,7 @@ def fusion_params(fusion: FusionConfig) -> dict[str, object]:
         "bm25_weight": fusion.bm25_weight,
         "rrf_k": fusion.rrf_k,
         "fusion_candidates": fusion.candidates,
+        "head_bonus": fusion.head_bonus,
     }
 
 

@@ -231,6 +231,7 @@ class EvaluationResource(ConfigurableResource):
     dense_weight: float
     bm25_weight: float
     fusion_candidates: int
+    head_bonus: float
     # True when the environment sets a fusion setting: it then wins over a fusion the gate adopted for a build.
     fusion_configured: bool = False
     llm_model: str
@@ -278,7 +279,7 @@ _SOURCES_FIELDS = (
     "default_tenant jsonl_shard_size max_file_mb max_expanded_mb max_compression_ratio max_document_chars redact_pii"
 )
 _EVALUATION_FIELDS = (
-    "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates llm_model llm_api_base "
+    "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates head_bonus llm_model llm_api_base "
     "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base promotion_min_effect"
 )
 _EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …

@@ -27,7 +27,7 @@ from rag_core.search.memory import MemoryIndex, row_schema
 if TYPE_CHECKING:
     from rag_core.search.engines import Searcher
 
-NAIVE_FUSION = FusionConfig(rrf_k=60, dense_weight=1.0, bm25_weight=1.0, candidates=100, method="rrf")
+NAIVE_FUSION = FusionConfig(rrf_k=60, dense_weight=1.0, bm25_weight=1.0, candidates=100, method="rrf", head_bonus=0.0)
 NAIVE_DESCRIPTION = (
     "the same model on whole documents (title + text, one encode truncated at the model's limit), "
     "BM25 over whole documents with the same analyzer, RRF 1:1 (k=60)"

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     dense_weight: float = Field(FUSION.dense_weight, ge=0)
     bm25_weight: float = Field(FUSION.bm25_weight, ge=0)
     fusion_candidates: int = Field(FUSION.candidates, ge=1, le=1000, description="Hits per list before fusion.")
+    head_bonus: float = Field(
+        FUSION.head_bonus,
+        ge=0,
+        le=1,
+        description="Added to the cosine of each document's first chunk in dense and hybrid retrieval (0 = none).",
+    )
     max_top_k: int = Field(50, ge=1, le=1000)
     rerank_model: str = Field(
         "",

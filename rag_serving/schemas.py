@@ -105,6 +105,7 @@ class FusionOut(BaseModel):
     dense_weight: float
     bm25_weight: float
     rrf_k: int
+    head_bonus: float = Field(description="Added to the cosine of each document's first chunk (dense side).")
 
 
 class ChunkOut(BaseModel):

@@ -169,7 +169,11 @@ def retrieve_chunks(
         cached=cached,
         timings_ms=dict(timings),
         fusion=FusionOut(
-            method=fusion.method, dense_weight=fusion.dense_weight, bm25_weight=fusion.bm25_weight, rrf_k=fusion.rrf_k
+            method=fusion.method,
+            dense_weight=fusion.dense_weight,
+            bm25_weight=fusion.bm25_weight,
+            rrf_k=fusion.rrf_k,
+            head_bonus=fusion.head_bonus,
         )
         if request.explain
         else None,

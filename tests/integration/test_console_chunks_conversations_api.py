@@ -94,6 +94,7 @@ def test_explained_retrieval_shows_each_lists_scores_and_ranks_and_weights_are_b
             json={"query": "Milvus Lite file", "mode": "hybrid", "top_k": 5, "explain": True, "dense_weight": 0.8},
         ).json()
         assert body["fusion"]["dense_weight"] == 0.8 and body["fusion"]["method"] in ("convex", "rrf")
+        assert body["fusion"]["head_bonus"] == 0.02  # the served default travels with the explanation
         scores = [chunk["scores"] for chunk in body["chunks"]]
         assert all(s["dense_rank"] or s["bm25_rank"] for s in scores)
         assert any(s["dense_score"] is not None and s["bm25_score"] is not None for s in scores)

@@ -4,7 +4,7 @@ import pytest
 
 from rag_core.cache import LRUCache, RedisCache, cache_key
 from rag_core.ratelimit import RateLimiter
-from rag_core.retrieval import FusionConfig, InvalidFilter, filter_expression, fuse, fuse_rrf
+from rag_core.retrieval import FusionConfig, InvalidFilter, filter_expression, fuse, fuse_rrf, with_head_bonus
 from rag_core.store import Hit
 
 
@@ -86,3 +86,27 @@ def test_convex_fusion_weights_normalised_scores():
     assert scores == {"a": 0.55, "b": 0.275, "c": 0.45, "d": 0.225}
     assert [hit.chunk_id for hit, _, _ in fused] == ["a", "c", "b", "d"]
     assert fused[0][2] == {"dense": 1, "bm25": 3}
+
+
+def _chunk(chunk_id: str, score: float, position: int) -> Hit:
+    return Hit(chunk_id, score, {"doc_id": chunk_id.split("#")[0], "position": position})
+
+
+def test_the_head_bonus_lifts_first_chunks_over_a_close_passage_and_no_further():
+    # a long document's middle passage just above a short document's only chunk; a far first chunk
+    dense = [_chunk("long#3", 0.61, 3), _chunk("short#0", 0.60, 0), _chunk("far#0", 0.40, 0), _chunk("long#4", 0.39, 4)]
+    boosted = with_head_bonus(dense, 0.02)
+    assert [(hit.chunk_id, round(hit.score, 4)) for hit in boosted] == [
+        ("short#0", 0.62), ("long#3", 0.61), ("far#0", 0.42), ("long#4", 0.39)
+    ]
+    assert with_head_bonus(dense, 0.0) == dense  # off: the engine's order, untouched
+    fused = fuse({"dense": dense, "bm25": []}, FusionConfig(method="rrf", rrf_k=60, head_bonus=0.02))
+    assert [hit.chunk_id for hit, _, _ in fused] == ["short#0", "long#3", "far#0", "long#4"]
+    assert fused[0][2] == {"dense": 1}  # ranks are the boosted list's
+
+
+def test_a_fusion_recorded_before_the_head_bonus_gets_the_default_one():
+    recorded = '{"bm25_weight": 0.3, "candidates": 100, "dense_weight": 0.7, "method": "convex", "rrf_k": 60}'
+    assert FusionConfig.from_json(recorded) == FusionConfig(dense_weight=0.7, bm25_weight=0.3)
+    tuned = FusionConfig(dense_weight=0.7, bm25_weight=0.3, head_bonus=0.05)
+    assert FusionConfig.from_json(tuned.to_json()) == tuned
