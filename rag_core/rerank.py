@@ -35,6 +35,7 @@ from rag_core.finetune import (
     epoch_reporter,
     mine_hard_negatives,
 )
+from rag_core.query import DEFAULT_RERANK_WEIGHT
 from rag_core.retrieval import RetrievedChunk
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Reranker:
         batch_size: int = 32,
         max_length: int = 256,
         name: str = "",
-        weight: float = 1.0,
+        weight: float = DEFAULT_RERANK_WEIGHT,
     ) -> None:
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"RAG_RERANK_WEIGHT={weight} must be within [0, 1] (1: the cross-encoder alone)")
@@ -138,7 +139,7 @@ class Reranker:
 
     @classmethod
     def from_reference(
-        cls, reference: str, resolver: ModelResolver, device: str = "cpu", weight: float = 1.0
+        cls, reference: str, resolver: ModelResolver, device: str = "cpu", weight: float = DEFAULT_RERANK_WEIGHT
     ) -> Reranker:
         """The reranker a reference names (see `resolve_reranker`), versioned as `rag-reranker-3@<hash>`."""
         return cls(resolve_reranker(reference, resolver), device, name=resolver.display_name(reference), weight=weight)

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from rag_core.experiment_rule import DecisionRule
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
-from rag_core.query import DEFAULT_RERANK_CANDIDATES
+from rag_core.query import DEFAULT_RERANK_CANDIDATES, DEFAULT_RERANK_WEIGHT
 from rag_core.retrieval import FUSION_SETTINGS, FusionConfig
 from rag_core.tenants import validate_tenant
 
@@ -155,7 +155,7 @@ class Settings(BaseSettings):
         DEFAULT_RERANK_CANDIDATES, ge=1, le=1000, description="Retrieved chunks the reranker reorders per query."
     )
     rerank_weight: float = Field(
-        1.0,
+        DEFAULT_RERANK_WEIGHT,
         ge=0,
         le=1,
         description="The cross-encoder's share of the reranked order; the rest is the retrieval score (both "
