@@ -132,9 +132,14 @@ class Segment:
         return sp.csc_matrix((data, rows, self.postings.indptr), shape=self.postings.shape)
 
     @cached_property
+    def positions(self) -> np.ndarray:
+        """Each row's chunk position (0 = a document's first chunk, -1 = its entry)."""
+        return self.table.column("position").to_numpy(zero_copy_only=False)
+
+    @cached_property
     def document_rows(self) -> np.ndarray:
         """The document entries (position -1, rag_core.chunking)."""
-        return self.table.column("position").to_numpy(zero_copy_only=False) < 0
+        return self.positions < 0
 
     @cached_property
     def chunk_end(self) -> int:
@@ -539,7 +544,8 @@ class MemoryIndex:
 
 class RowFields(Mapping):
     """A hit's fields, read from its segment only when asked: fusion ranks 2 × 100 candidates by id and
-    score, and only the final top k are ever read."""
+    score, and only the final top k are ever read. `position` (the head bonus reads it for every dense
+    candidate) comes from the segment's column without reading the row."""
 
     __slots__ = ("_row", "_segment", "_values")
 
@@ -552,6 +558,8 @@ class RowFields(Mapping):
         return self._values
 
     def __getitem__(self, name: str):
+        if name == "position" and self._values is None:
+            return int(self._segment.positions[self._row])
         return self._fields()[name]
 
     def __iter__(self):
