@@ -206,6 +206,9 @@ def train(args, documents, train_ids: list[str], dev, base_dir: Path, cache) -> 
     config = FinetuneConfig.preset("small" if args.small else "default", epochs=args.epochs)
     if args.no_negatives:
         config = replace(config, use_hard_negatives=False)
+    if args.train_on_dev:
+        train_ids = [*train_ids, *dev.queries]
+        config = replace(config, keep_best=False)  # the dev slice is seen in training: it cannot pick an epoch
     wanted = set(train_ids)
     examples = [e for e in pairs_from_qrels(args.dataset, "train") if e.query_id in wanted]
     corpus = first_chunks(documents, base_dir)
@@ -237,6 +240,12 @@ def main() -> None:
     parser.add_argument("--mining", default="hybrid", choices=["bm25", "dense", "hybrid"])
     parser.add_argument("--no-negatives", action="store_true", help="in-batch negatives only")
     parser.add_argument("--name", help="model folder name under WORK_DIR/models")
+    parser.add_argument(
+        "--train-on-dev",
+        action="store_true",
+        help="train on every train query, the dev slice included, for exactly --epochs (what `rag finetune`'s "
+        "refit does after its dev run picked the epochs); train-dev figures are then in-sample",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     args.work_dir = args.work_dir.resolve()

@@ -218,6 +218,7 @@ class FinetuneConfig:
     logging_steps: int = 10
     dev_top_k: int = 10
     keep_best: bool = True  # with a dev set: keep the epoch with the best dev nDCG@10, not the last
+    refit: bool = True  # with held-out pairs: train again on everything for the epochs the dev run picked
 
     @classmethod
     def small(cls) -> FinetuneConfig:
@@ -241,6 +242,7 @@ class FinetuneResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     examples: int = 0
+    refit_epochs: int = 0  # epochs of the final training on every example (0: no refit)
 
 
 def evaluate_dev(model, dev: DevSet, top_k: int = 10) -> dict[str, float]:
@@ -365,23 +367,16 @@ def _save(model, output_dir: Path) -> None:
     log.info("saved the model to %s", output_dir)
 
 
-def finetune(
+def _train_embedder(
     base_model_dir: Path,
     examples: list[TrainingExample],
     output_dir: Path,
     config: FinetuneConfig,
-    dev: DevSet | None = None,
-    on_epoch: EpochCallback | None = None,
-) -> FinetuneResult:
-    """Train `base_model_dir` on `examples` with MultipleNegativesRankingLoss; save to `output_dir`.
-
-    Hard negatives (with `config.use_hard_negatives`, when mining found any; `fill_missing_negatives` fills
-    the gaps) join the in-batch negatives. Batches never hold the same text twice, so a shared positive is
-    never a false negative.
-    `on_epoch(epoch, metrics)` gets the mean training loss and, given `dev`, nDCG@10 on it — also once
-    before training as epoch 0. With `dev` and `config.keep_best`, the saved model is the epoch with the best
-    dev nDCG@10 (its metrics carry `saved`: 1.0); otherwise the last.
-    """
+    dev: DevSet | None,
+    on_epoch: EpochCallback | None,
+) -> list[dict[str, float]]:
+    """One training from `base_model_dir`, saved to `output_dir` (the best dev epoch with `keep_best`, else the
+    last); returns the per-epoch history."""
     import tempfile
 
     import torch
@@ -390,9 +385,6 @@ def finetune(
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    if not examples:
-        raise ValueError("no training examples")
-    started = time.perf_counter()
     torch.manual_seed(config.seed)
     model = SentenceTransformer(str(base_model_dir), device="cpu", local_files_only=True)
     model.max_seq_length = config.max_seq_length
@@ -423,4 +415,57 @@ def finetune(
         trainer.train()
     if not any(metrics.get("saved") for metrics in history):
         _save(model, output_dir)
-    return FinetuneResult(output_dir, time.perf_counter() - started, history, len(examples))
+    return history
+
+
+def best_epoch(history: Sequence[dict[str, float]], default: int) -> int:
+    """The epoch `keep_best` saved last (the best dev nDCG@10), or `default` when none was."""
+    saved = [int(metrics["epoch"]) for metrics in history if metrics.get("saved")]
+    return saved[-1] if saved else default
+
+
+def finetune(
+    base_model_dir: Path,
+    examples: list[TrainingExample],
+    output_dir: Path,
+    config: FinetuneConfig,
+    dev: DevSet | None = None,
+    on_epoch: EpochCallback | None = None,
+    held_out: Sequence[TrainingExample] = (),
+) -> FinetuneResult:
+    """Train `base_model_dir` on `examples` with MultipleNegativesRankingLoss; save to `output_dir`.
+
+    Hard negatives (with `config.use_hard_negatives`, when mining found any; `fill_missing_negatives` fills
+    the gaps) join the in-batch negatives. Batches never hold the same text twice, so a shared positive is
+    never a false negative.
+    `on_epoch(epoch, metrics)` gets the mean training loss and, given `dev`, nDCG@10 on it — also once
+    before training as epoch 0. With `dev` and `config.keep_best`, the saved model is the epoch with the best
+    dev nDCG@10 (its metrics carry `saved`: 1.0); otherwise the last.
+
+    With `config.refit` and `held_out` (the pairs of the dev queries), that first training only picks the
+    number of epochs: the saved model is then trained again from `base_model_dir` on `examples` + `held_out`
+    for that many epochs, so no judged query is left unused. Its epochs report as `refit_*` metrics.
+    """
+    import tempfile
+
+    if not examples:
+        raise ValueError("no training examples")
+    started = time.perf_counter()
+    refit = config.refit and dev is not None and bool(held_out)
+    if not refit:
+        history = _train_embedder(base_model_dir, examples, output_dir, config, dev, on_epoch)
+        return FinetuneResult(output_dir, time.perf_counter() - started, history, len(examples))
+    with tempfile.TemporaryDirectory(prefix="finetune-dev-") as dev_model:
+        history = _train_embedder(base_model_dir, examples, Path(dev_model), config, dev, on_epoch)
+    epochs = best_epoch(history, config.epochs)
+
+    def on_refit_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, {f"refit_{name}": value for name, value in metrics.items() if name != "epoch"})
+
+    everything = [*examples, *held_out]
+    refit_history = _train_embedder(
+        base_model_dir, everything, output_dir, replace(config, epochs=epochs), None, on_refit_epoch
+    )
+    history += [{"refit": 1.0, **metrics} for metrics in refit_history]
+    return FinetuneResult(output_dir, time.perf_counter() - started, history, len(everything), epochs)

@@ -22,6 +22,7 @@ class TrainingSet:
     dev: DevSet | None  # held-out train queries, or None when there are too few to hold any out
     origins: dict[str, int] = field(default_factory=dict)  # examples per origin: qrels, feedback, synthetic
     notes: list[str] = field(default_factory=list)  # why an asked-for origin added nothing
+    held_out: list[TrainingExample] = field(default_factory=list)  # the dev queries' pairs, for the refit
 
 
 def dev_split(
@@ -54,7 +55,9 @@ def qrels_training_set(
     pairs = pairs_from_qrels(dataset_dir, split, limit=limit or None)
     corpus = load_corpus(dataset_dir)
     examples, dev = dev_split(pairs, corpus, dev_fraction, dev_corpus_size)
-    return TrainingSet(examples, corpus, dev, {"qrels": len(examples), "feedback": 0, "synthetic": 0})
+    held_out = [pair for pair in pairs if dev is not None and pair.query_id in dev[0]]
+    origins = {"qrels": len(examples), "feedback": 0, "synthetic": 0}
+    return TrainingSet(examples, corpus, dev, origins, held_out=held_out)
 
 
 def feedback_examples(store: MilvusStore, collection: str, serving_db_url: str) -> list[TrainingExample]:

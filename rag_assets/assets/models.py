@@ -58,6 +58,7 @@ def _training_params(
         "hard_negatives": config.hard_negatives,
         "dataset": dataset,
         "dev_queries": len(training.dev[0]) if training.dev else 0,
+        "held_out_pairs": len(training.held_out),
     }
 
 
@@ -85,13 +86,16 @@ def _log_model(tracker: Tracker, run_id: str, result: FinetuneResult, register: 
 
 
 def _model_metadata(result: FinetuneResult, model_uri: str, run_id: str, training: TrainingSet) -> dict[str, object]:
-    final = result.history[-1] if result.history else {}
+    # the dev metrics of the epoch kept (or, with a refit, the epoch count it reproduced on every pair)
+    dev_run = [metrics for metrics in result.history if not metrics.get("refit")]
+    final = next((m for m in reversed(dev_run) if m.get("saved")), dev_run[-1] if dev_run else {})
     return {
         "model_uri": model_uri,
         "model_dir": MetadataValue.path(str(result.model_dir)),
         "mlflow_run": run_id,
         "examples": MetadataValue.json(training.origins),
         "train_examples": result.examples,
+        "refit_epochs": result.refit_epochs,
         "train_seconds": round(result.seconds, 1),
         "history": MetadataValue.json(result.history),
         **metric_names(final, "final_"),
@@ -120,10 +124,16 @@ def finetuned_embedding_model(
         feedback_db = evaluation.serving_db_url if config.use_feedback else ""
         add_served_examples(training, store, feedback_db, config.synthetic_questions, evaluation.llm())
     base_dir = embedder.resolver().model_dir(config.base_model)
-    if config.hard_negatives:
-        training.examples = mine_hard_negatives(
-            training.examples, training.corpus, embedder_dir=base_dir, method=config.mining, cache=embedder.cache()
+    if config.hard_negatives:  # one pass over the held-out pairs too: the refit trains on them
+        everything = mine_hard_negatives(
+            [*training.examples, *training.held_out],
+            training.corpus,
+            embedder_dir=base_dir,
+            method=config.mining,
+            cache=embedder.cache(),
         )
+        count = len(training.examples)
+        training.examples, training.held_out = everything[:count], everything[count:]
     train_config = FinetuneConfig.preset(config.preset, config.epochs, config.batch_size)
     output_dir = Path(embedder.models_dir) / f"finetuned-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     params = _training_params(config, train_config, training, f"{dataset_dir.name}/{evaluation.train_split}")
@@ -133,7 +143,9 @@ def finetuned_embedding_model(
         mlflow = tracker.mlflow()
         mlflow.log_params(params)
         on_epoch = _epoch_logger(context, mlflow)
-        result = finetune(base_dir, training.examples, output_dir, train_config, training.dev, on_epoch)
+        result = finetune(
+            base_dir, training.examples, output_dir, train_config, training.dev, on_epoch, training.held_out
+        )
         model_uri, registry = _log_model(tracker, run.info.run_id, result, config.register_model)
     for note in training.notes:
         context.log.warning(note)

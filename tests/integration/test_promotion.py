@@ -175,6 +175,11 @@ def test_eval_finetune_and_gated_promotion(workspace: dict, caplog: pytest.LogCa
         assert model["examples"]["feedback"] == 1
         history = tracker.client().get_metric_history(training_run.info.run_id, "train_loss")
         assert history, "per-epoch metrics are logged"
+        # The dev run picked the epochs; the model then trained again on every pair, the held-out queries' too.
+        held_out = int(training_run.data.params["held_out_pairs"])
+        assert held_out > 0 and model["refit_epochs"] == 1
+        assert model["train_examples"] == sum(model["examples"].values()) + held_out
+        assert tracker.client().get_metric_history(training_run.info.run_id, "refit_train_loss")
         versions = tracker.client().search_model_versions(f"name = '{REGISTERED_EMBEDDER}'")
         assert [str(version.version) for version in versions] == ["1"]
         promoted = served_collection(settings)

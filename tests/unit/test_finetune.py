@@ -11,6 +11,7 @@ from rag_core.embedding import Embedder, model_fingerprint
 from rag_core.finetune import (
     FinetuneConfig,
     TrainingExample,
+    best_epoch,
     bm25_scores,
     fill_missing_negatives,
     finetune,
@@ -105,6 +106,12 @@ def test_mining_falls_back_past_the_ceiling_rather_than_leaving_an_example_witho
     assert mined.negative in {corpus["near"], corpus["far"]}
 
 
+def test_the_refit_trains_for_the_epoch_the_dev_run_kept() -> None:
+    history = [{"epoch": 0.0}, {"epoch": 1.0, "saved": 1.0}, {"epoch": 2.0, "saved": 1.0}, {"epoch": 3.0}]
+    assert best_epoch(history, default=3) == 2
+    assert best_epoch([{"epoch": 1.0}, {"epoch": 2.0}], default=2) == 2  # keep_best off: the configured epochs
+
+
 @pytest.mark.slow
 def test_finetune_few_steps_changes_the_model(
     tmp_path: Path, corpus: dict[str, str], examples: list[TrainingExample]
@@ -121,12 +128,23 @@ def test_finetune_few_steps_changes_the_model(
         {e.query_id: {e.positive_id: 1} for e in examples[:4]},
     )
     epochs: list[tuple[int, dict[str, float]]] = []
+    # The dev queries' own pairs are held out of the dev run, which picks the epochs; the refit then trains on all.
+    held_out = [m for m in mined if m.query_id in dev[0]]
+    training = [m for m in mined if m.query_id not in dev[0]]
     result = finetune(
-        base, mined, tmp_path / "model", FinetuneConfig.small(), dev=dev, on_epoch=lambda e, m: epochs.append((e, m))
+        base,
+        training,
+        tmp_path / "model",
+        FinetuneConfig.small(),
+        dev=dev,
+        on_epoch=lambda e, m: epochs.append((e, m)),
+        held_out=held_out,
     )
-    assert result.examples == 16 and result.seconds > 0
-    assert [epoch for epoch, _ in epochs] == [0, 1] and "dev_ndcg@10" in epochs[-1][1]
-    assert "train_loss" in epochs[-1][1] and result.history == [metrics for _, metrics in epochs]
+    assert result.examples == 16 and result.refit_epochs == 1 and result.seconds > 0
+    assert [epoch for epoch, _ in epochs] == [0, 1, 1] and "dev_ndcg@10" in epochs[1][1]
+    assert "train_loss" in epochs[1][1] and "refit_train_loss" in epochs[-1][1]
+    assert not any(name.startswith("dev_") for name in epochs[-1][1]), "the refit has no held-out queries left"
+    assert [m.get("refit", 0.0) for m in result.history] == [0.0, 0.0, 1.0]
     assert (result.model_dir / "model.safetensors").is_file()
 
     tuned, original = Embedder(result.model_dir), Embedder(base)
