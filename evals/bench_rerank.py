@@ -5,8 +5,9 @@
 2. train the reranker (`rag_core.rerank.train_reranker`) from the bundled MiniLM on the *train* qrels — all
    809 claims by default, a held-out tenth of them for per-epoch dev metrics — with hard negatives mined by
    BM25 + the base model over the index's chunk texts; or take `--reranker DIR|models:/…`;
-3. choose `RAG_RERANK_WEIGHT` (the cross-encoder's share of the order, the rest the retrieval score) on the
-   held-out train claims, reranking hybrid's candidates — never on test;
+3. run the reranker gate of the `reranker_model` asset (rag_core.rerank_tuning) on the first build: the blend
+   weight (the cross-encoder's share of the order, the rest the retrieval score) is picked on the held-out train
+   claims, reranking hybrid's candidates — never on test — and the improvement rule is applied on test;
 4. evaluate every test claim through `QueryEngine` (the API's path) in bm25, dense and hybrid: without the
    reranker, with the cross-encoder alone (weight 1) and with the chosen weight; documents are scored by their
    best chunk's position in the served order;
@@ -172,38 +173,6 @@ def dev_claims(args):
     return EvalDataset("scifact/train-dev", queries, qrels)
 
 
-def tune_weight(plain, reranker, dev, vectors, candidates: int, search_filter) -> list[tuple[float, float]]:
-    """(dev nDCG@10, weight) for weights 0 (hybrid's own order) … 1 (the cross-encoder alone), best first:
-    hybrid's candidates and the cross-encoder's scores are computed once per claim, then ordered by
-    `rag_core.rerank.blend` as `Reranker.run` does."""
-    import numpy as np
-
-    from rag_core.chunking import search_text
-    from rag_core.evaluation import document_run, ir_metrics
-    from rag_core.query import Query
-    from rag_core.rerank import blend
-
-    scored = {}
-    for text in dev.queries.values():
-        chunks = plain.retrieve(Query(text, DEPTH, "hybrid", search_filter), vectors[text])
-        head = chunks[:candidates]
-        logits = reranker.scores(text, [search_text(chunk.title, chunk.text) for chunk in head])
-        scored[text] = (chunks, logits, np.array([chunk.score for chunk in head], dtype=np.float32))
-    results = []
-    for weight in [round(0.1 * step, 1) for step in range(11)]:
-
-        def search(text: str, weight=weight) -> list[tuple[str, float]]:
-            chunks, logits, retrieval = scored[text]
-            final = blend(logits, retrieval, weight)
-            order = sorted(range(len(logits)), key=lambda i: (-float(final[i]), i))
-            ranked = [chunks[i] for i in order] + chunks[candidates:]
-            return [(chunk.doc_id, float(len(ranked) - rank)) for rank, chunk in enumerate(ranked)]
-
-        means, _ = ir_metrics(dev.qrels, document_run(dev, search, DEPTH), ("ndcg@10",))
-        results.append((means["ndcg@10"], weight))
-    return sorted(results, key=lambda item: (-item[0], -item[1]))
-
-
 def latency(plain, reranked, texts: list[str], search_filter) -> dict[str, list[float]]:
     """ms per hybrid top-10 retrieval as served (encode + search [+ rerank]), the two engines interleaved."""
     from rag_core.query import Query
@@ -259,6 +228,7 @@ def main() -> None:
     from rag_core.promotion import spec_of
     from rag_core.query import QueryEngine
     from rag_core.rerank import Reranker
+    from rag_core.rerank_tuning import rerank_verdict
     from rag_core.retrieval import SearchFilter
     from rag_core.search.engines import IndexConnection
 
@@ -298,13 +268,14 @@ def main() -> None:
         plain = QueryEngine(searcher, encode, fusion)
         reranked = QueryEngine(searcher, encode, fusion, reranker=reranker, rerank_candidates=candidates)
         if label == builds[0][0] and args.weight is None:
-            dev = dev_claims(args)
-            dev_texts = list(dev.queries.values())
-            dev_vectors = dict(zip(dev_texts, embedder.encode(dev_texts).tolist(), strict=True))
-            tuned = tune_weight(plain, reranker, dev, dev_vectors, candidates, search_filter)
-            weight = tuned[0][1]
-            grid = ", ".join(f"{w:g}: {score:.4f}" for score, w in sorted(tuned, key=lambda item: item[1]))
-            print(f"train-dev ({len(dev.queries)} claims) hybrid nDCG@10 by weight: {grid} → {weight:g}", flush=True)
+            # What the `reranker_model` asset's gate decides on this build: the weight picked on the train claims
+            # held out of training, then the improvement rule on the test claims against hybrid without it.
+            verdict = rerank_verdict(
+                searcher, embedder, fusion, reranker, dev_claims(args), test, settings.default_tenant, candidates,
+                "hybrid", settings.rerank_min_gain,
+            )
+            weight = verdict.weight
+            print(f"{verdict.table()}\nreranker gate on {label}: {verdict.reason}", flush=True)
         for mode in args.modes:
             started = time.perf_counter()
             without = evaluate(plain, test, vectors, mode, search_filter)

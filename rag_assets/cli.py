@@ -317,9 +317,14 @@ def _parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("--model", default="", help="build a candidate with this model (models:/…, a dir)")
     promote_cmd.add_argument("--chunk-max-tokens", type=int, default=0, help="build a candidate with this chunk size")
     promote_cmd.add_argument("--chunk-overlap-tokens", type=int, default=-1)
-    finetune_cmd = commands.add_parser("finetune", help="fine-tune, register in MLflow, build, evaluate, promote")
+    finetune_cmd = commands.add_parser(
+        "finetune", help="fine-tune, register in MLflow, build, evaluate, promote; then train and gate the reranker"
+    )
     finetune_cmd.add_argument("--epochs", type=int, default=0)
     finetune_cmd.add_argument("--max-train-queries", type=int, default=0)
+    finetune_cmd.add_argument(
+        "--no-reranker", action="store_true", help="skip the reranker (`rag train-reranker` trains and gates it later)"
+    )
     rerank_cmd = commands.add_parser("train-reranker", help="train the cross-encoder reranker, register it in MLflow")
     rerank_cmd.add_argument("--epochs", type=int, default=0)
     rerank_cmd.add_argument("--max-train-queries", type=int, default=0)
@@ -390,16 +395,12 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"model: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
         print(f"quality gate: {report.get('gate_reason')}")
         print(f"promoted: {bool(_report(result, 'promoted_index').get('alias_moved'))}")
-        return 0 if result.success else 1
+        if not result.success or args.no_reranker:
+            return 0 if result.success else 1
+        print("training the reranker and judging it on the served build (`--no-reranker` skips this)")
+        return _train_reranker(settings, {"max_train_queries": args.max_train_queries})
     elif args.command == "train-reranker":
-        config = {"epochs": args.epochs, "max_train_queries": args.max_train_queries}
-        result = _materialize(settings, "reranker_job", {"ops": {"reranker_model": {"config": config}}})
-        model = _report(result, "reranker_model")
-        print(f"model: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
-        dev, bm25 = model.get("final_dev_ndcg_at_10"), model.get("final_dev_first_stage_ndcg_at_10")
-        print(f"dev nDCG@10 reranking BM25's candidates: {dev} (BM25's own order: {bm25})")
-        print(f"serve it: RAG_RERANK_MODEL={model.get('model_uri')} (measure first: evals/bench_rerank.py)")
-        return 0 if result.success else 1
+        return _train_reranker(settings, {"epochs": args.epochs, "max_train_queries": args.max_train_queries})
     elif args.command == "rollback":
         moved_from, moved_to = rollback(settings)
         print(f"alias {settings.collection_alias}: {moved_from} → {moved_to}")
@@ -413,6 +414,18 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         for row in builds(settings):
             print("  ".join(f"{key}={value}" for key, value in row.items()))
     return 0
+
+
+def _train_reranker(settings: Settings, config: dict[str, int]) -> int:
+    """`reranker_job`, then what it trained and what the reranker gate decided."""
+    result = _materialize(settings, "reranker_job", {"ops": {"reranker_model": {"config": config}}})
+    model = _report(result, "reranker_model")
+    print(f"reranker: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
+    dev, bm25 = model.get("final_dev_ndcg_at_10"), model.get("final_dev_first_stage_ndcg_at_10")
+    print(f"dev nDCG@10 reranking BM25's candidates: {dev} (BM25's own order: {bm25})")
+    print(f"reranker gate: {model.get('rerank_gate', 'the run failed — see it in the Dagster UI')}")
+    print(f"next: {model.get('next')}")
+    return 0 if result.success else 1
 
 
 def _terminal_text(markdown: str) -> str:

@@ -232,6 +232,8 @@ class EvaluationResource(ConfigurableResource):
     bm25_weight: float
     fusion_candidates: int
     head_bonus: float
+    rerank_candidates: int
+    rerank_min_gain: float
     # True when the environment sets a fusion setting: it then wins over a fusion the gate adopted for a build.
     fusion_configured: bool = False
     llm_model: str
@@ -280,7 +282,8 @@ _SOURCES_FIELDS = (
 )
 _EVALUATION_FIELDS = (
     "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates head_bonus llm_model llm_api_base "
-    "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base promotion_min_effect"
+    "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base promotion_min_effect "
+    "rerank_candidates rerank_min_gain"
 )
 _EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …
 

@@ -35,6 +35,8 @@ _KEYS = {
     "rejected_reason": "rag.rejected_reason",
     "rolled_back_at": "rag.rolled_back_at",
     "fusion": "rag.fusion",
+    "reranker": "rag.reranker",
+    "rerank_weight": "rag.rerank_weight",
 }
 
 
@@ -66,6 +68,10 @@ class BuildRecord:
     # The hybrid fusion this build serves with, when the gate adopted a tuned one (FusionConfig.to_json);
     # "" = the deployment's settings.
     fusion: str = ""
+    # The reranker this build serves with (a model reference) and its blend weight, when the reranker gate
+    # (rag_core.rerank_tuning) proved it on this build; "" = none.
+    reranker: str = ""
+    rerank_weight: float | None = None
 
     @property
     def analyzer(self) -> str:
@@ -86,7 +92,7 @@ class BuildRecord:
                 continue
             if field.name in ("dimension", "chunk_max_tokens", "chunk_overlap_tokens", "expected_rows"):
                 values[field.name] = int(text)
-            elif field.name == "eval_ndcg_at_10":
+            elif field.name in ("eval_ndcg_at_10", "rerank_weight"):
                 values[field.name] = float(text)
             elif field.name == "document_entries":
                 values[field.name] = text == "true"

@@ -19,6 +19,7 @@ from rag_core.chunking import ChunkingConfig
 from rag_core.embedding import Embedder, backend_of
 from rag_core.errors import Refusal
 from rag_core.indexing import SyncStats, sync_partitions
+from rag_core.query import AUTO_RERANKER, NO_RERANKER
 from rag_core.retrieval import FusionConfig
 from rag_core.search.analyzer import DEFAULT_ANALYZER
 from rag_core.stats import paired_bootstrap_difference
@@ -397,3 +398,26 @@ def adopt_fusion(store: MilvusStore, collection: str, decision: FusionDecision) 
     """Record the adopted fusion on the build: every serving process uses it from its next poll."""
     if decision.adopted:
         store.update_record(collection, fusion=decision.fusion)
+
+
+def served_reranker(
+    record: BuildRecord, setting: str, weight: float, weight_explicit: bool
+) -> tuple[str, float] | None:
+    """(reference, blend weight) of the reranker a build is served with, or None. `setting` is RAG_RERANK_MODEL:
+    `off` never reranks, a reference always reranks with it, and `auto` reranks with the one the reranker gate
+    recorded on the build (none recorded: no reranking). The recorded weight serves unless the deployment sets
+    RAG_RERANK_WEIGHT (`weight_explicit`)."""
+    choice = setting.strip()
+    if choice.lower() in NO_RERANKER:
+        return None
+    if choice.lower() != AUTO_RERANKER:
+        return choice, weight
+    if not record.reranker:
+        return None
+    recorded = record.rerank_weight if record.rerank_weight is not None and not weight_explicit else weight
+    return record.reranker, recorded
+
+
+def adopt_reranker(store: MilvusStore, collection: str, reference: str, weight: float) -> None:
+    """Record a reranker the gate proved on the build: `auto` serving reranks with it from its next poll."""
+    store.update_record(collection, reranker=reference, rerank_weight=weight)

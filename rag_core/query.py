@@ -27,6 +27,8 @@ DEFAULT_RERANK_CANDIDATES = 30  # chunks the reranker reads per query: each cost
 # claims reranking the base build's hybrid candidates (evals/bench_rerank.py), where the cross-encoder alone
 # (1.0) ranked below hybrid without it and an even blend ranked best.
 DEFAULT_RERANK_WEIGHT = 0.5
+AUTO_RERANKER = "auto"  # RAG_RERANK_MODEL: the reranker the served build records (rag_core.rerank_tuning)
+NO_RERANKER = ("", "off", "none")
 DEFAULT_MODE: Mode = "hybrid"
 
 

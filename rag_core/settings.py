@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from rag_core.experiment_rule import DecisionRule
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
-from rag_core.query import DEFAULT_RERANK_CANDIDATES, DEFAULT_RERANK_WEIGHT
+from rag_core.query import AUTO_RERANKER, DEFAULT_RERANK_CANDIDATES, DEFAULT_RERANK_WEIGHT, NO_RERANKER
 from rag_core.retrieval import FUSION_SETTINGS, FusionConfig
 from rag_core.tenants import validate_tenant
 
@@ -147,9 +147,18 @@ class Settings(BaseSettings):
     )
     max_top_k: int = Field(50, ge=1, le=1000)
     rerank_model: str = Field(
-        "",
-        description="A cross-encoder that reorders the retrieved chunks: `models:/rag-reranker/N` (the "
-        "`reranker_model` asset registers it), `models:/rag-reranker@alias` or a directory; empty = no reranking.",
+        "auto",
+        description="The cross-encoder that reorders the retrieved chunks. `auto`: the one the reranker gate "
+        "recorded on the served build (none until `rag train-reranker` proves one on it); `off`: never; or always "
+        "this one: `models:/rag-reranker/N` (the `reranker_model` asset registers it), `models:/rag-reranker@alias` "
+        "or a directory.",
+    )
+    rerank_min_gain: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="The reranker gate: the nDCG@10 a reranker must add to the served build (paired interval above "
+        "zero) on the evaluation queries before `auto` serves it.",
     )
     rerank_candidates: int = Field(
         DEFAULT_RERANK_CANDIDATES, ge=1, le=1000, description="Retrieved chunks the reranker reorders per query."
@@ -376,6 +385,16 @@ class Settings(BaseSettings):
 
     def fusion(self) -> FusionConfig:
         return FusionConfig.from_settings(self)
+
+    @property
+    def rerank_weight_configured(self) -> bool:
+        """The environment sets RAG_RERANK_WEIGHT: then it wins over the weight the gate recorded for a build."""
+        return "rerank_weight" in self.model_fields_set
+
+    @property
+    def fixed_reranker(self) -> str:
+        """The reranker every build is served with ("" with `auto` or `off`)."""
+        return "" if self.rerank_model.strip().lower() in (AUTO_RERANKER, *NO_RERANKER) else self.rerank_model
 
     @property
     def fusion_configured(self) -> bool:

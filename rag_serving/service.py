@@ -118,7 +118,7 @@ def engine_for(
         snapshot.fusion,
         llm or state.llm,
         lambda stage: timings.stage(stage, state),
-        state.reranker,
+        snapshot.reranker,
         state.settings.rerank_candidates,
     )
 
@@ -140,7 +140,7 @@ def retrieve(
         tenant,
         sorted(search_filter.excluded),  # a toggled chunk changes the results at once, not after the TTL
         asdict(fusion),
-        (state.reranker.version, state.reranker.weight) if state.reranker else "",  # never shared with unreranked
+        (snapshot.reranker.version, snapshot.reranker.weight) if snapshot.reranker else "",  # never shared unreranked
         tenant=tenant,
     )
     cached = state.cache.get(key)

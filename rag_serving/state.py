@@ -20,7 +20,7 @@ from rag_core.conversations import ConversationStore
 from rag_core.embedding import Embedder
 from rag_core.generation import warm_up
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import served_fusion, spec_of
+from rag_core.promotion import served_fusion, served_reranker, spec_of
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import FailedAttempts, RateLimiter
 from rag_core.rerank import Reranker
@@ -49,6 +49,7 @@ class IndexSnapshot:
     embedder: Embedder = field(compare=False, repr=False)
     searcher: Searcher = field(compare=False, repr=False)
     fusion: FusionConfig = field(default_factory=FusionConfig)  # rag_core.promotion.served_fusion
+    reranker: Reranker | None = field(default=None, compare=False)  # rag_core.promotion.served_reranker
     # {tenant: chunk ids} disabled in the catalog: re-read with the alias, so a toggle is served within a poll.
     disabled: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
@@ -70,8 +71,10 @@ class IndexView:
         probe_milvus: Callable[[], None],
         fusion_for: Callable[[BuildRecord], FusionConfig] = lambda _record: FusionConfig(),
         disabled_chunks: Callable[[], dict[str, frozenset[str]]] = dict,
+        reranker_for: Callable[[BuildRecord], Reranker | None] = lambda _record: None,
     ) -> None:
         self.engine = engine
+        self.reranker_for = reranker_for
         self.disabled_chunks = disabled_chunks
         self.embedder_for = embedder_for
         self.fusion_for = fusion_for
@@ -103,7 +106,7 @@ class IndexView:
                 )
             snapshot = IndexSnapshot(
                 served.collection, served.version, built_with, served.rows, embedder, served.searcher,
-                self.fusion_for(record), self._disabled(),
+                self.fusion_for(record), self.reranker_for(record), self._disabled(),
             )
         except (IndexNotReady, FileNotFoundError) as error:
             snapshot, self._error = None, str(error)
@@ -181,15 +184,17 @@ class ServingState:
         self.llm = settings.llm()
         self.metrics = Metrics()
         self.resolver = ModelResolver.from_settings(settings)
-        # Resolved before anything opens: a wrong RAG_RERANK_MODEL stops the start with the fix, it never
-        # serves unreranked results in silence. Loading the weights waits for the warm-up.
+        # A reranker named in RAG_RERANK_MODEL is resolved before anything opens: a wrong one stops the start with
+        # the fix, it never serves unreranked results in silence. Loading the weights waits for the warm-up.
+        # With `auto` (the default) each build brings its own, the one the reranker gate recorded on it.
         self.reranker = (
             Reranker.from_reference(
-                settings.rerank_model, self.resolver, settings.embedding_device, settings.rerank_weight
+                settings.fixed_reranker, self.resolver, settings.embedding_device, settings.rerank_weight
             )
-            if settings.rerank_model
+            if settings.fixed_reranker
             else None
         )
+        self._recorded_rerankers: dict[tuple[str, float], Reranker] = {}
         self.reranker_warm = threading.Event()
         self.reranker_error = ""
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
@@ -217,6 +222,7 @@ class ServingState:
             self.engine, self.embedder_for, settings.alias_poll_s, self.metrics, self.connection.probe,
             lambda record: served_fusion(record, self.fusion, self.fusion_configured),
             self.catalog.disabled_chunks,
+            self.reranker_for,
         )
         self.experiments = ExperimentRouting(self)  # the running A/B experiment, if any (rag_core.experiments)
         self.answerer_warm = threading.Event()
@@ -275,6 +281,30 @@ class ServingState:
         if not self.answerer_warm.is_set():
             return None, f"warming up the answerer ({self.settings.llm_model})"
         return snapshot, ""
+
+    def reranker_for(self, record: BuildRecord) -> Reranker | None:
+        """The reranker a build is served with (rag_core.promotion.served_reranker), loaded and warmed once per
+        (model, weight): a build whose recorded reranker does not load is not served, and /ready says why."""
+        if self.settings.fixed_reranker or self.reranker is not None:
+            return self.reranker
+        settings = self.settings
+        weight, explicit = settings.rerank_weight, settings.rerank_weight_configured
+        choice = served_reranker(record, settings.rerank_model, weight, explicit)
+        if choice is None:
+            return None
+        if choice not in self._recorded_rerankers:
+            reference, weight = choice
+            try:
+                reranker = Reranker.from_reference(reference, self.resolver, settings.embedding_device, weight)
+                self._recorded_rerankers[choice] = reranker.warm_up()
+            except Exception as error:
+                raise IndexNotReady(
+                    f"the reranker {reference} that the reranker gate recorded on the served build did not load "
+                    f"({type(error).__name__}: {error}) — check the MLflow registry, or set RAG_RERANK_MODEL=off "
+                    "to serve without reranking"
+                ) from error
+            log.info("the served build's reranker %s (%s, weight %g) is warm", reference, reranker.version, weight)
+        return self._recorded_rerankers[choice]
 
     def embedder_for(self, properties: dict[str, str]) -> Embedder:
         spec = spec_of(properties, BUNDLED_MODEL)  # queries embed with the served build's backend

@@ -1,9 +1,12 @@
 """The reranker: a cross-encoder trained from the bundled MiniLM, tracked and registered in MLflow.
 
 `reranker_model` learns from the train qrels of the configured dataset and from answers users marked
-relevant, with hard negatives mined as for the embedder (rag_core.finetune). Serving uses it only when
-`RAG_RERANK_MODEL` names it (`models:/rag-reranker/N`): whether it earns its latency is measured by
-`evals/bench_rerank.py`, not assumed here.
+relevant, with hard negatives mined as for the embedder (rag_core.finetune). Then the reranker gate
+(rag_core.rerank_tuning) judges it on the served build: the blend weight is picked on the train questions it
+held out, and the build reranked at that weight must beat itself unreranked on the evaluation split by
+RAG_RERANK_MIN_GAIN (paired interval above zero). Only then is the reranker recorded on the build, and the
+API (`RAG_RERANK_MODEL=auto`, the default) reranks with it from its next poll. Whether it earns its latency is
+also measured by `evals/bench_rerank.py`.
 """
 
 
@@ -15,10 +18,14 @@ from pydantic import Field
 
 from rag_assets.reporting import DagsterOrigin, metric_name, mlflow_links
 from rag_assets.resources import EmbedderResource, EvaluationResource, MilvusResource, TrackingResource
+from rag_core.build_record import BuildRecord
+from rag_core.evaluation import EvalDataset, judged_dataset
 from rag_core.finetune import TrainingExample, load_corpus, pairs_from_feedback, pairs_from_qrels
 from rag_core.models import BUNDLED_MODEL
+from rag_core.promotion import adopt_reranker
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import (
+    Reranker,
     RerankerConfig,
     is_cross_encoder,
     mine_reranker_negatives,
@@ -26,6 +33,7 @@ from rag_core.rerank import (
     split_dev,
     train_reranker,
 )
+from rag_core.rerank_tuning import RerankVerdict, rerank_verdict
 from rag_core.settings import bundled_model_dir
 from rag_core.tracking import REGISTERED_RERANKER
 
@@ -45,6 +53,11 @@ class RerankerRunConfig(Config):
     use_feedback: bool = True
     mining: str = Field("hybrid", pattern="^(bm25|dense|hybrid)$", description="How hard negatives are mined.")
     register_model: bool = True
+    gate: bool = Field(
+        True,
+        description="Judge the reranker on the served build (weight picked on the held-out train questions, gain "
+        "proven on the evaluation split) and record it there when it passes: `auto` serving then reranks.",
+    )
 
 
 def qrels_examples(dataset_dir: Path, split: str, max_queries: int) -> list[TrainingExample]:
@@ -65,6 +78,77 @@ def feedback_examples(milvus: MilvusResource, serving_db_url: str) -> list[Train
         relevant = ServingDatabase(serving_db_url).relevant_pairs()
         texts = store.texts_by_chunk_id(served, sorted({chunk for _, chunks in relevant for chunk in chunks[:1]}))
     return pairs_from_feedback([(question, chunks[:1]) for question, chunks in relevant], texts)
+
+
+def _held_out_questions(dev_examples: list[TrainingExample], train: EvalDataset) -> EvalDataset:
+    """The train split's questions the reranker never trained on, with their judgements."""
+    held = {example.query_id for example in dev_examples if example.query_id in train.queries}
+    return EvalDataset(
+        f"{train.name} (held out of training)",
+        {query_id: train.queries[query_id] for query_id in held},
+        {query_id: train.qrels[query_id] for query_id in held},
+    )
+
+
+def judge_reranker(
+    model_dir: Path,
+    model_uri: str,
+    dev_examples: list[TrainingExample],
+    milvus: MilvusResource,
+    embedder: EmbedderResource,
+    evaluation: EvaluationResource,
+) -> tuple[RerankVerdict | None, str]:
+    """(the verdict, the served collection) of the reranker on the served build; the reranker is recorded on the
+    build when the verdict adopts it. (None, why) when there is nothing to judge it on."""
+    if not dev_examples:
+        return None, "no train questions were held out of training to pick its weight on (dev_fraction 0)"
+    with milvus.store() as store:
+        if store.alias_target() is None:
+            return None, f"alias {milvus.alias} serves nothing yet (`rag index`, then `rag train-reranker` again)"
+    with milvus.searchable(lambda store: {"served": milvus.served_collection(store)}) as builds:
+        served = builds["served"]
+        doc_ids = served.searcher.doc_ids()
+        try:
+            tuning = judged_dataset(
+                _held_out_questions(dev_examples, evaluation.dataset(evaluation.train_split)),
+                doc_ids,
+                served.collection,
+            )
+            gate = judged_dataset(evaluation.dataset(), doc_ids, served.collection, evaluation.max_queries)
+        except (FileNotFoundError, ValueError) as error:
+            return None, f"no judged queries to judge it on in {served.collection}: {error}"
+        verdict = rerank_verdict(
+            served.searcher,
+            embedder.load_build(served.properties),
+            evaluation.served_fusion(BuildRecord.from_properties(served.properties)),
+            Reranker(model_dir),
+            tuning,
+            gate,
+            evaluation.tenant,
+            evaluation.rerank_candidates,
+            evaluation.gate_mode,
+            evaluation.rerank_min_gain,
+        )
+    if verdict.adopted:
+        with milvus.store() as store:
+            adopt_reranker(store, served.collection, model_uri, verdict.weight)
+    return verdict, served.collection
+
+
+def _gate_metadata(verdict: RerankVerdict | None, collection: str) -> dict[str, object]:
+    if verdict is None:
+        return {"rerank_gate": f"not judged: {collection}", "rerank_adopted": False}
+    decision = verdict.decision
+    return {
+        "rerank_gate": verdict.reason,
+        "rerank_adopted": verdict.adopted,
+        "rerank_collection": collection,
+        "rerank_weight": verdict.weight,
+        "rerank_gate_without": verdict.without,
+        "rerank_gate_with": verdict.with_reranker,
+        **({"rerank_gate_effect_low": decision.effect_low} if decision.effect_low is not None else {}),
+        "rerank_weights": MetadataValue.md(verdict.table()),
+    }
 
 
 @asset(group_name="models", kinds={"pytorch", "mlflow"})
@@ -128,6 +212,24 @@ def reranker_model(
             else str(result.model_dir)
         )
         mlflow.set_tag("model_uri", model_uri)
+        verdict, judged_on = (
+            judge_reranker(result.model_dir, model_uri, dev_examples, milvus, embedder, evaluation)
+            if config.gate
+            else (None, "the gate is off (gate: false)")
+        )
+        if verdict is not None:
+            mlflow.log_metrics(
+                {
+                    "gate_weight": verdict.weight,
+                    "gate_ndcg_at_10_without": verdict.without,
+                    "gate_ndcg_at_10_with": verdict.with_reranker,
+                    "gate_adopted": float(verdict.adopted),
+                }
+            )
+        mlflow.set_tag("rerank_gate", verdict.reason if verdict else f"not judged: {judged_on}")
+    (context.log.info if verdict is not None and verdict.adopted else context.log.warning)(
+        f"reranker gate: {verdict.reason if verdict else f'not judged: {judged_on}'}"
+    )
     final = result.history[-1] if result.history else {}
     return MaterializeResult(
         metadata={
@@ -141,7 +243,12 @@ def reranker_model(
             "train_seconds": round(result.seconds, 1),
             "history": MetadataValue.json(result.history),
             **{f"final_{metric_name(key)}": value for key, value in final.items() if key.startswith("dev_")},
-            "next": f"serve it: RAG_RERANK_MODEL={model_uri} rag-serve serve (measure first: evals/bench_rerank.py)",
+            **_gate_metadata(verdict, judged_on),
+            "next": (
+                "served from the API's next poll (RAG_RERANK_MODEL=auto)"
+                if verdict is not None and verdict.adopted
+                else f"not served by `auto`; to force it: RAG_RERANK_MODEL={model_uri} (evals/bench_rerank.py measures)"
+            ),
             "seconds": round(time.perf_counter() - started, 1),
         }
     )

@@ -39,7 +39,7 @@ def ready(who: OptionalCallerDep, state: ServingState = Depends(get_state)) -> J
             "index_version": snapshot.index_version,
             "rows": snapshot.rows,
             "embedding_version": snapshot.embedding_version,
-            "reranker": state.reranker.version if state.reranker else "off",
+            "reranker": snapshot.reranker.version if snapshot.reranker else "off",
             "cache": state.cache.backend,
             "cache_healthy": state.cache_healthy,
             "milvus_healthy": not state.index.milvus_error,  # the memory engine serves while Milvus is down

@@ -16,11 +16,13 @@ from dagster import AssetKey, instance_for_test
 from rag_assets.cli import index
 from rag_assets.definitions import build_definitions
 from rag_core.embedding import model_fingerprint
-from rag_core.evaluation import EvalDataset
+from rag_core.evaluation import EvalDataset, evaluate_engine, judged_dataset
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
+from rag_core.promotion import adopt_reranker
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import Reranker, is_cross_encoder
+from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, rerank_verdict, score_candidates
 from rag_core.retrieval import SearchFilter
 from rag_core.search.engines import IndexConnection
 from rag_core.tracking import REGISTERED_RERANKER, Tracker
@@ -90,6 +92,13 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     assert metadata["train_pairs"] >= 2 * metadata["positive_pairs"] > 0
     assert [epoch["epoch"] for epoch in metadata["history"]] == [0.0, 1.0]
     assert 0.0 <= metadata["final_dev_ndcg_at_10"] <= 1.0 and "final_dev_first_stage_ndcg_at_10" in metadata
+    # The gate judged it on the served build, and recorded it there only if it proved a gain.
+    assert metadata["rerank_collection"] == trained["collection"] and metadata["rerank_weight"] in WEIGHTS
+    assert metadata["rerank_gate"].startswith("adopted" if metadata["rerank_adopted"] else "not adopted")
+    assert "| weight | nDCG@10 (tuning queries) |" in metadata["rerank_weights"]
+    with IndexConnection.from_settings(settings).store() as store:
+        record = store.record(trained["collection"])
+    assert (record.reranker == metadata["model_uri"]) is metadata["rerank_adopted"]
 
     tracker = Tracker.from_settings(settings)
     (run,) = tracker.runs("rerankers")
@@ -98,6 +107,8 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     steps = [m.step for m in tracker.client().get_metric_history(run.info.run_id, "dev_ndcg_at_10")]
     assert steps == [0, 1], "dev metrics are logged before training and after each epoch"
     assert tracker.client().get_metric_history(run.info.run_id, "train_loss")
+    assert run.data.metrics["gate_adopted"] == float(metadata["rerank_adopted"])
+    assert run.data.tags["rerank_gate"] == metadata["rerank_gate"]
     (version,) = tracker.client().search_model_versions(f"name = '{REGISTERED_RERANKER}'")
     assert version.run_id == run.info.run_id
 
@@ -153,6 +164,73 @@ def test_the_rerank_stage_reorders_only_the_candidates(trained: dict) -> None:
             assert [c.chunk_id for c in beyond[:CANDIDATES]] == [c.chunk_id for c in reranked]
             assert beyond[CANDIDATES:] == deeper[CANDIDATES:], "below the candidates, retrieval's order stays"
     assert changed > 0, "the reranker changed the order of some candidate list"
+
+
+def test_the_gate_scores_the_build_as_the_evaluation_does(trained: dict) -> None:
+    """Without reranking the gate's nDCG@10 is the retrieval evaluation's; weight 1 is the cross-encoder's order."""
+    settings, collection = trained["settings"], trained["collection"]
+    resolver = ModelResolver.from_settings(settings)
+    reranker = Reranker.from_reference(trained["metadata"]["model_uri"], resolver).warm_up()
+    embedder = load_embedder(BUNDLED_MODEL, resolver)
+    searcher = IndexConnection.from_settings(settings).memory_engine().searcher(collection)
+    train, test = (EvalDataset.load(settings.eval_dataset_dir, split) for split in ("train", "test"))
+    tuning = judged_dataset(train, searcher.doc_ids(), collection)
+    gate = judged_dataset(test, searcher.doc_ids(), collection)
+    verdict = rerank_verdict(
+        searcher, embedder, settings.fusion(), reranker, tuning, gate, settings.default_tenant, CANDIDATES, "hybrid"
+    )
+    evaluated = evaluate_engine(
+        searcher, settings.fusion(), embedder, gate, ["hybrid"], settings.default_tenant, collection
+    )
+    assert verdict.without == pytest.approx(evaluated.modes["hybrid"].means["ndcg@10"], abs=1e-4)
+    assert list(verdict.tuning) == list(WEIGHTS) and verdict.tuning[verdict.weight] == max(verdict.tuning.values())
+    assert verdict.decision.min_effect == MIN_RERANK_GAIN and verdict.tuning_queries == len(tuning.queries)
+    scored = score_candidates(searcher, embedder, settings.fusion(), reranker, tuning, "hybrid", "default", CANDIDATES)
+    for candidates in scored.values():
+        by_logit = sorted(range(len(candidates.logits)), key=lambda i: (-float(candidates.logits[i]), i))
+        assert candidates.reordered(1.0)[: len(by_logit)] == [candidates.chunks[i] for i in by_logit]
+
+
+def test_auto_serves_the_reranker_the_gate_recorded_on_the_build(trained: dict) -> None:
+    """RAG_RERANK_MODEL=auto (the default): no reranking until a reranker is recorded on the served build, then
+    reranking with it at the recorded weight from the next poll; `off` never reranks."""
+    settings, collection = trained["settings"], trained["collection"]
+    assert settings.rerank_model == "auto"
+    settings = settings.model_copy(update={"rerank_candidates": CANDIDATES})
+    key = ServingDatabase(settings.resolved_serving_db_url).create_key("default", "auto rerank test")
+    question = {"query": "vitamin D and fractures", "top_k": 4}
+    connection = IndexConnection.from_settings(settings)
+    server = ServerThread(create_app(settings)).start()
+    try:
+        with server.client(key) as client:
+            unjudged = client.get("/ready").json()
+            plain = client.post("/v1/retrieve", json=question).json()
+            with connection.store() as store:
+                adopt_reranker(store, collection, trained["metadata"]["model_uri"], 0.3)
+            server.app.state.rag.index.refresh()  # the next poll, now
+            ready = client.get("/ready").json()
+            reranked = client.post("/v1/retrieve", json=question).json()
+    finally:
+        server.stop()
+        with connection.store() as store:
+            store.update_record(collection, reranker=None, rerank_weight=None)
+    assert unjudged["reranker"] == "off" and "rerank" not in plain["timings_ms"]
+    assert {chunk["rerank_score"] for chunk in plain["chunks"]} == {None}
+    assert ready["reranker"].startswith(f"{REGISTERED_RERANKER}-1@") and "rerank" in reranked["timings_ms"]
+    scores = [chunk["rerank_score"] for chunk in reranked["chunks"]]
+    assert None not in scores and scores == sorted(scores, reverse=True)
+    off = settings.model_copy(update={"rerank_model": "off"})
+    with connection.store() as store:
+        adopt_reranker(store, collection, trained["metadata"]["model_uri"], 0.3)
+    server = ServerThread(create_app(off)).start()
+    try:
+        with server.client(key) as client:
+            assert client.get("/ready").json()["reranker"] == "off"
+            assert "rerank" not in client.post("/v1/retrieve", json=question).json()["timings_ms"]
+    finally:
+        server.stop()
+        with connection.store() as store:
+            store.update_record(collection, reranker=None, rerank_weight=None)
 
 
 def test_the_served_api_reranks_and_times_the_stage(trained: dict) -> None:

@@ -21,6 +21,8 @@ def test_a_record_round_trips_through_collection_properties():
         status="candidate",
         eval_ndcg_at_10=0.61234567,
         expected_rows=42,
+        reranker="models:/rag-reranker/2",
+        rerank_weight=0.3,
     )
     properties = record.to_properties()
     assert all(key.startswith("rag.") and isinstance(value, str) for key, value in properties.items())

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from rag_core.build_record import BuildRecord
+from rag_core.evaluation import EvalDataset
 from rag_core.finetune import TrainingExample
+from rag_core.promotion import served_reranker
 from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
+from rag_core.rerank_tuning import Candidates, ndcg_at_10, rerank_verdict
+from rag_core.retrieval import RetrievedChunk
 from rag_core.settings import Settings, bundled_model_dir
 from rag_serving.app import create_app
 from rag_serving.state import ServingState
@@ -56,6 +61,37 @@ def test_blend_weighs_the_cross_encoder_against_retrieval() -> None:
     assert np.allclose(blend(logits, retrieval, 0.5), [0.5, 0.5, 0.5 * 0.5 + 0.5 * 0.5])  # both min-max-normalised
     assert list(np.argsort(-blend(logits, retrieval, 0.7), kind="stable")) == [1, 2, 0]
     assert np.array_equal(blend(np.array([2.0, 2.0]), np.array([1.0, 0.0]), 0.5), [1.0, 0.5]), "a flat list counts 1"
+
+
+def chunk(doc_id: str, score: float) -> RetrievedChunk:
+    return RetrievedChunk(f"{doc_id}-0", doc_id, doc_id, "text", "source.txt", score, 0, 4, "default")
+
+
+def test_candidates_reorder_only_the_head_as_the_engine_serves_them() -> None:
+    chunks = [chunk("a", 0.9), chunk("b", 0.5), chunk("c", 0.4), chunk("d", 0.1)]
+    candidates = Candidates(chunks, np.array([-3.0, 5.0, 1.0], dtype=np.float32))  # the first 3 were reranked
+    assert candidates.reordered(0.0) == chunks, "weight 0: the retrieval order"
+    assert [c.doc_id for c in candidates.reordered(1.0)] == ["b", "c", "a", "d"], "the tail keeps its place"
+    judged = EvalDataset("t", {"q": "question"}, {"q": {"b": 1}})
+    assert ndcg_at_10(judged, {"q": candidates.reordered(1.0)})[0] == 1.0
+    assert ndcg_at_10(judged, {"q": chunks}) == (0.6309, {"q": pytest.approx(0.63093, abs=1e-5)})
+
+
+def test_the_served_reranker_follows_the_setting_then_the_record() -> None:
+    recorded = BuildRecord(reranker="models:/rag-reranker/2", rerank_weight=0.3)
+    assert served_reranker(recorded, "auto", 0.5, False) == ("models:/rag-reranker/2", 0.3), "the gate's weight"
+    assert served_reranker(recorded, "auto", 0.7, True) == ("models:/rag-reranker/2", 0.7), "RAG_RERANK_WEIGHT wins"
+    assert served_reranker(BuildRecord(), "auto", 0.5, False) is None, "a build nobody proved a reranker on"
+    assert served_reranker(recorded, "off", 0.5, False) is None and served_reranker(recorded, "", 0.5, False) is None
+    assert served_reranker(BuildRecord(), "/models/mine", 0.5, False) == ("/models/mine", 0.5), "named: always"
+    assert Settings().rerank_model == "auto" and Settings(rerank_model="Off").fixed_reranker == ""
+    assert Settings(rerank_weight=0.4).rerank_weight_configured and not Settings().rerank_weight_configured
+
+
+def test_the_reranker_gate_refuses_to_pick_its_weight_on_the_queries_it_is_judged_on() -> None:
+    shared = EvalDataset("both", {"q1": "question"}, {"q1": {"d": 1}})
+    with pytest.raises(ValueError, match="1 queries are in both the tuning and the evaluation set"):
+        rerank_verdict(None, None, None, None, shared, shared, "default", 30)  # type: ignore[arg-type]
 
 
 def test_the_bundled_embedder_is_not_a_cross_encoder() -> None:
