@@ -71,8 +71,8 @@ RULES = [
     Rule(
         ".venv/bin/rag finetune",
         SKIP,
-        "fine-tunes on every SciFact train claim (~20 min on 2 cores); "
-        "tests/integration/test_promotion.py runs the same job with the small preset",
+        "fine-tunes on every SciFact train claim, then trains the reranker (about an hour each on 2 cores); "
+        "tests/integration/test_promotion.py and test_reranker.py run the same jobs with the small preset",
     ),
     Rule(
         ".venv/bin/rag train-reranker",
