@@ -5,19 +5,18 @@
 2. train the reranker (`rag_core.rerank.train_reranker`) from the bundled MiniLM on the *train* qrels — all
    809 claims by default, a held-out tenth of them for per-epoch dev metrics — with hard negatives mined by
    BM25 + the base model over the index's chunk texts; or take `--reranker DIR|models:/…`;
-3. run the reranker gate of the `reranker_model` asset (rag_core.rerank_tuning) on the first build: the blend
-   weight (the cross-encoder's share of the order, the rest the retrieval score) is picked on the held-out train
-   claims, reranking hybrid's candidates — never on test — and the improvement rule is applied on test;
-4. evaluate every test claim through `QueryEngine` (the API's path) in bm25, dense and hybrid: without the
-   reranker, with the cross-encoder alone (weight 1) and with the chosen weight; documents are scored by their
-   best chunk's position in the served order;
-5. time hybrid retrieval as served (query encode + search [+ rerank], top 10) with and without the reranker,
+3. run the reranker gate of the `reranker_model` asset (rag_core.rerank_tuning) on each build, in each mode
+   (bm25, dense, hybrid): the blend weight (the cross-encoder's share of the order, the rest the retrieval score)
+   is picked on the held-out train claims — never on test — then every test query goes through `QueryEngine` (the
+   API's path) without the reranker and with it at that weight, and the improvement rule decides; documents are
+   scored by their best chunk's position in the served order;
+4. time hybrid retrieval as served (query encode + search [+ rerank], top 10) with and without the reranker,
    interleaved, and report p50 / p95 and the p50 ratio.
 
 Run:  nice .venv/bin/python evals/bench_rerank.py --work-dir /tmp/bench-rerank
       nice .venv/bin/python evals/bench_rerank.py --work-dir /tmp/bench-rerank --reranker /tmp/bench-rerank/reranker
       ... --embedder models:/rag-embedder/1   (or a fine-tuned model directory): adds its rows
-The test split is never used for training or for any choice.
+The test split is never used for training or for picking a weight; the gate reads it, as the asset's does.
 """
 
 from __future__ import annotations
@@ -135,30 +134,6 @@ def train(args, settings) -> Path:
     return result.model_dir
 
 
-def evaluate(engine, dataset, vectors: dict[str, list[float]], mode: str, search_filter) -> dict:
-    """Test metrics of the engine's served order (a document scores by its best chunk's position), with the
-    per-claim nDCG@10 under `per_query` for the paired test."""
-    from rag_core.evaluation import document_run, ir_metrics
-    from rag_core.query import Query
-
-    def search(text: str) -> list[tuple[str, float]]:
-        chunks = engine.retrieve(Query(text, DEPTH, mode, search_filter), vectors.get(text))  # type: ignore[arg-type]
-        return [(chunk.doc_id, float(len(chunks) - rank)) for rank, chunk in enumerate(chunks)]
-
-    means, per_query = ir_metrics(dataset.qrels, document_run(dataset, search, DEPTH), METRICS)
-    return {**means, "per_query": per_query["ndcg@10"]}
-
-
-def paired_p(before: dict[str, float], after: dict[str, float], draws: int = 10_000) -> float:
-    """Two-sided p of a paired sign-flip permutation test on the per-claim nDCG@10 differences."""
-    import numpy as np
-
-    differences = np.array([after[query] - before[query] for query in before])
-    observed = abs(differences.mean())
-    signs = np.random.default_rng(13).choice([-1.0, 1.0], size=(draws, len(differences)))
-    return float((np.abs((signs * differences).mean(axis=1)) >= observed - 1e-12).mean())
-
-
 def dev_claims(args):
     """The train claims `train` held out (the same deterministic split), as an evaluation set."""
     from rag_core.evaluation import EvalDataset
@@ -203,7 +178,7 @@ def main() -> None:
     parser.add_argument("--dev-fraction", type=float, default=0.1, help="train claims held out for dev metrics")
     parser.add_argument("--candidates", type=int, default=0, help="chunks reranked per query (0 = the setting)")
     parser.add_argument("--modes", nargs="*", default=["bm25", "dense", "hybrid"], help="none: latency only")
-    parser.add_argument("--weight", type=float, help="RAG_RERANK_WEIGHT to evaluate (default: chosen on train-dev)")
+    parser.add_argument("--weight", type=float, help="judge this weight (default: picked on train-dev)")
     parser.add_argument("--no-base", action="store_true", help="with --embedder: evaluate only the fine-tuned build")
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--test-queries", type=int, default=0, help="the first N test claims by id (0 = all 300)")
@@ -228,7 +203,7 @@ def main() -> None:
     from rag_core.promotion import spec_of
     from rag_core.query import QueryEngine
     from rag_core.rerank import Reranker
-    from rag_core.rerank_tuning import rerank_verdict
+    from rag_core.rerank_tuning import WEIGHTS, rerank_verdicts, verdicts_table
     from rag_core.retrieval import SearchFilter
     from rag_core.search.engines import IndexConnection
 
@@ -249,9 +224,9 @@ def main() -> None:
     fusion = base_settings.fusion()
     print(f"\nreranker {reranker.version} ({reranker_dir}), {candidates} candidates per query", flush=True)
 
-    rows: list[tuple[str, str, dict, dict, dict]] = []
+    rows: list[tuple[str, str, object]] = []
     timings: dict[str, list[float]] = {}
-    weight = 1.0 if args.weight is None else args.weight
+    weights = WEIGHTS if args.weight is None else (args.weight,)
     for label, reference in builds:
         settings = settings_for(args.work_dir, label, reference)
         connection = IndexConnection.from_settings(settings)
@@ -259,68 +234,55 @@ def main() -> None:
         with connection.store() as store:
             spec = spec_of(store.collection_properties(collection), BUNDLED_MODEL)
         embedder = load_embedder(spec.model, ModelResolver.from_settings(settings), backend=spec.backend).load()
-        vectors = dict(zip(test.queries.values(), embedder.encode(list(test.queries.values())).tolist(), strict=True))
         searcher = connection.memory_engine().searcher(collection)
+        started = time.perf_counter()
+        # What the `reranker_model` asset's gate decides on this build, mode by mode: the weight picked on the
+        # train claims held out of training, then the improvement rule on the test claims against no reranking.
+        verdicts = rerank_verdicts(
+            searcher, embedder, fusion, reranker, dev_claims(args), test, settings.default_tenant, candidates,
+            args.modes, settings.rerank_min_gain, weights,
+        )
+        print(f"\n{label} ({time.perf_counter() - started:.0f} s):\n{verdicts_table(verdicts)}", flush=True)
+        for mode, verdict in verdicts.items():
+            print(f"{label} {mode}: {verdict.reason}", flush=True)
+            rows.append((label, mode, verdict))
+        if label == builds[0][0] and args.latency_queries:
 
-        def encode(text: str, embedder=embedder) -> list[float]:
-            return embedder.encode([text])[0].tolist()
+            def encode(text: str, embedder=embedder) -> list[float]:
+                return embedder.encode([text])[0].tolist()
 
-        plain = QueryEngine(searcher, encode, fusion)
-        reranked = QueryEngine(searcher, encode, fusion, reranker=reranker, rerank_candidates=candidates)
-        if label == builds[0][0] and args.weight is None:
-            # What the `reranker_model` asset's gate decides on this build: the weight picked on the train claims
-            # held out of training, then the improvement rule on the test claims against hybrid without it.
-            verdict = rerank_verdict(
-                searcher, embedder, fusion, reranker, dev_claims(args), test, settings.default_tenant, candidates,
-                "hybrid", settings.rerank_min_gain,
-            )
-            weight = verdict.weight
-            print(f"{verdict.table()}\nreranker gate on {label}: {verdict.reason}", flush=True)
-        for mode in args.modes:
-            started = time.perf_counter()
-            without = evaluate(plain, test, vectors, mode, search_filter)
-            reranker.weight = weight
-            blended = evaluate(reranked, test, vectors, mode, search_filter)
-            alone = blended
-            if weight != 1.0 and mode == "hybrid":  # the cross-encoder's own order, once: each run costs minutes
-                reranker.weight = 1.0
-                alone = evaluate(reranked, test, vectors, mode, search_filter)
-                reranker.weight = weight
-            rows.append((label, mode, without, alone, blended))
-            print(
-                f"{label} {mode}: nDCG@10 {without['ndcg@10']:.4f} → {blended['ndcg@10']:.4f} (weight {weight:g}), "
-                f"{alone['ndcg@10']:.4f} (cross-encoder alone) ({time.perf_counter() - started:.0f} s)",
-                flush=True,
-            )
-        if label == builds[0][0]:
+            hybrid = verdicts.get("hybrid")
+            reranker.weight = hybrid.weight if hybrid is not None and hybrid.weight > 0 else reranker.weight
+            plain = QueryEngine(searcher, encode, fusion)
+            reranked = QueryEngine(searcher, encode, fusion, reranker=reranker, rerank_candidates=candidates)
             latency_build = label
             texts = list(test.queries.values())[: args.latency_queries]
             latency(plain, reranked, texts[:3], search_filter)  # warm both paths
             timings = latency(plain, reranked, texts, search_filter)
 
     print(
-        f"\nSciFact test ({len(test.queries)} claims), documents scored by their best chunk's served position; "
-        f"reranker: {candidates} candidates\n"
+        f"\n{args.dataset.name} test ({len(test.queries)} queries), documents scored by their best chunk's served "
+        f"position; reranker: {candidates} candidates; weight picked per mode on {len(dev_claims(args).queries)} "
+        f"held-out train queries; gate: +{base_settings.rerank_min_gain} nDCG@10 with the paired 95% interval above 0\n"
     )
-    print(
-        f"| embedder | mode | nDCG@10 | + rerank, cross-encoder alone | + rerank, weight {weight:g} | Δ nDCG@10 "
-        f"(weight {weight:g}) | paired p | MRR@10 | + rerank, alone | + rerank, weight {weight:g} |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for label, mode, without, alone, blended in rows:
-        delta = blended["ndcg@10"] - without["ndcg@10"]
-        measured = alone is not blended or weight == 1.0
-        alone_ndcg, alone_mrr = (f"{alone['ndcg@10']:.4f}", f"{alone['mrr@10']:.4f}") if measured else ("–", "–")
+    print("| embedder | mode | weight | nDCG@10 | + rerank | Δ | 95% CI | served by the gate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, mode, verdict in rows:
+        decision = verdict.decision
+        interval = (
+            f"{decision.effect_low:+.4f} to {decision.effect_high:+.4f}"
+            if decision.effect_low is not None and decision.effect_high is not None
+            else "–"
+        )
         print(
-            f"| {label} | {mode} | {without['ndcg@10']:.4f} | {alone_ndcg} | {blended['ndcg@10']:.4f} | "
-            f"{delta:+.4f} | {paired_p(without['per_query'], blended['per_query']):.3f} | {without['mrr@10']:.4f} | "
-            f"{alone_mrr} | {blended['mrr@10']:.4f} |"
+            f"| {label} | {mode} | {verdict.weight:g} | {verdict.without:.4f} | {verdict.with_reranker:.4f} | "
+            f"{verdict.with_reranker - verdict.without:+.4f} | {interval} | {'yes' if verdict.adopted else 'no'} |"
         )
     if timings:
         base_p50 = percentile(timings["hybrid"], 50)
         print(
-            f"\nLatency: {latency_build} hybrid, top 10, {len(timings['hybrid'])} test claims one at a time "
-            "(query encode + search [+ rerank]), interleaved\n"
+            f"\nLatency: {latency_build} hybrid, top 10, {len(timings['hybrid'])} test queries one at a time "
+            f"(query encode + search [+ rerank at weight {reranker.weight:g}]), interleaved\n"
         )
         print("| path | p50 ms | p95 ms | p50 / hybrid p50 |\n|---|---|---|---|")
         for name, values in timings.items():

@@ -36,7 +36,7 @@ _KEYS = {
     "rolled_back_at": "rag.rolled_back_at",
     "fusion": "rag.fusion",
     "reranker": "rag.reranker",
-    "rerank_weight": "rag.rerank_weight",
+    "rerank_weights": "rag.rerank_weights",
 }
 
 
@@ -68,10 +68,10 @@ class BuildRecord:
     # The hybrid fusion this build serves with, when the gate adopted a tuned one (FusionConfig.to_json);
     # "" = the deployment's settings.
     fusion: str = ""
-    # The reranker this build serves with (a model reference) and its blend weight, when the reranker gate
-    # (rag_core.rerank_tuning) proved it on this build; "" = none.
+    # The reranker this build serves with (a model reference) and, as JSON {mode: blend weight}, the modes the
+    # reranker gate (rag_core.rerank_tuning) proved it in on this build; "" = none.
     reranker: str = ""
-    rerank_weight: float | None = None
+    rerank_weights: str = ""
 
     @property
     def analyzer(self) -> str:
@@ -92,7 +92,7 @@ class BuildRecord:
                 continue
             if field.name in ("dimension", "chunk_max_tokens", "chunk_overlap_tokens", "expected_rows"):
                 values[field.name] = int(text)
-            elif field.name in ("eval_ndcg_at_10", "rerank_weight"):
+            elif field.name == "eval_ndcg_at_10":
                 values[field.name] = float(text)
             elif field.name == "document_entries":
                 values[field.name] = text == "true"

@@ -400,24 +400,48 @@ def adopt_fusion(store: MilvusStore, collection: str, decision: FusionDecision) 
         store.update_record(collection, fusion=decision.fusion)
 
 
-def served_reranker(
-    record: BuildRecord, setting: str, weight: float, weight_explicit: bool
-) -> tuple[str, float] | None:
-    """(reference, blend weight) of the reranker a build is served with, or None. `setting` is RAG_RERANK_MODEL:
-    `off` never reranks, a reference always reranks with it, and `auto` reranks with the one the reranker gate
-    recorded on the build (none recorded: no reranking). The recorded weight serves unless the deployment sets
-    RAG_RERANK_WEIGHT (`weight_explicit`)."""
+@dataclass(frozen=True)
+class ServedReranker:
+    """The reranker a build is served with: its model, the weight of a named one, and the modes (with weights)
+    the gate proved it in (None: every mode at `weight`)."""
+
+    reference: str
+    weight: float
+    modes: tuple[tuple[str, float], ...] | None = None
+
+    def mode_weights(self) -> dict[str, float] | None:
+        return dict(self.modes) if self.modes is not None else None
+
+
+def recorded_rerank_weights(record: BuildRecord) -> dict[str, float]:
+    """{mode: weight} the reranker gate recorded on a build ({} for none, or an unreadable record)."""
+    try:
+        weights = json.loads(record.rerank_weights) if record.rerank_weights else {}
+        return {str(mode): float(weight) for mode, weight in weights.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def served_reranker(record: BuildRecord, setting: str, weight: float, weight_explicit: bool) -> ServedReranker | None:
+    """The reranker a build is served with, or None. `setting` is RAG_RERANK_MODEL: `off` never reranks, a
+    reference always reranks every mode with it at `weight`, and `auto` reranks with the one the reranker gate
+    recorded on the build, in the modes it proved a gain in (none recorded: no reranking). The recorded weights
+    serve unless the deployment sets RAG_RERANK_WEIGHT (`weight_explicit`)."""
     choice = setting.strip()
     if choice.lower() in NO_RERANKER:
         return None
     if choice.lower() != AUTO_RERANKER:
-        return choice, weight
-    if not record.reranker:
+        return ServedReranker(choice, weight)
+    modes = recorded_rerank_weights(record)
+    if not record.reranker or not modes:
         return None
-    recorded = record.rerank_weight if record.rerank_weight is not None and not weight_explicit else weight
-    return record.reranker, recorded
+    if weight_explicit:
+        modes = dict.fromkeys(modes, weight)
+    return ServedReranker(record.reranker, weight, tuple(sorted(modes.items())))
 
 
-def adopt_reranker(store: MilvusStore, collection: str, reference: str, weight: float) -> None:
-    """Record a reranker the gate proved on the build: `auto` serving reranks with it from its next poll."""
-    store.update_record(collection, reranker=reference, rerank_weight=weight)
+def adopt_reranker(store: MilvusStore, collection: str, reference: str, modes: Mapping[str, float]) -> None:
+    """Record a reranker the gate proved on the build in `modes` ({mode: weight}): `auto` serving reranks with
+    it from its next poll; no modes clears it."""
+    weights = json.dumps(dict(sorted(modes.items()))) if modes else None
+    store.update_record(collection, reranker=reference if modes else None, rerank_weights=weights)

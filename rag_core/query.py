@@ -75,14 +75,15 @@ class QueryEngine:
         evaluation encodes all its queries in one batch)."""
         if vector is None and query.mode != "bm25":
             vector = self.encode(query.text)
-        depth = query.top_k if self.reranker is None else max(query.top_k, self.rerank_candidates)
+        weight = self.reranker.weight_for(query.mode) if self.reranker is not None else None
+        depth = query.top_k if weight is None else max(query.top_k, self.rerank_candidates)
         with self.stage("search"):
             chunks = self.retriever.retrieve(query.text, vector, depth, query.mode, query.search_filter, query.fusion)
-        if self.reranker is None:
+        if self.reranker is None or weight is None:  # none, or not proven in this mode
             return chunks
         # Only the candidates are reordered; a top_k deeper than them keeps retrieval's order below them.
         with self.stage("rerank"):
-            reranked = self.reranker.run(query.text, chunks[: self.rerank_candidates])
+            reranked = self.reranker.run(query.text, chunks[: self.rerank_candidates], weight)
         return (reranked + chunks[self.rerank_candidates :])[: query.top_k]
 
     def answer(self, question: str, chunks: Sequence[RetrievedChunk]) -> Answer:

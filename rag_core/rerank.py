@@ -16,7 +16,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -113,7 +113,9 @@ class Reranker:
 
     Construct (cheap: checks the directory), `warm_up()` (loads the model and runs it once), `run(query,
     chunks)`. Every chunk keeps every field; the score the list is ordered by is recorded as `rerank_score`:
-    the cross-encoder's logit, or with `weight` < 1 its blend with the retrieval score (see `blend`)."""
+    the cross-encoder's logit, or with `weight` < 1 its blend with the retrieval score (see `blend`).
+    `modes` ({mode: weight}, what the reranker gate recorded on a build) limits it to the modes it proved a gain
+    in, each at its own weight; None reranks every mode at `weight`."""
 
     def __init__(
         self,
@@ -123,11 +125,14 @@ class Reranker:
         max_length: int = 256,
         name: str = "",
         weight: float = DEFAULT_RERANK_WEIGHT,
+        modes: Mapping[str, float] | None = None,
     ) -> None:
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"RAG_RERANK_WEIGHT={weight} must be within [0, 1] (1: the cross-encoder alone)")
+        for value in [weight, *(modes or {}).values()]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"RAG_RERANK_WEIGHT={value} must be within [0, 1] (1: the cross-encoder alone)")
         self.model_dir = check_cross_encoder(model_dir)
         self.weight = weight
+        self.modes = dict(modes) if modes is not None else None
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
@@ -139,10 +144,26 @@ class Reranker:
 
     @classmethod
     def from_reference(
-        cls, reference: str, resolver: ModelResolver, device: str = "cpu", weight: float = DEFAULT_RERANK_WEIGHT
+        cls,
+        reference: str,
+        resolver: ModelResolver,
+        device: str = "cpu",
+        weight: float = DEFAULT_RERANK_WEIGHT,
+        modes: Mapping[str, float] | None = None,
     ) -> Reranker:
         """The reranker a reference names (see `resolve_reranker`), versioned as `rag-reranker-3@<hash>`."""
-        return cls(resolve_reranker(reference, resolver), device, name=resolver.display_name(reference), weight=weight)
+        name = resolver.display_name(reference)
+        return cls(resolve_reranker(reference, resolver), device, name=name, weight=weight, modes=modes)
+
+    def weight_for(self, mode: str) -> float | None:
+        """The weight it reranks `mode` with, or None when it does not rerank that mode."""
+        return self.weight if self.modes is None else self.modes.get(mode)
+
+    @property
+    def cache_key(self) -> str:
+        """What reranked results are cached under: the weights it serves, and how it blends them."""
+        blends = f"{self.weight:g}" if self.modes is None else json.dumps(self.modes, sort_keys=True)
+        return f"{self.version}:{blends}"
 
     @cached_property
     def model(self):
@@ -171,10 +192,12 @@ class Reranker:
             )
         return np.asarray(scores, dtype=np.float32)
 
-    def run(self, query: str, chunks: Sequence[RetrievedChunk]) -> list[RetrievedChunk]:
-        """`chunks` reordered, each with its `rerank_score`; ties keep retrieval order."""
+    def run(self, query: str, chunks: Sequence[RetrievedChunk], weight: float | None = None) -> list[RetrievedChunk]:
+        """`chunks` reordered (at `weight`, default `self.weight`), each with its `rerank_score`; ties keep
+        retrieval order."""
         logits = self.scores(query, [search_text(chunk.title, chunk.text) for chunk in chunks])
-        scores = blend(logits, np.array([chunk.score for chunk in chunks], dtype=np.float32), self.weight)
+        retrieval = np.array([chunk.score for chunk in chunks], dtype=np.float32)
+        scores = blend(logits, retrieval, self.weight if weight is None else weight)
         order = sorted(range(len(chunks)), key=lambda index: (-float(scores[index]), index))
         return [replace(chunks[index], rerank_score=round(float(scores[index]), 6)) for index in order]
 

@@ -10,9 +10,11 @@ reranker is judged against the build it would serve on, as that build serves (th
    the improvement rule of `rag_core.promotion.improvement_gate` against the same build without reranking:
    a mean nDCG@10 gain of at least `min_gain` whose paired bootstrap interval lies above zero.
 
-Only then is the reranker recorded on the build (`BuildRecord.reranker`, `rerank_weight`), and the API, which
-serves a build's recorded reranker by default (`RAG_RERANK_MODEL=auto`), reranks from its next poll. Each
-query's candidates and the cross-encoder's scores are computed once; every weight reorders the same lists.
+Each mode (bm25, dense, hybrid) is judged on its own, with its own weight: a reranker that lifts hybrid can
+lower BM25. The modes it passes in are recorded on the build with their weights (`BuildRecord.reranker`,
+`rerank_weights`), and the API, which serves a build's recorded reranker by default (`RAG_RERANK_MODEL=auto`),
+reranks those modes from its next poll, and only those. Each query's candidates and the cross-encoder's scores
+are computed once per mode; every weight reorders the same lists.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ class RerankVerdict:
     def reason(self) -> str:
         verdict = "adopted" if self.adopted else "not adopted"
         picked = f"weight {self.weight:g} picked on {self.tuning_queries} tuning queries"
-        return f"{verdict}: {picked}; {self.mode} {self.decision.reason.replace('the served build', 'no reranking')}"
+        return f"{verdict}: {picked}; {self.mode}: {self.decision.reason.replace('the served build', 'no reranking')}"
 
     def table(self) -> str:
         lines = ["| weight | nDCG@10 (tuning queries) |", "|---|---|"]
@@ -151,6 +153,7 @@ def rerank_verdict(
     candidates: int,
     mode: str = "hybrid",
     min_gain: float = MIN_RERANK_GAIN,
+    weights: Sequence[float] = WEIGHTS,
 ) -> RerankVerdict:
     """Pick the blend weight on `tuning_queries` (queries the reranker did not train on), then hold the build
     reranked at that weight to the improvement rule against itself unreranked on `gate_queries`."""
@@ -163,7 +166,7 @@ def rerank_verdict(
     if not tuning_queries.queries:
         raise ValueError(f"{tuning_queries.name} has no judged queries to pick the reranker's weight on")
     args = (searcher, embedder, fusion, reranker)
-    tuning = tune_weight(tuning_queries, score_candidates(*args, tuning_queries, mode, tenant, candidates))
+    tuning = tune_weight(tuning_queries, score_candidates(*args, tuning_queries, mode, tenant, candidates), weights)
     # The best weight; on a tie the smaller one (less of the order owned by the slower, less proven stage).
     weight = max(tuning, key=lambda w: (tuning[w], -w))
     gate = score_candidates(*args, gate_queries, mode, tenant, candidates)
@@ -175,3 +178,44 @@ def rerank_verdict(
     else:
         decision = improvement_gate(reranked, without, reranked_scores, without_scores, min_gain)
     return RerankVerdict(mode, len(tuning_queries.queries), tuning, weight, decision)
+
+
+def rerank_verdicts(
+    searcher: Searcher,
+    embedder: Embedder,
+    fusion: FusionConfig,
+    reranker: Reranker,
+    tuning_queries: EvalDataset,
+    gate_queries: EvalDataset,
+    tenant: str,
+    candidates: int,
+    modes: Sequence[str],
+    min_gain: float = MIN_RERANK_GAIN,
+    weights: Sequence[float] = WEIGHTS,
+) -> dict[str, RerankVerdict]:
+    """`rerank_verdict` in each of `modes`: each picks its own weight (among `weights`) and faces the gate on its
+    own."""
+    args = (searcher, embedder, fusion, reranker, tuning_queries, gate_queries, tenant, candidates)
+    return {mode: rerank_verdict(*args, mode, min_gain, weights) for mode in modes}
+
+
+def adopted_modes(verdicts: dict[str, RerankVerdict]) -> dict[str, float]:
+    """{mode: weight} of the modes a reranker passed the gate in: what `adopt_reranker` records."""
+    return {mode: verdict.weight for mode, verdict in verdicts.items() if verdict.adopted}
+
+
+def verdicts_table(verdicts: dict[str, RerankVerdict]) -> str:
+    """One row per mode: the weight, nDCG@10 on the tuning queries at each weight, and the gate's outcome."""
+    weights = list(WEIGHTS)
+    lines = [
+        "| mode | " + " | ".join(f"tuning, w={weight:g}" for weight in weights)
+        + " | weight | evaluation, without | evaluation, with | adopted |",
+        "|---" * (len(weights) + 5) + "|",
+    ]
+    for mode, verdict in verdicts.items():
+        tuned = " | ".join(f"{verdict.tuning.get(weight, float('nan')):.4f}" for weight in weights)
+        lines.append(
+            f"| {mode} | {tuned} | {verdict.weight:g} | {verdict.without:.4f} | {verdict.with_reranker:.4f} | "
+            f"{'yes' if verdict.adopted else 'no'} |"
+        )
+    return "\n".join(lines)

@@ -140,7 +140,7 @@ def retrieve(
         tenant,
         sorted(search_filter.excluded),  # a toggled chunk changes the results at once, not after the TTL
         asdict(fusion),
-        (snapshot.reranker.version, snapshot.reranker.weight) if snapshot.reranker else "",  # never shared unreranked
+        snapshot.reranker.cache_key if snapshot.reranker else "",  # never shared with unreranked results
         tenant=tenant,
     )
     cached = state.cache.get(key)

@@ -20,7 +20,7 @@ from rag_core.conversations import ConversationStore
 from rag_core.embedding import Embedder
 from rag_core.generation import warm_up
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import served_fusion, served_reranker, spec_of
+from rag_core.promotion import ServedReranker, served_fusion, served_reranker, spec_of
 from rag_core.querylog import ServingDatabase
 from rag_core.ratelimit import FailedAttempts, RateLimiter
 from rag_core.rerank import Reranker
@@ -194,7 +194,7 @@ class ServingState:
             if settings.fixed_reranker
             else None
         )
-        self._recorded_rerankers: dict[tuple[str, float], Reranker] = {}
+        self._recorded_rerankers: dict[ServedReranker, Reranker] = {}
         self.reranker_warm = threading.Event()
         self.reranker_error = ""
         # RAG_EMBEDDING_MODEL pins the model; unset, the server follows the model of the served build.
@@ -293,17 +293,17 @@ class ServingState:
         if choice is None:
             return None
         if choice not in self._recorded_rerankers:
-            reference, weight = choice
+            device, modes = settings.embedding_device, choice.mode_weights()
             try:
-                reranker = Reranker.from_reference(reference, self.resolver, settings.embedding_device, weight)
+                reranker = Reranker.from_reference(choice.reference, self.resolver, device, choice.weight, modes)
                 self._recorded_rerankers[choice] = reranker.warm_up()
             except Exception as error:
                 raise IndexNotReady(
-                    f"the reranker {reference} that the reranker gate recorded on the served build did not load "
-                    f"({type(error).__name__}: {error}) — check the MLflow registry, or set RAG_RERANK_MODEL=off "
+                    f"the reranker {choice.reference} that the reranker gate recorded on the served build did not "
+                    f"load ({type(error).__name__}: {error}) — check the MLflow registry, or set RAG_RERANK_MODEL=off "
                     "to serve without reranking"
                 ) from error
-            log.info("the served build's reranker %s (%s, weight %g) is warm", reference, reranker.version, weight)
+            log.info("the served build's reranker %s (%s) is warm: %s", choice.reference, reranker.version, modes)
         return self._recorded_rerankers[choice]
 
     def embedder_for(self, properties: dict[str, str]) -> Embedder:

@@ -33,7 +33,7 @@ from rag_core.rerank import (
     split_dev,
     train_reranker,
 )
-from rag_core.rerank_tuning import RerankVerdict, rerank_verdict
+from rag_core.rerank_tuning import RerankVerdict, adopted_modes, rerank_verdicts, verdicts_table
 from rag_core.settings import bundled_model_dir
 from rag_core.tracking import REGISTERED_RERANKER
 
@@ -97,9 +97,9 @@ def judge_reranker(
     milvus: MilvusResource,
     embedder: EmbedderResource,
     evaluation: EvaluationResource,
-) -> tuple[RerankVerdict | None, str]:
-    """(the verdict, the served collection) of the reranker on the served build; the reranker is recorded on the
-    build when the verdict adopts it. (None, why) when there is nothing to judge it on."""
+) -> tuple[dict[str, RerankVerdict] | None, str]:
+    """({mode: verdict}, the served collection) of the reranker on the served build, in each evaluated mode; the
+    reranker is recorded on the build for the modes it passed in. (None, why) when there is nothing to judge it on."""
     if not dev_examples:
         return None, "no train questions were held out of training to pick its weight on (dev_fraction 0)"
     with milvus.store() as store:
@@ -117,7 +117,7 @@ def judge_reranker(
             gate = judged_dataset(evaluation.dataset(), doc_ids, served.collection, evaluation.max_queries)
         except (FileNotFoundError, ValueError) as error:
             return None, f"no judged queries to judge it on in {served.collection}: {error}"
-        verdict = rerank_verdict(
+        verdicts = rerank_verdicts(
             served.searcher,
             embedder.load_build(served.properties),
             evaluation.served_fusion(BuildRecord.from_properties(served.properties)),
@@ -126,28 +126,37 @@ def judge_reranker(
             gate,
             evaluation.tenant,
             evaluation.rerank_candidates,
-            evaluation.gate_mode,
+            evaluation.modes,
             evaluation.rerank_min_gain,
         )
-    if verdict.adopted:
+    if adopted_modes(verdicts):
         with milvus.store() as store:
-            adopt_reranker(store, served.collection, model_uri, verdict.weight)
-    return verdict, served.collection
+            adopt_reranker(store, served.collection, model_uri, adopted_modes(verdicts))
+    return verdicts, served.collection
 
 
-def _gate_metadata(verdict: RerankVerdict | None, collection: str) -> dict[str, object]:
-    if verdict is None:
-        return {"rerank_gate": f"not judged: {collection}", "rerank_adopted": False}
-    decision = verdict.decision
+def gate_summary(verdicts: dict[str, RerankVerdict] | None, judged_on: str) -> str:
+    """One line: the modes it is served in, or why none (each mode's reason is in the metadata)."""
+    if verdicts is None:
+        return f"not judged: {judged_on}"
+    adopted = adopted_modes(verdicts)
+    served = ", ".join(f"{mode} (weight {weight:g})" for mode, weight in adopted.items())
+    return f"served in {served} on {judged_on}" if adopted else f"served in no mode on {judged_on}"
+
+
+def _gate_metadata(verdicts: dict[str, RerankVerdict] | None, judged_on: str) -> dict[str, object]:
+    summary = gate_summary(verdicts, judged_on)
+    if verdicts is None:
+        return {"rerank_gate": summary, "rerank_adopted": MetadataValue.json({})}
+    per_mode = {
+        f"rerank_gate_{mode}": verdict.reason for mode, verdict in verdicts.items()
+    }
     return {
-        "rerank_gate": verdict.reason,
-        "rerank_adopted": verdict.adopted,
-        "rerank_collection": collection,
-        "rerank_weight": verdict.weight,
-        "rerank_gate_without": verdict.without,
-        "rerank_gate_with": verdict.with_reranker,
-        **({"rerank_gate_effect_low": decision.effect_low} if decision.effect_low is not None else {}),
-        "rerank_weights": MetadataValue.md(verdict.table()),
+        "rerank_gate": summary,
+        "rerank_adopted": MetadataValue.json(adopted_modes(verdicts)),
+        "rerank_collection": judged_on,
+        **per_mode,
+        "rerank_weights": MetadataValue.md(verdicts_table(verdicts)),
     }
 
 
@@ -212,24 +221,25 @@ def reranker_model(
             else str(result.model_dir)
         )
         mlflow.set_tag("model_uri", model_uri)
-        verdict, judged_on = (
+        verdicts, judged_on = (
             judge_reranker(result.model_dir, model_uri, dev_examples, milvus, embedder, evaluation)
             if config.gate
             else (None, "the gate is off (gate: false)")
         )
-        if verdict is not None:
+        for mode, verdict in (verdicts or {}).items():
             mlflow.log_metrics(
                 {
-                    "gate_weight": verdict.weight,
-                    "gate_ndcg_at_10_without": verdict.without,
-                    "gate_ndcg_at_10_with": verdict.with_reranker,
-                    "gate_adopted": float(verdict.adopted),
+                    f"gate_{mode}_weight": verdict.weight,
+                    f"gate_{mode}_ndcg_at_10_without": verdict.without,
+                    f"gate_{mode}_ndcg_at_10_with": verdict.with_reranker,
+                    f"gate_{mode}_adopted": float(verdict.adopted),
                 }
             )
-        mlflow.set_tag("rerank_gate", verdict.reason if verdict else f"not judged: {judged_on}")
-    (context.log.info if verdict is not None and verdict.adopted else context.log.warning)(
-        f"reranker gate: {verdict.reason if verdict else f'not judged: {judged_on}'}"
-    )
+        mlflow.set_tag("rerank_gate", gate_summary(verdicts, judged_on))
+    for verdict in (verdicts or {}).values():
+        (context.log.info if verdict.adopted else context.log.warning)(f"reranker gate: {verdict.reason}")
+    if verdicts is None:
+        context.log.warning(f"reranker gate: {gate_summary(verdicts, judged_on)}")
     final = result.history[-1] if result.history else {}
     return MaterializeResult(
         metadata={
@@ -243,10 +253,10 @@ def reranker_model(
             "train_seconds": round(result.seconds, 1),
             "history": MetadataValue.json(result.history),
             **{f"final_{metric_name(key)}": value for key, value in final.items() if key.startswith("dev_")},
-            **_gate_metadata(verdict, judged_on),
+            **_gate_metadata(verdicts, judged_on),
             "next": (
-                "served from the API's next poll (RAG_RERANK_MODEL=auto)"
-                if verdict is not None and verdict.adopted
+                "served in those modes from the API's next poll (RAG_RERANK_MODEL=auto)"
+                if verdicts and adopted_modes(verdicts)
                 else f"not served by `auto`; to force it: RAG_RERANK_MODEL={model_uri} (evals/bench_rerank.py measures)"
             ),
             "seconds": round(time.perf_counter() - started, 1),

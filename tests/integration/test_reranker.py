@@ -18,7 +18,7 @@ from rag_assets.definitions import build_definitions
 from rag_core.embedding import model_fingerprint
 from rag_core.evaluation import EvalDataset, evaluate_engine, judged_dataset
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import adopt_reranker
+from rag_core.promotion import adopt_reranker, recorded_rerank_weights
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import Reranker, is_cross_encoder
@@ -92,13 +92,16 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     assert metadata["train_pairs"] >= 2 * metadata["positive_pairs"] > 0
     assert [epoch["epoch"] for epoch in metadata["history"]] == [0.0, 1.0]
     assert 0.0 <= metadata["final_dev_ndcg_at_10"] <= 1.0 and "final_dev_first_stage_ndcg_at_10" in metadata
-    # The gate judged it on the served build, and recorded it there only if it proved a gain.
-    assert metadata["rerank_collection"] == trained["collection"] and metadata["rerank_weight"] in WEIGHTS
-    assert metadata["rerank_gate"].startswith("adopted" if metadata["rerank_adopted"] else "not adopted")
-    assert "| weight | nDCG@10 (tuning queries) |" in metadata["rerank_weights"]
+    # The gate judged it on the served build in each mode, and recorded it there for the modes it proved a gain in.
+    adopted = metadata["rerank_adopted"]
+    assert metadata["rerank_collection"] == trained["collection"] and set(adopted) <= {"bm25", "dense", "hybrid"}
+    for mode in ("bm25", "dense", "hybrid"):
+        assert metadata[f"rerank_gate_{mode}"].startswith("adopted" if mode in adopted else "not adopted")
+    rows = metadata["rerank_weights"].splitlines()
+    assert len(rows) == 2 + 3 and [row.split(" | ")[0] for row in rows[2:]] == ["| bm25", "| dense", "| hybrid"]
     with IndexConnection.from_settings(settings).store() as store:
         record = store.record(trained["collection"])
-    assert (record.reranker == metadata["model_uri"]) is metadata["rerank_adopted"]
+    assert recorded_rerank_weights(record) == adopted and (record.reranker == metadata["model_uri"]) is bool(adopted)
 
     tracker = Tracker.from_settings(settings)
     (run,) = tracker.runs("rerankers")
@@ -107,7 +110,7 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     steps = [m.step for m in tracker.client().get_metric_history(run.info.run_id, "dev_ndcg_at_10")]
     assert steps == [0, 1], "dev metrics are logged before training and after each epoch"
     assert tracker.client().get_metric_history(run.info.run_id, "train_loss")
-    assert run.data.metrics["gate_adopted"] == float(metadata["rerank_adopted"])
+    assert run.data.metrics["gate_hybrid_adopted"] == float("hybrid" in metadata["rerank_adopted"])
     assert run.data.tags["rerank_gate"] == metadata["rerank_gate"]
     (version,) = tracker.client().search_model_versions(f"name = '{REGISTERED_RERANKER}'")
     assert version.run_id == run.info.run_id
@@ -193,35 +196,40 @@ def test_the_gate_scores_the_build_as_the_evaluation_does(trained: dict) -> None
 
 def test_auto_serves_the_reranker_the_gate_recorded_on_the_build(trained: dict) -> None:
     """RAG_RERANK_MODEL=auto (the default): no reranking until a reranker is recorded on the served build, then
-    reranking with it at the recorded weight from the next poll; `off` never reranks."""
+    reranking with it from the next poll, in the modes it was proven in only; `off` never reranks."""
     settings, collection = trained["settings"], trained["collection"]
     assert settings.rerank_model == "auto"
     settings = settings.model_copy(update={"rerank_candidates": CANDIDATES})
     key = ServingDatabase(settings.resolved_serving_db_url).create_key("default", "auto rerank test")
     question = {"query": "vitamin D and fractures", "top_k": 4}
     connection = IndexConnection.from_settings(settings)
+    with connection.store() as store:  # whatever the asset's gate decided on the fixture: start unjudged
+        adopt_reranker(store, collection, "", {})
     server = ServerThread(create_app(settings)).start()
     try:
         with server.client(key) as client:
             unjudged = client.get("/ready").json()
             plain = client.post("/v1/retrieve", json=question).json()
             with connection.store() as store:
-                adopt_reranker(store, collection, trained["metadata"]["model_uri"], 0.3)
+                adopt_reranker(store, collection, trained["metadata"]["model_uri"], {"hybrid": 0.3})
             server.app.state.rag.index.refresh()  # the next poll, now
             ready = client.get("/ready").json()
             reranked = client.post("/v1/retrieve", json=question).json()
+            bm25 = client.post("/v1/retrieve", json={**question, "mode": "bm25"}).json()
     finally:
         server.stop()
         with connection.store() as store:
-            store.update_record(collection, reranker=None, rerank_weight=None)
+            adopt_reranker(store, collection, "", {})
     assert unjudged["reranker"] == "off" and "rerank" not in plain["timings_ms"]
     assert {chunk["rerank_score"] for chunk in plain["chunks"]} == {None}
     assert ready["reranker"].startswith(f"{REGISTERED_RERANKER}-1@") and "rerank" in reranked["timings_ms"]
     scores = [chunk["rerank_score"] for chunk in reranked["chunks"]]
     assert None not in scores and scores == sorted(scores, reverse=True)
+    assert "rerank" not in bm25["timings_ms"], "not proven in bm25: not reranked there"
+    assert {chunk["rerank_score"] for chunk in bm25["chunks"]} == {None}
     off = settings.model_copy(update={"rerank_model": "off"})
     with connection.store() as store:
-        adopt_reranker(store, collection, trained["metadata"]["model_uri"], 0.3)
+        adopt_reranker(store, collection, trained["metadata"]["model_uri"], {"hybrid": 0.3})
     server = ServerThread(create_app(off)).start()
     try:
         with server.client(key) as client:
@@ -230,7 +238,7 @@ def test_auto_serves_the_reranker_the_gate_recorded_on_the_build(trained: dict) 
     finally:
         server.stop()
         with connection.store() as store:
-            store.update_record(collection, reranker=None, rerank_weight=None)
+            adopt_reranker(store, collection, "", {})
 
 
 def test_the_served_api_reranks_and_times_the_stage(trained: dict) -> None:

@@ -22,7 +22,7 @@ def test_a_record_round_trips_through_collection_properties():
         eval_ndcg_at_10=0.61234567,
         expected_rows=42,
         reranker="models:/rag-reranker/2",
-        rerank_weight=0.3,
+        rerank_weights='{"hybrid": 0.3}',
     )
     properties = record.to_properties()
     assert all(key.startswith("rag.") and isinstance(value, str) for key, value in properties.items())
