@@ -329,6 +329,14 @@ def rollback(store: MilvusStore) -> tuple[str, str]:
     return current, previous
 
 
+def _reranker_column(record: BuildRecord) -> str:
+    """`models:/rag-reranker/2 (hybrid 0.3, dense 0.5)`: the reranker the gate recorded, or "none"."""
+    weights = recorded_rerank_weights(record)
+    if not record.reranker or not weights:
+        return "none"
+    return f"{record.reranker} ({', '.join(f'{mode} {weight:g}' for mode, weight in weights.items())})"
+
+
 def builds(store: MilvusStore) -> list[dict[str, str]]:
     """Every build under the alias' prefix with its status, newest promotion first."""
     served = store.alias_target()
@@ -345,6 +353,7 @@ def builds(store: MilvusStore) -> list[dict[str, str]]:
                 "chunking": record.chunking,
                 "ndcg_at_10": ndcg,
                 "promoted_at": record.promoted_at,
+                "reranker": _reranker_column(record),
             }
         )
     rows.sort(key=lambda row: row["promoted_at"], reverse=True)

@@ -18,7 +18,7 @@ from rag_assets.definitions import build_definitions
 from rag_core.embedding import model_fingerprint
 from rag_core.evaluation import EvalDataset, evaluate_engine, judged_dataset
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import adopt_reranker, recorded_rerank_weights
+from rag_core.promotion import adopt_reranker, builds, recorded_rerank_weights
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import Reranker, is_cross_encoder
@@ -212,6 +212,8 @@ def test_auto_serves_the_reranker_the_gate_recorded_on_the_build(trained: dict) 
             plain = client.post("/v1/retrieve", json=question).json()
             with connection.store() as store:
                 adopt_reranker(store, collection, trained["metadata"]["model_uri"], {"hybrid": 0.3})
+                (row,) = [row for row in builds(store) if row["collection"] == collection]
+            assert row["reranker"] == f"{trained['metadata']['model_uri']} (hybrid 0.3)", "`rag builds` shows it"
             server.app.state.rag.index.refresh()  # the next poll, now
             ready = client.get("/ready").json()
             reranked = client.post("/v1/retrieve", json=question).json()
