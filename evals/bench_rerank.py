@@ -203,7 +203,7 @@ def main() -> None:
     from rag_core.promotion import spec_of
     from rag_core.query import QueryEngine
     from rag_core.rerank import Reranker
-    from rag_core.rerank_tuning import WEIGHTS, rerank_verdicts, verdicts_table
+    from rag_core.rerank_tuning import WEIGHTS, RerankerGate, verdicts_table
     from rag_core.retrieval import SearchFilter
     from rag_core.search.engines import IndexConnection
 
@@ -238,10 +238,11 @@ def main() -> None:
         started = time.perf_counter()
         # What the `reranker_model` asset's gate decides on this build, mode by mode: the weight picked on the
         # train claims held out of training, then the improvement rule on the test claims against no reranking.
-        verdicts = rerank_verdicts(
+        gate = RerankerGate(
             searcher, embedder, fusion, reranker, dev_claims(args), test, settings.default_tenant, candidates,
-            args.modes, settings.rerank_min_gain, weights,
+            settings.rerank_min_gain, weights,
         )
+        verdicts = gate.verdicts(args.modes)
         print(f"\n{label} ({time.perf_counter() - started:.0f} s):\n{verdicts_table(verdicts)}", flush=True)
         for mode, verdict in verdicts.items():
             print(f"{label} {mode}: {verdict.reason}", flush=True)

@@ -142,61 +142,53 @@ class RerankVerdict:
         return "\n".join(lines)
 
 
-def rerank_verdict(
-    searcher: Searcher,
-    embedder: Embedder,
-    fusion: FusionConfig,
-    reranker: Reranker,
-    tuning_queries: EvalDataset,
-    gate_queries: EvalDataset,
-    tenant: str,
-    candidates: int,
-    mode: str = "hybrid",
-    min_gain: float = MIN_RERANK_GAIN,
-    weights: Sequence[float] = WEIGHTS,
-) -> RerankVerdict:
-    """Pick the blend weight on `tuning_queries` (queries the reranker did not train on), then hold the build
-    reranked at that weight to the improvement rule against itself unreranked on `gate_queries`."""
-    overlap = set(tuning_queries.queries) & set(gate_queries.queries)
-    if overlap:
-        raise ValueError(
-            f"{len(overlap)} queries are in both the tuning and the evaluation set (e.g. {sorted(overlap)[0]}): "
-            "pick the weight on held-out train queries, never on the split the gate evaluates"
-        )
-    if not tuning_queries.queries:
-        raise ValueError(f"{tuning_queries.name} has no judged queries to pick the reranker's weight on")
-    args = (searcher, embedder, fusion, reranker)
-    tuning = tune_weight(tuning_queries, score_candidates(*args, tuning_queries, mode, tenant, candidates), weights)
-    # The best weight; on a tie the smaller one (less of the order owned by the slower, less proven stage).
-    weight = max(tuning, key=lambda w: (tuning[w], -w))
-    gate = score_candidates(*args, gate_queries, mode, tenant, candidates)
-    without, without_scores = ndcg_at_10(gate_queries, {query_id: c.chunks for query_id, c in gate.items()})
-    reranked, reranked_scores = ndcg_at_10(gate_queries, {q: c.reordered(weight) for q, c in gate.items()})
-    if weight == 0:  # the retrieval order won on the tuning queries: nothing to put before the gate
-        reason = "the retrieval order ranked best on the tuning queries"
-        decision = GateDecision(False, reranked, without, 0.0, reason, IMPROVEMENT, min_gain)
-    else:
-        decision = improvement_gate(reranked, without, reranked_scores, without_scores, min_gain)
-    return RerankVerdict(mode, len(tuning_queries.queries), tuning, weight, decision)
+@dataclass(frozen=True)
+class RerankerGate:
+    """One reranker before one build: the build as served (its searcher, query embedder and fusion), the
+    queries the weight is picked on (never trained on) and the queries the gate reads (never tuned on)."""
 
+    searcher: Searcher
+    embedder: Embedder
+    fusion: FusionConfig
+    reranker: Reranker
+    tuning_queries: EvalDataset
+    gate_queries: EvalDataset
+    tenant: str
+    candidates: int
+    min_gain: float = MIN_RERANK_GAIN
+    weights: Sequence[float] = WEIGHTS
 
-def rerank_verdicts(
-    searcher: Searcher,
-    embedder: Embedder,
-    fusion: FusionConfig,
-    reranker: Reranker,
-    tuning_queries: EvalDataset,
-    gate_queries: EvalDataset,
-    tenant: str,
-    candidates: int,
-    modes: Sequence[str],
-    min_gain: float = MIN_RERANK_GAIN,
-    weights: Sequence[float] = WEIGHTS,
-) -> dict[str, RerankVerdict]:
-    """`rerank_verdict` in each of `modes`: each picks its own weight (among `weights`) and faces the gate on its
-    own."""
-    args = (searcher, embedder, fusion, reranker, tuning_queries, gate_queries, tenant, candidates)
-    return {mode: rerank_verdict(*args, mode, min_gain, weights) for mode in modes}
+    def _candidates(self, judged: EvalDataset, mode: str) -> dict[str, Candidates]:
+        args = (self.searcher, self.embedder, self.fusion, self.reranker, judged, mode, self.tenant, self.candidates)
+        return score_candidates(*args)
+
+    def verdict(self, mode: str = "hybrid") -> RerankVerdict:
+        """Pick the blend weight on the tuning queries, then hold the build reranked at that weight to the
+        improvement rule against itself unreranked on the gate's queries, in `mode`."""
+        overlap = set(self.tuning_queries.queries) & set(self.gate_queries.queries)
+        if overlap:
+            raise ValueError(
+                f"{len(overlap)} queries are in both the tuning and the evaluation set (e.g. {sorted(overlap)[0]}): "
+                "pick the weight on held-out train queries, never on the split the gate evaluates"
+            )
+        if not self.tuning_queries.queries:
+            raise ValueError(f"{self.tuning_queries.name} has no judged queries to pick the reranker's weight on")
+        tuning = tune_weight(self.tuning_queries, self._candidates(self.tuning_queries, mode), self.weights)
+        # The best weight; on a tie the smaller one (less of the order owned by the slower, less proven stage).
+        weight = max(tuning, key=lambda w: (tuning[w], -w))
+        gate = self._candidates(self.gate_queries, mode)
+        without, without_scores = ndcg_at_10(self.gate_queries, {query_id: c.chunks for query_id, c in gate.items()})
+        reranked, reranked_scores = ndcg_at_10(self.gate_queries, {q: c.reordered(weight) for q, c in gate.items()})
+        if weight == 0:  # the retrieval order won on the tuning queries: nothing to put before the gate
+            reason = "the retrieval order ranked best on the tuning queries"
+            decision = GateDecision(False, reranked, without, 0.0, reason, IMPROVEMENT, self.min_gain)
+        else:
+            decision = improvement_gate(reranked, without, reranked_scores, without_scores, self.min_gain)
+        return RerankVerdict(mode, len(self.tuning_queries.queries), tuning, weight, decision)
+
+    def verdicts(self, modes: Sequence[str]) -> dict[str, RerankVerdict]:
+        """A verdict in each of `modes`: each picks its own weight and faces the gate on its own."""
+        return {mode: self.verdict(mode) for mode in modes}
 
 
 def adopted_modes(verdicts: dict[str, RerankVerdict]) -> dict[str, float]:

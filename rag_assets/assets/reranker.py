@@ -33,7 +33,7 @@ from rag_core.rerank import (
     split_dev,
     train_reranker,
 )
-from rag_core.rerank_tuning import RerankVerdict, adopted_modes, rerank_verdicts, verdicts_table
+from rag_core.rerank_tuning import RerankerGate, RerankVerdict, adopted_modes, verdicts_table
 from rag_core.settings import bundled_model_dir
 from rag_core.tracking import REGISTERED_RERANKER
 
@@ -117,7 +117,7 @@ def judge_reranker(
             gate = judged_dataset(evaluation.dataset(), doc_ids, served.collection, evaluation.max_queries)
         except (FileNotFoundError, ValueError) as error:
             return None, f"no judged queries to judge it on in {served.collection}: {error}"
-        verdicts = rerank_verdicts(
+        verdicts = RerankerGate(
             served.searcher,
             embedder.load_build(served.properties),
             evaluation.served_fusion(BuildRecord.from_properties(served.properties)),
@@ -126,9 +126,8 @@ def judge_reranker(
             gate,
             evaluation.tenant,
             evaluation.rerank_candidates,
-            evaluation.modes,
             evaluation.rerank_min_gain,
-        )
+        ).verdicts(evaluation.modes)
     if adopted_modes(verdicts):
         with milvus.store() as store:
             adopt_reranker(store, served.collection, model_uri, adopted_modes(verdicts))

@@ -22,7 +22,7 @@ from rag_core.promotion import adopt_reranker, builds, recorded_rerank_weights
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import Reranker, is_cross_encoder
-from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, rerank_verdict, score_candidates
+from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, RerankerGate, score_candidates
 from rag_core.retrieval import SearchFilter
 from rag_core.search.engines import IndexConnection
 from rag_core.tracking import REGISTERED_RERANKER, Tracker
@@ -124,12 +124,18 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     assert scores.shape == (2,) and scores[0] != scores[1]
 
 
-def test_the_rerank_stage_reorders_only_the_candidates(trained: dict) -> None:
-    settings, collection = trained["settings"], trained["collection"]
-    resolver = ModelResolver.from_settings(settings)
+@pytest.fixture
+def served(trained: dict) -> tuple:
+    """(the trained reranker loaded by its URI, the base embedder, the served build's searcher)."""
+    resolver = ModelResolver.from_settings(trained["settings"])
     reranker = Reranker.from_reference(trained["metadata"]["model_uri"], resolver).warm_up()
     embedder = load_embedder(BUNDLED_MODEL, resolver)
-    searcher = IndexConnection.from_settings(settings).memory_engine().searcher(collection)
+    searcher = IndexConnection.from_settings(trained["settings"]).memory_engine().searcher(trained["collection"])
+    return reranker, embedder, searcher
+
+
+def test_the_rerank_stage_reorders_only_the_candidates(trained: dict, served: tuple) -> None:
+    settings, (reranker, embedder, searcher) = trained["settings"], served
     fusion = settings.fusion()
     stages: list[str] = []
 
@@ -169,19 +175,14 @@ def test_the_rerank_stage_reorders_only_the_candidates(trained: dict) -> None:
     assert changed > 0, "the reranker changed the order of some candidate list"
 
 
-def test_the_gate_scores_the_build_as_the_evaluation_does(trained: dict) -> None:
+def test_the_gate_scores_the_build_as_the_evaluation_does(trained: dict, served: tuple) -> None:
     """Without reranking the gate's nDCG@10 is the retrieval evaluation's; weight 1 is the cross-encoder's order."""
-    settings, collection = trained["settings"], trained["collection"]
-    resolver = ModelResolver.from_settings(settings)
-    reranker = Reranker.from_reference(trained["metadata"]["model_uri"], resolver).warm_up()
-    embedder = load_embedder(BUNDLED_MODEL, resolver)
-    searcher = IndexConnection.from_settings(settings).memory_engine().searcher(collection)
+    settings, collection, (reranker, embedder, searcher) = trained["settings"], trained["collection"], served
     train, test = (EvalDataset.load(settings.eval_dataset_dir, split) for split in ("train", "test"))
     tuning = judged_dataset(train, searcher.doc_ids(), collection)
     gate = judged_dataset(test, searcher.doc_ids(), collection)
-    verdict = rerank_verdict(
-        searcher, embedder, settings.fusion(), reranker, tuning, gate, settings.default_tenant, CANDIDATES, "hybrid"
-    )
+    gate_of = RerankerGate(searcher, embedder, settings.fusion(), reranker, tuning, gate, "default", CANDIDATES)
+    verdict = gate_of.verdict("hybrid")
     evaluated = evaluate_engine(
         searcher, settings.fusion(), embedder, gate, ["hybrid"], settings.default_tenant, collection
     )

@@ -14,7 +14,7 @@ from rag_core.evaluation import EvalDataset
 from rag_core.finetune import TrainingExample
 from rag_core.promotion import ServedReranker, served_reranker
 from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
-from rag_core.rerank_tuning import Candidates, ndcg_at_10, rerank_verdict
+from rag_core.rerank_tuning import Candidates, RerankerGate, ndcg_at_10
 from rag_core.retrieval import RetrievedChunk
 from rag_core.settings import Settings, bundled_model_dir
 from rag_serving.app import create_app
@@ -97,7 +97,7 @@ def test_the_served_reranker_follows_the_setting_then_the_record() -> None:
 def test_the_reranker_gate_refuses_to_pick_its_weight_on_the_queries_it_is_judged_on() -> None:
     shared = EvalDataset("both", {"q1": "question"}, {"q1": {"d": 1}})
     with pytest.raises(ValueError, match="1 queries are in both the tuning and the evaluation set"):
-        rerank_verdict(None, None, None, None, shared, shared, "default", 30)  # type: ignore[arg-type]
+        RerankerGate(None, None, None, None, shared, shared, "default", 30).verdict()  # type: ignore[arg-type]
 
 
 def test_the_bundled_embedder_is_not_a_cross_encoder() -> None:
