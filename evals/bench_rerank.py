@@ -227,6 +227,7 @@ def main() -> None:
     rows: list[tuple[str, str, object]] = []
     timings: dict[str, list[float]] = {}
     weights = WEIGHTS if args.weight is None else (args.weight,)
+    tuning = dev_claims(args)  # the train claims held out of the reranker's training
     for label, reference in builds:
         settings = settings_for(args.work_dir, label, reference)
         connection = IndexConnection.from_settings(settings)
@@ -239,7 +240,7 @@ def main() -> None:
         # What the `reranker_model` asset's gate decides on this build, mode by mode: the weight picked on the
         # train claims held out of training, then the improvement rule on the test claims against no reranking.
         gate = RerankerGate(
-            searcher, embedder, fusion, reranker, dev_claims(args), test, settings.default_tenant, candidates,
+            searcher, embedder, fusion, reranker, tuning, test, settings.default_tenant, candidates,
             settings.rerank_min_gain, weights,
         )
         verdicts = gate.verdicts(args.modes)
@@ -263,7 +264,7 @@ def main() -> None:
 
     print(
         f"\n{args.dataset.name} test ({len(test.queries)} queries), documents scored by their best chunk's served "
-        f"position; reranker: {candidates} candidates; weight picked per mode on {len(dev_claims(args).queries)} "
+        f"position; reranker: {candidates} candidates; weight picked per mode on {len(tuning.queries)} "
         f"held-out train queries; gate: +{base_settings.rerank_min_gain} nDCG@10 with the paired 95% interval above 0\n"
     )
     print("| embedder | mode | weight | nDCG@10 | + rerank | Δ | 95% CI | served by the gate |")

@@ -285,7 +285,7 @@ class ServingState:
     def reranker_for(self, record: BuildRecord) -> Reranker | None:
         """The reranker a build is served with (rag_core.promotion.served_reranker), loaded and warmed once per
         (model, weight): a build whose recorded reranker does not load is not served, and /ready says why."""
-        if self.settings.fixed_reranker or self.reranker is not None:
+        if self.settings.fixed_reranker:  # named in RAG_RERANK_MODEL: every build, resolved at start-up
             return self.reranker
         settings = self.settings
         weight, explicit = settings.rerank_weight, settings.rerank_weight_configured

@@ -128,9 +128,10 @@ def judge_reranker(
             evaluation.rerank_candidates,
             evaluation.rerank_min_gain,
         ).verdicts(evaluation.modes)
-    if adopted_modes(verdicts):
+    adopted = adopted_modes(verdicts)
+    if adopted:
         with milvus.store() as store:
-            adopt_reranker(store, served.collection, model_uri, adopted_modes(verdicts))
+            adopt_reranker(store, served.collection, model_uri, adopted)
     return verdicts, served.collection
 
 
