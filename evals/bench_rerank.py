@@ -102,7 +102,7 @@ def train(args, settings) -> Path:
     )
     from rag_core.settings import bundled_model_dir
 
-    base_dir = bundled_model_dir()
+    base_dir = Path(args.base_model) if args.base_model else bundled_model_dir()
     config = RerankerConfig.preset("small" if args.small else "default", args.epochs)
     if args.hard_negatives:
         config = replace(config, hard_negatives=args.hard_negatives)
@@ -171,6 +171,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-rerank"))
     parser.add_argument("--reranker", default="", help="a trained reranker (directory or models:/…): skip training")
     parser.add_argument("--embedder", default="", help="a fine-tuned embedder (models:/… or a directory): more rows")
+    parser.add_argument(
+        "--base-model",
+        default="",
+        help="the encoder directory to train from, which also mines the negatives (default: the bundled MiniLM)",
+    )
     parser.add_argument("--epochs", type=int, default=0, help="override RerankerConfig.epochs")
     parser.add_argument("--hard-negatives", type=int, default=0, help="override RerankerConfig.hard_negatives")
     parser.add_argument("--small", action="store_true", help="RerankerConfig.small() (a CI-sized run)")

@@ -19,7 +19,7 @@ from rag_core.chunking import ChunkingConfig
 from rag_core.embedding import Embedder, backend_of
 from rag_core.errors import Refusal
 from rag_core.indexing import SyncStats, sync_partitions
-from rag_core.query import AUTO_RERANKER, NO_RERANKER
+from rag_core.query import RerankPolicy
 from rag_core.retrieval import FusionConfig
 from rag_core.search.analyzer import DEFAULT_ANALYZER
 from rag_core.stats import paired_bootstrap_difference
@@ -431,16 +431,17 @@ def recorded_rerank_weights(record: BuildRecord) -> dict[str, float]:
         return {}
 
 
-def served_reranker(record: BuildRecord, setting: str, weight: float, weight_explicit: bool) -> ServedReranker | None:
-    """The reranker a build is served with, or None. `setting` is RAG_RERANK_MODEL: `off` never reranks, a
-    reference always reranks every mode with it at `weight`, and `auto` reranks with the one the reranker gate
-    recorded on the build, in the modes it proved a gain in (none recorded: no reranking). The recorded weights
-    serve unless the deployment sets RAG_RERANK_WEIGHT (`weight_explicit`)."""
-    choice = setting.strip()
-    if choice.lower() in NO_RERANKER:
+def served_reranker(
+    record: BuildRecord, policy: RerankPolicy, weight: float, weight_explicit: bool
+) -> ServedReranker | None:
+    """The reranker a build is served with, or None. `policy` is RAG_RERANK_MODEL: a named model reranks every
+    mode at `weight`; `auto` reranks with the one the reranker gate recorded on the build, in the modes it proved
+    a gain in (none recorded: no reranking); `off` never. The recorded weights serve unless the deployment sets
+    RAG_RERANK_WEIGHT (`weight_explicit`)."""
+    if policy.named:
+        return ServedReranker(policy.named, weight)
+    if not policy.auto:
         return None
-    if choice.lower() != AUTO_RERANKER:
-        return ServedReranker(choice, weight)
     modes = recorded_rerank_weights(record)
     if not record.reranker or not modes:
         return None

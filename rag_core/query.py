@@ -33,6 +33,24 @@ DEFAULT_MODE: Mode = "hybrid"
 
 
 @dataclass(frozen=True)
+class RerankPolicy:
+    """RAG_RERANK_MODEL, read once: `named` reranks every build with that model; otherwise `auto` serves the
+    reranker the gate recorded on each build (rag_core.promotion.served_reranker), and neither means never."""
+
+    named: str = ""
+    auto: bool = False
+
+    @classmethod
+    def parse(cls, setting: str) -> RerankPolicy:
+        choice = setting.strip()
+        if choice.lower() in NO_RERANKER:
+            return cls()
+        if choice.lower() == AUTO_RERANKER:
+            return cls(auto=True)
+        return cls(named=choice)
+
+
+@dataclass(frozen=True)
 class Query:
     text: str
     top_k: int = DEFAULT_TOP_K

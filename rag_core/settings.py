@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from rag_core.experiment_rule import DecisionRule
 from rag_core.generation import LLMConfig
 from rag_core.injection import SCREEN_MODES
-from rag_core.query import AUTO_RERANKER, DEFAULT_RERANK_CANDIDATES, DEFAULT_RERANK_WEIGHT, NO_RERANKER
+from rag_core.query import DEFAULT_RERANK_CANDIDATES, DEFAULT_RERANK_WEIGHT, RerankPolicy
 from rag_core.retrieval import FUSION_SETTINGS, FusionConfig
 from rag_core.tenants import validate_tenant
 
@@ -392,9 +392,9 @@ class Settings(BaseSettings):
         return "rerank_weight" in self.model_fields_set
 
     @property
-    def fixed_reranker(self) -> str:
-        """The reranker every build is served with ("" with `auto` or `off`)."""
-        return "" if self.rerank_model.strip().lower() in (AUTO_RERANKER, *NO_RERANKER) else self.rerank_model
+    def rerank_policy(self) -> RerankPolicy:
+        """RAG_RERANK_MODEL parsed: a named reranker for every build, the gate's per build (`auto`), or none."""
+        return RerankPolicy.parse(self.rerank_model)
 
     @property
     def fusion_configured(self) -> bool:

@@ -187,11 +187,12 @@ class ServingState:
         # A reranker named in RAG_RERANK_MODEL is resolved before anything opens: a wrong one stops the start with
         # the fix, it never serves unreranked results in silence. Loading the weights waits for the warm-up.
         # With `auto` (the default) each build brings its own, the one the reranker gate recorded on it.
+        self.rerank_policy = settings.rerank_policy
         self.reranker = (
             Reranker.from_reference(
-                settings.fixed_reranker, self.resolver, settings.embedding_device, settings.rerank_weight
+                self.rerank_policy.named, self.resolver, settings.embedding_device, settings.rerank_weight
             )
-            if settings.fixed_reranker
+            if self.rerank_policy.named
             else None
         )
         self._recorded_rerankers: dict[ServedReranker, Reranker] = {}
@@ -285,11 +286,11 @@ class ServingState:
     def reranker_for(self, record: BuildRecord) -> Reranker | None:
         """The reranker a build is served with (rag_core.promotion.served_reranker), loaded and warmed once per
         (model, weight): a build whose recorded reranker does not load is not served, and /ready says why."""
-        if self.settings.fixed_reranker:  # named in RAG_RERANK_MODEL: every build, resolved at start-up
+        if self.rerank_policy.named:  # every build, resolved at start-up
             return self.reranker
         settings = self.settings
         weight, explicit = settings.rerank_weight, settings.rerank_weight_configured
-        choice = served_reranker(record, settings.rerank_model, weight, explicit)
+        choice = served_reranker(record, self.rerank_policy, weight, explicit)
         if choice is None:
             return None
         if choice not in self._recorded_rerankers:

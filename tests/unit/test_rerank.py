@@ -13,6 +13,7 @@ from rag_core.build_record import BuildRecord
 from rag_core.evaluation import EvalDataset
 from rag_core.finetune import TrainingExample
 from rag_core.promotion import ServedReranker, served_reranker
+from rag_core.query import RerankPolicy
 from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
 from rag_core.rerank_tuning import Candidates, RerankerGate, ndcg_at_10
 from rag_core.retrieval import RetrievedChunk
@@ -79,18 +80,21 @@ def test_candidates_reorder_only_the_head_as_the_engine_serves_them() -> None:
 
 
 def test_the_served_reranker_follows_the_setting_then_the_record() -> None:
+    auto_policy = RerankPolicy.parse(" Auto ")
     recorded = BuildRecord(reranker="models:/rag-reranker/2", rerank_weights='{"hybrid": 0.3, "dense": 0.5}')
-    auto = served_reranker(recorded, "auto", 0.5, False)
+    auto = served_reranker(recorded, auto_policy, 0.5, False)
     assert auto == ServedReranker("models:/rag-reranker/2", 0.5, (("dense", 0.5), ("hybrid", 0.3))), "the gate's modes"
     assert auto.mode_weights() == {"dense": 0.5, "hybrid": 0.3}
-    forced = served_reranker(recorded, "auto", 0.7, True)
+    forced = served_reranker(recorded, auto_policy, 0.7, True)
     assert forced is not None and forced.mode_weights() == {"dense": 0.7, "hybrid": 0.7}, "RAG_RERANK_WEIGHT wins"
-    assert served_reranker(BuildRecord(), "auto", 0.5, False) is None, "a build nobody proved a reranker on"
-    assert served_reranker(replace(recorded, rerank_weights="not json"), "auto", 0.5, False) is None
-    assert served_reranker(recorded, "off", 0.5, False) is None and served_reranker(recorded, "", 0.5, False) is None
-    named = served_reranker(BuildRecord(), "/models/mine", 0.5, False)
+    assert served_reranker(BuildRecord(), auto_policy, 0.5, False) is None, "a build nobody proved a reranker on"
+    assert served_reranker(replace(recorded, rerank_weights="not json"), auto_policy, 0.5, False) is None
+    assert served_reranker(recorded, RerankPolicy.parse("off"), 0.5, False) is None
+    assert served_reranker(recorded, RerankPolicy.parse(""), 0.5, False) is None
+    named = served_reranker(BuildRecord(), RerankPolicy.parse(" /models/mine "), 0.5, False)
     assert named == ServedReranker("/models/mine", 0.5) and named.mode_weights() is None, "named: every mode"
-    assert Settings().rerank_model == "auto" and Settings(rerank_model="Off").fixed_reranker == ""
+    assert Settings().rerank_policy == auto_policy and Settings(rerank_model="Off").rerank_policy == RerankPolicy()
+    assert Settings(rerank_model="None").rerank_policy.named == "" and not RerankPolicy.parse("none").auto
     assert Settings(rerank_weight=0.4).rerank_weight_configured and not Settings().rerank_weight_configured
 
 
