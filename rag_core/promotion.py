@@ -450,6 +450,27 @@ def served_reranker(
     return ServedReranker(record.reranker, weight, tuple(sorted(modes.items())))
 
 
+def reranker_after_promotion(
+    record: BuildRecord, previous: BuildRecord | None, previous_name: str = ""
+) -> tuple[str, bool]:
+    """(what the newly served build reranks with, whether the build it replaced reranked and this one no longer
+    does), for the promotion's metadata. A reranker is judged per build, so one the previous build served is not
+    carried over: saying so keeps reranking from vanishing in silence."""
+    modes = recorded_rerank_weights(record)
+    if record.reranker and modes:
+        return f"{record.reranker} in " + ", ".join(f"{mode} (weight {w:g})" for mode, w in modes.items()), False
+    hint = "`rag train-reranker` trains one and judges it on this build"
+    dropped = recorded_rerank_weights(previous) if previous is not None and previous.reranker else {}
+    if previous is not None and dropped:
+        where = previous_name or "the previous build"
+        return (
+            f"none yet: {previous.reranker} reranked {', '.join(dropped)} on {where} and is not carried over "
+            f"(a reranker is judged per build) — {hint}",
+            True,
+        )
+    return f"none recorded — {hint}", False
+
+
 def adopt_reranker(store: MilvusStore, collection: str, reference: str, modes: Mapping[str, float]) -> None:
     """Record a reranker the gate proved on the build in `modes` ({mode: weight}): `auto` serving reranks with
     it from its next poll; no modes clears it."""

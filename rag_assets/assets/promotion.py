@@ -7,7 +7,7 @@ from rag_assets.assets.indexing import INDEX_WRITER_TAG
 from rag_assets.assets.retrieval_eval import retrieval_eval_report
 from rag_assets.reporting import latest_metadata
 from rag_assets.resources import CatalogResource, MilvusResource, TrackingResource
-from rag_core.promotion import promote
+from rag_core.promotion import promote, reranker_after_promotion
 
 
 @asset(group_name="evaluation", deps=[retrieval_eval_report], kinds={"milvus"}, op_tags=INDEX_WRITER_TAG)
@@ -30,6 +30,8 @@ def promoted_index(
         previous = promote(store, target, float(report["ndcg_at_10"]))
         served = store.alias_target()
         record = store.record(target)
+        replaced = previous if previous and previous != target and store.has_collection(previous) else ""
+        reranker, dropped = reranker_after_promotion(record, store.record(replaced) if replaced else None, replaced)
         if previous != target and record.expected_rows is not None:
             # A one-pass build: the catalog now tracks its rows, and incremental runs keep it current.
             rows = dict(store.rows_by_source(target))
@@ -39,12 +41,14 @@ def promoted_index(
     context.log.info(f"alias {milvus.alias} → {served}" + (f" (was {previous})" if moved else " (unchanged)"))
     registry = tracking.tracker().mark_champion(record.model_reference) if moved else "unchanged"
     context.log.info(f"registry: {registry}")
+    (context.log.warning if dropped else context.log.info)(f"reranker: {reranker}")
     return MaterializeResult(
         metadata={
             "served_collection": served,
             "previous_collection": previous or "none",
             "alias_moved": moved,
             "registry": registry,
+            "reranker": reranker,
             "ndcg_at_10": report["ndcg_at_10"],
             "rollback": "rag rollback" if moved and previous else "nothing to roll back to",
         }

@@ -191,6 +191,7 @@ def test_eval_finetune_and_gated_promotion(workspace: dict, caplog: pytest.LogCa
         assert f"≥ min effect {settings.promotion_min_effect}" in gate["gate_reason"]
         assert tracker.client().get_model_version(REGISTERED_EMBEDDER, "1").aliases == [CHAMPION_ALIAS]
         assert "@champion" in _metadata(instance, "promoted_index")["registry"]
+        assert _metadata(instance, "promoted_index")["reranker"].startswith("none recorded — `rag train-reranker`")
         serving.index.refresh()
         snapshot = serving.index.current()
         assert snapshot.collection == promoted and snapshot.embedder.version.startswith("rag-embedder-1@")

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from rag_core.build_record import BuildRecord
 from rag_core.evaluation import EvalDataset
 from rag_core.finetune import TrainingExample
-from rag_core.promotion import ServedReranker, served_reranker
+from rag_core.promotion import ServedReranker, reranker_after_promotion, served_reranker
 from rag_core.query import RerankPolicy
 from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
 from rag_core.rerank_tuning import Candidates, RerankerGate, ndcg_at_10
@@ -131,3 +131,15 @@ def test_the_app_fails_its_start_up_naming_the_fix(settings: Settings, tmp_path:
     # TestClient runs the lifespan as uvicorn does before it listens: the start fails, naming the fix.
     with pytest.raises(FileNotFoundError, match=r"unset RAG_RERANK_MODEL to serve without reranking"), TestClient(app):
         pass
+
+
+def test_a_promotion_says_when_the_replaced_build_reranked_and_the_new_one_does_not() -> None:
+    recorded = BuildRecord(reranker="models:/rag-reranker/2", rerank_weights='{"dense": 0.2}')
+    assert reranker_after_promotion(recorded, None) == ("models:/rag-reranker/2 in dense (weight 0.2)", False)
+    text, dropped = reranker_after_promotion(BuildRecord(), recorded, "rag_chunks_v1")
+    assert dropped and text.startswith("none yet: models:/rag-reranker/2 reranked dense on rag_chunks_v1")
+    assert "`rag train-reranker`" in text
+    assert reranker_after_promotion(BuildRecord(), BuildRecord(), "old") == (
+        "none recorded — `rag train-reranker` trains one and judges it on this build",
+        False,
+    )
