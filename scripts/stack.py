@@ -14,6 +14,7 @@ Every process runs in its own session with its pid and log under <data-dir>/stac
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import signal
@@ -90,8 +91,10 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # not listening yet, or closed on us
             time.sleep(0.5)
+        except http.client.HTTPException as error:  # an answer that is not HTTP: another program holds the port
+            raise StackError(f"{url} answered with something that is not HTTP ({error!r}) — free that port") from error
     raise StackError(f"{url} did not answer within {timeout_s:.0f} s — see {log}:\n{_tail(log)}")
 
 
@@ -170,6 +173,8 @@ def up(stack: Stack) -> dict[str, str]:
         "API": stack.api_port,
         "metrics": stack.metrics_port,
     }
+    if len(set(ports.values())) < len(ports):
+        raise StackError(f"two services were given the same port ({ports}) — choose distinct ports")
     busy = [f"{name} port {port}" for name, port in ports.items() if not _port_free(port)]
     if busy:
         raise StackError(

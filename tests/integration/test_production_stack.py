@@ -29,9 +29,20 @@ import stack  # noqa: E402
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every probe stays bound until all are picked, so no port is handed out twice (a
+    Milvus and an MLflow on one port made MLflow's health check read Milvus's HTTP/2 bytes)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def dagster_progress(dagster_db_url: str) -> Callable[[], int]:
@@ -66,14 +77,20 @@ def wait_while_working(what: str, check, progress: Callable[[], int], idle_s: fl
         time.sleep(every_s)
 
 
+def test_one_port_for_two_services_is_refused(tmp_path: Path) -> None:
+    milvus, other, api, metrics = free_ports(4)
+    config = stack.Stack(tmp_path, POSTGRES_URL, REDIS_URL, tmp_path, "unused", milvus, milvus, other, api, metrics)
+    with pytest.raises(stack.StackError, match="two services were given the same port"):
+        stack.up(config)
+
+
 def test_a_busy_port_is_refused_with_the_fix(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
         config = stack.Stack(
-            tmp_path, POSTGRES_URL, REDIS_URL, tmp_path, "unused", free_port(), free_port(),
-            free_port(), busy, free_port(),
+            tmp_path, POSTGRES_URL, REDIS_URL, tmp_path, "unused", *free_ports(3), busy, free_port(),
         )
         with pytest.raises(stack.StackError, match=f"API port {busy} already in use .* --api-port"):
             stack.up(config)
@@ -92,7 +109,7 @@ def production(tmp_path: Path, postgres_admin_url: str) -> Iterator[dict]:
     for name in ("abstracts.jsonl", "getting-started.md"):
         shutil.copy(FIXTURES / "corpus" / name, documents / name)
     prefix = f"ragstack_{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("milvus", "mlflow", "dagster", "api", "metrics")}
+    ports = dict(zip(("milvus", "mlflow", "dagster", "api", "metrics"), free_ports(5), strict=True))
     data_dir = tmp_path / "stack"
     command = [
         sys.executable, str(ROOT / "scripts" / "stack.py"), "--data-dir", str(data_dir), "--pg-url",
