@@ -450,6 +450,11 @@ def served_reranker(
     return ServedReranker(record.reranker, weight, tuple(sorted(modes.items())))
 
 
+def rerank_modes_text(modes: Mapping[str, float]) -> str:
+    """{mode: weight} as people read it: `hybrid (weight 0.4), dense (weight 0.2)`."""
+    return ", ".join(f"{mode} (weight {weight:g})" for mode, weight in modes.items())
+
+
 def reranker_after_promotion(
     record: BuildRecord, previous: BuildRecord | None, previous_name: str = ""
 ) -> tuple[str, bool]:
@@ -458,7 +463,7 @@ def reranker_after_promotion(
     carried over: saying so keeps reranking from vanishing in silence."""
     modes = recorded_rerank_weights(record)
     if record.reranker and modes:
-        return f"{record.reranker} in " + ", ".join(f"{mode} (weight {w:g})" for mode, w in modes.items()), False
+        return f"{record.reranker} in {rerank_modes_text(modes)}", False
     hint = "`rag train-reranker` trains one and judges it on this build"
     dropped = recorded_rerank_weights(previous) if previous is not None and previous.reranker else {}
     if previous is not None and dropped:

@@ -22,7 +22,7 @@ from rag_core.build_record import BuildRecord
 from rag_core.evaluation import EvalDataset, judged_dataset
 from rag_core.finetune import TrainingExample, load_corpus, pairs_from_feedback, pairs_from_qrels
 from rag_core.models import BUNDLED_MODEL
-from rag_core.promotion import adopt_reranker
+from rag_core.promotion import adopt_reranker, rerank_modes_text
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import (
     Reranker,
@@ -140,7 +140,7 @@ def gate_summary(verdicts: dict[str, RerankVerdict] | None, judged_on: str) -> s
     if verdicts is None:
         return f"not judged: {judged_on}"
     adopted = adopted_modes(verdicts)
-    served = ", ".join(f"{mode} (weight {weight:g})" for mode, weight in adopted.items())
+    served = rerank_modes_text(adopted)
     return f"served in {served} on {judged_on}" if adopted else f"served in no mode on {judged_on}"
 
 
