@@ -328,6 +328,12 @@ def _parser() -> argparse.ArgumentParser:
     rerank_cmd = commands.add_parser("train-reranker", help="train the cross-encoder reranker, register it in MLflow")
     rerank_cmd.add_argument("--epochs", type=int, default=0)
     rerank_cmd.add_argument("--max-train-queries", type=int, default=0)
+    rerank_cmd.add_argument(
+        "--judge",
+        default="",
+        metavar="MODEL",
+        help="train nothing: judge a reranker trained before (models:/rag-reranker/N) on the served build",
+    )
     commands.add_parser("rollback", help="serve the previously promoted build again")
     commands.add_parser("builds", help="list the index builds and which one is served")
     metrics_cmd = commands.add_parser("metrics", help="serve index freshness/size and run-failure metrics")
@@ -400,6 +406,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         print("training the reranker and judging it on the served build (`--no-reranker` skips this)")
         return _train_reranker(settings, {"max_train_queries": args.max_train_queries})
     elif args.command == "train-reranker":
+        if args.judge:
+            return _train_reranker(settings, {"judge": args.judge})
         return _train_reranker(settings, {"epochs": args.epochs, "max_train_queries": args.max_train_queries})
     elif args.command == "rollback":
         moved_from, moved_to = rollback(settings)
@@ -416,13 +424,14 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _train_reranker(settings: Settings, config: dict[str, int]) -> int:
-    """`reranker_job`, then what it trained and what the reranker gate decided."""
+def _train_reranker(settings: Settings, config: dict[str, int | str]) -> int:
+    """`reranker_job`, then what it trained (unless it only judged) and what the reranker gate decided."""
     result = _materialize(settings, "reranker_job", {"ops": {"reranker_model": {"config": config}}})
     model = _report(result, "reranker_model")
     print(f"reranker: {model.get('model_uri')} (MLflow run {model.get('mlflow_run')})")
-    dev, bm25 = model.get("final_dev_ndcg_at_10"), model.get("final_dev_first_stage_ndcg_at_10")
-    print(f"dev nDCG@10 reranking BM25's candidates: {dev} (BM25's own order: {bm25})")
+    if not model.get("judged_only"):
+        dev, bm25 = model.get("final_dev_ndcg_at_10"), model.get("final_dev_first_stage_ndcg_at_10")
+        print(f"dev nDCG@10 reranking BM25's candidates: {dev} (BM25's own order: {bm25})")
     print(f"reranker gate: {model.get('rerank_gate', 'the run failed — see it in the Dagster UI')}")
     print(f"next: {model.get('next')}")
     return 0 if result.success else 1

@@ -27,6 +27,7 @@ from rag_assets.sensors import (
     eval_after_reindex_sensor,
     experiment_decision_sensor,
     model_update_sensor,
+    rerank_after_promotion_sensor,
 )
 from rag_core.settings import Settings, get_settings
 
@@ -53,6 +54,7 @@ def build_definitions(settings: Settings) -> Definitions:
             run_failure_alert,
             model_update_sensor,
             experiment_decision_sensor,
+            rerank_after_promotion_sensor,
         ],
         schedules=[nightly_reconcile, weekly_full_eval, *model_update_schedule(settings)],
         resources={

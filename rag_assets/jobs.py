@@ -119,8 +119,9 @@ reranker_job = define_asset_job(
     "reranker_job",
     selection=AssetSelection.assets("reranker_model"),
     tags={"rag/experiment": "reranker"},
-    description="Train the cross-encoder reranker and register it as `rag-reranker` in MLflow (serving uses it "
-    "only when RAG_RERANK_MODEL names it).",
+    description="Train the cross-encoder reranker, register it as `rag-reranker` in MLflow and judge it on the "
+    "served build (`auto` serving reranks where it passes); with `judge`, judge one trained before instead "
+    "(started by rerank_after_promotion_sensor).",
 )
 
 

@@ -13,6 +13,9 @@ again first (`run_retries` in dagster.yaml, `dagster/max_retries` on the index j
 the sensor requests the change again under a new run key (change + attempt number) after a backoff that
 doubles per failed attempt up to a cap (RAG_INDEX_RETRY_DELAY_S, RAG_INDEX_RETRY_MAX_DELAY_S).
 
+`rerank_after_promotion_sensor` has the reranker a promotion left behind (the replaced build served it; a
+reranker is judged per build) judged on the newly served build, without training it again.
+
 `model_update_sensor` starts a model update (rag_assets/assets/model_update.py) once enough training pairs
 were gained since the last fine-tune; `experiment_decision_sensor` hands the A/B test an update started to
 `experiment_report` once every arm has the sample size its rule declared.
@@ -45,12 +48,14 @@ from rag_assets.assets.model_update import (
     ModelUpdateResource,
     gained_pairs,
 )
+from rag_assets.assets.promotion import REJUDGE_RERANKER
 from rag_assets.jobs import (
     UPDATE_JOBS,
     evaluation_job,
     experiment_decision_job,
     index_documents_job,
     remove_documents_job,
+    reranker_job,
 )
 from rag_assets.maintenance import awaiting_dagster_retry
 from rag_assets.partitions import documents_partitions
@@ -215,6 +220,31 @@ def eval_after_reindex_sensor(context: SensorEvaluationContext) -> RunRequest | 
         return SkipReason(f"no index change since event {context.cursor}")
     context.update_cursor(str(latest))
     return RunRequest(run_key=f"eval-after:{latest}")
+
+
+@sensor(job=reranker_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def rerank_after_promotion_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    """After a promotion that replaced a build served with a reranker, that reranker judged on the new build
+    (`reranker_model` with `judge`: its weight picked on the questions it held out, its gain proven on the
+    evaluation split) — so a model update or a rebuild does not end reranking for good."""
+    records = context.instance.fetch_materializations(AssetKey("promoted_index"), limit=1).records
+    if not records:
+        return SkipReason("nothing has been promoted yet")
+    latest = records[0]
+    if context.cursor and int(context.cursor) >= latest.storage_id:
+        return SkipReason(f"no promotion since event {context.cursor}")
+    context.update_cursor(str(latest.storage_id))
+    materialization = latest.asset_materialization
+    entry = materialization.metadata.get(REJUDGE_RERANKER) if materialization else None
+    if entry is None or not str(entry.value):
+        return SkipReason("the latest promotion left no reranker behind")
+    reranker = str(entry.value)
+    context.log.info(f"judging {reranker} on the newly served build")
+    return RunRequest(
+        run_key=f"rejudge:{latest.storage_id}",
+        run_config={"ops": {"reranker_model": {"config": {"judge": reranker}}}},
+        tags={"rag/rejudge": reranker},
+    )
 
 
 def update_blocked(instance: DagsterInstance, model_update: ModelUpdateResource, evaluation: EvaluationResource) -> str:

@@ -457,23 +457,31 @@ def rerank_modes_text(modes: Mapping[str, float]) -> str:
 
 def reranker_after_promotion(
     record: BuildRecord, previous: BuildRecord | None, previous_name: str = ""
-) -> tuple[str, bool]:
-    """(what the newly served build reranks with, whether the build it replaced reranked and this one no longer
-    does), for the promotion's metadata. A reranker is judged per build, so one the previous build served is not
-    carried over: saying so keeps reranking from vanishing in silence."""
+) -> tuple[str, str]:
+    """(what the newly served build reranks with, the reranker the replaced build served that this one does not
+    yet: "" when none), for the promotion's metadata. A reranker is judged per build, so one the previous build
+    served is not carried over: it is named, to be judged on the new build (`rerank_after_promotion_sensor`)."""
     modes = recorded_rerank_weights(record)
     if record.reranker and modes:
-        return f"{record.reranker} in {rerank_modes_text(modes)}", False
+        return f"{record.reranker} in {rerank_modes_text(modes)}", ""
     hint = "`rag train-reranker` trains one and judges it on this build"
     dropped = recorded_rerank_weights(previous) if previous is not None and previous.reranker else {}
-    if previous is not None and dropped:
+    if previous is not None and previous.reranker and dropped:
         where = previous_name or "the previous build"
         return (
             f"none yet: {previous.reranker} reranked {', '.join(dropped)} on {where} and is not carried over "
-            f"(a reranker is judged per build) — {hint}",
-            True,
+            f"(a reranker is judged per build) — `rerank_after_promotion_sensor` judges it on this build (Dagster "
+            f"daemon running), `rag train-reranker --judge {previous.reranker}` does it by hand",
+            previous.reranker,
         )
-    return f"none recorded — {hint}", False
+    return f"none recorded — {hint}", ""
+
+
+def may_record_reranker(record: BuildRecord, reference: str, replace_recorded: bool) -> bool:
+    """Whether a reranker proven on a build may be recorded on it: always with `replace_recorded` (a training
+    just judged it), otherwise only where the build records no other one (a later judgement of an older reranker
+    must not undo one proven since)."""
+    return replace_recorded or not record.reranker or record.reranker == reference
 
 
 def adopt_reranker(store: MilvusStore, collection: str, reference: str, modes: Mapping[str, float]) -> None:

@@ -65,9 +65,9 @@ def is_cross_encoder(model_dir: Path) -> bool:
     return architectures[0].endswith("ForSequenceClassification") and len(config.get("id2label") or {"0": ""}) == 1
 
 
-def check_cross_encoder(model_dir: Path, reference: str = "") -> Path:
+def check_cross_encoder(model_dir: Path, reference: str = "", setting: str = "RAG_RERANK_MODEL") -> Path:
     """`model_dir` if it holds a one-logit cross-encoder; otherwise an error that says what it is and the fix."""
-    named = f"RAG_RERANK_MODEL={reference or str(model_dir)!r}"
+    named = f"{setting}={reference or str(model_dir)!r}"
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{named}: {model_dir} is not a directory — {TRAIN_HINT}")
     if not is_cross_encoder(model_dir):
@@ -79,20 +79,21 @@ def check_cross_encoder(model_dir: Path, reference: str = "") -> Path:
     return model_dir
 
 
-def resolve_reranker(reference: str, resolver: ModelResolver) -> Path:
+def resolve_reranker(reference: str, resolver: ModelResolver, setting: str = "RAG_RERANK_MODEL") -> Path:
     """The local directory of a reranker reference: a directory, or an MLflow URI (`models:/rag-reranker/N`,
-    `models:/rag-reranker@champion`, `runs:/…/model`) fetched once into the resolver's model cache."""
+    `models:/rag-reranker@champion`, `runs:/…/model`) fetched once into the resolver's model cache. Errors name
+    `setting`, where the reference came from."""
     from rag_core.models import is_registry_reference
 
     if not reference.strip():
-        raise ValueError(f"RAG_RERANK_MODEL is empty — {TRAIN_HINT}")
+        raise ValueError(f"{setting} is empty — {TRAIN_HINT}")
     if not is_registry_reference(reference):
-        return check_cross_encoder(Path(reference).expanduser().resolve(), reference)
+        return check_cross_encoder(Path(reference).expanduser().resolve(), reference, setting)
     try:
         model_dir = resolver.model_dir(reference)
     except Exception as error:  # the resolver's message names MLflow; say which setting asked for it
-        raise FileNotFoundError(f"RAG_RERANK_MODEL={reference!r}: {error}") from error
-    return check_cross_encoder(model_dir, reference)
+        raise FileNotFoundError(f"{setting}={reference!r}: {error}") from error
+    return check_cross_encoder(model_dir, reference, setting)
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -264,6 +265,36 @@ def split_dev(
     train = [example for example in examples if (example.query_id or example.query) not in held]
     dev = [example for example in examples if (example.query_id or example.query) in held]
     return train, dev
+
+
+HELD_OUT_FILE = "rag_held_out_questions.json"
+
+
+@dataclass(frozen=True)
+class HeldOutQuestions:
+    """The judged questions a reranker never trained on, saved in its model directory (so they travel with the
+    model into MLflow and back): a later build picks the reranker's weight on them without training it again."""
+
+    dataset: str  # "<dataset folder>/<split>", e.g. "scifact/train"
+    query_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, dataset: str, dev: Sequence[TrainingExample]) -> HeldOutQuestions:
+        return cls(dataset, tuple(sorted({example.query_id for example in dev if example.query_id})))
+
+    def save(self, model_dir: Path) -> Path:
+        path = model_dir / HELD_OUT_FILE
+        path.write_text(json.dumps({"dataset": self.dataset, "query_ids": list(self.query_ids)}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> HeldOutQuestions | None:
+        """The record, or None for a reranker trained before it was kept (or outside `reranker_model`)."""
+        path = model_dir / HELD_OUT_FILE
+        if not path.is_file():
+            return None
+        recorded = json.loads(path.read_text())
+        return cls(str(recorded["dataset"]), tuple(str(query_id) for query_id in recorded["query_ids"]))
 
 
 def rerank_dev_set(dev: Sequence[TrainingExample], corpus: dict[str, str], depth: int = 20) -> RerankDevSet | None:

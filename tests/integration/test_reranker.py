@@ -11,17 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, instance_for_test
+from dagster import AssetKey, RunRequest, SkipReason, build_sensor_context, instance_for_test
 
 from rag_assets.cli import index
 from rag_assets.definitions import build_definitions
 from rag_core.embedding import model_fingerprint
 from rag_core.evaluation import EvalDataset, evaluate_engine, judged_dataset
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import adopt_reranker, builds, recorded_rerank_weights
+from rag_core.promotion import adopt_reranker, builds, promote, recorded_rerank_weights
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
-from rag_core.rerank import Reranker, is_cross_encoder
+from rag_core.rerank import HeldOutQuestions, Reranker, is_cross_encoder
 from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, RerankerGate, score_candidates
 from rag_core.retrieval import SearchFilter
 from rag_core.search.engines import IndexConnection
@@ -120,6 +120,10 @@ def test_reranker_trains_on_the_fixture_slice_and_registers_in_mlflow(trained: d
     trained_dir = Path(metadata["model_dir"])
     assert reranker.model_dir != trained_dir and is_cross_encoder(reranker.model_dir)
     assert reranker.version.endswith(f"@{model_fingerprint(trained_dir)}")
+    # The questions it held out travel with it: a later build picks its weight on the same ones.
+    held = HeldOutQuestions.load(reranker.model_dir)
+    assert held is not None and held.dataset == "dataset/train" and len(held.query_ids) == held_out
+    assert set(held.query_ids) <= set(train.queries) and metadata["held_out_questions"] == held_out
     scores = reranker.scores("Which passage did the user like?", ["a passage", "another passage"])
     assert scores.shape == (2,) and scores[0] != scores[1]
 
@@ -260,3 +264,84 @@ def test_the_served_api_reranks_and_times_the_stage(trained: dict) -> None:
     assert len(body["chunks"]) == 4 and {"embed", "search", "rerank"} <= set(body["timings_ms"])
     scores = [chunk["rerank_score"] for chunk in body["chunks"]]
     assert None not in scores and scores == sorted(scores, reverse=True)
+
+
+def _latest(instance, asset_name: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(asset_name))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def test_a_promotion_has_the_reranker_it_left_behind_judged_on_the_new_build(trained: dict, tmp_path: Path) -> None:
+    """The served build reranks; a promotion replaces it (real candidate build, real gate: the tolerance rule an
+    A/B winner faces, with a margin any build passes). `promoted_index` names the reranker left behind,
+    `rerank_after_promotion_sensor` asks for a judge-only `reranker_job` run, and that run judges the same model
+    on the new build — on the questions it held out, training nothing — without undoing one proven there since."""
+    settings = trained["settings"].model_copy(update={"eval_gate_margin": 1.0})
+    uri, first = trained["metadata"]["model_uri"], trained["collection"]
+    connection = IndexConnection.from_settings(settings)
+    tracker = Tracker.from_settings(settings)
+    with connection.store() as store:
+        adopt_reranker(store, first, uri, {"hybrid": 0.3})
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("rerank_after_promotion_sensor")
+    try:
+        with instance_for_test(temp_dir=str(tmp_path)) as instance:
+            tick = build_sensor_context(instance=instance, definitions=definitions)
+            assert isinstance(sensor(tick), SkipReason), "nothing promoted yet"
+            built = definitions.resolve_job_def("candidate_job").execute_in_process(
+                instance=instance, run_config={"ops": {"candidate_index": {"config": {"chunk_max_tokens": 96}}}}
+            )
+            assert built.success
+            promoted = definitions.resolve_job_def("promote_job").execute_in_process(
+                instance=instance,
+                run_config={"ops": {"retrieval_eval_report": {"config": {"target": "candidate", "rule": "tolerance"}}}},
+            )
+            assert promoted.success
+            promotion = _latest(instance, "promoted_index")
+            new = promotion["served_collection"]
+            assert new != first and promotion["previous_collection"] == first
+            assert promotion["rejudge_reranker"] == uri
+            assert promotion["reranker"].startswith(f"none yet: {uri} reranked hybrid on {first}")
+
+            tick = build_sensor_context(instance=instance, definitions=definitions)
+            request = sensor(tick)
+            assert isinstance(request, RunRequest)
+            assert request.run_config == {"ops": {"reranker_model": {"config": {"judge": uri}}}}
+            again = build_sensor_context(instance=instance, cursor=tick.cursor, definitions=definitions)
+            assert isinstance(sensor(again), SkipReason), "one judgement per promotion"
+
+            judge = definitions.resolve_job_def("reranker_job")
+            judged = judge.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags)
+            assert judged.success
+            metadata = _latest(instance, "reranker_model")
+            assert metadata["judged_only"] and metadata["model_uri"] == uri and metadata["rerank_collection"] == new
+            assert metadata["held_out_questions"] == trained["metadata"]["held_out_questions"]
+            for mode in ("bm25", "dense", "hybrid"):
+                assert metadata[f"rerank_gate_{mode}"].startswith(
+                    "adopted" if mode in metadata["rerank_adopted"] else "not adopted"
+                )
+            with connection.store() as store:
+                record = store.record(new)
+            assert recorded_rerank_weights(record) == metadata["rerank_adopted"]
+            assert (record.reranker == uri) is bool(metadata["rerank_adopted"])
+            versions = tracker.client().search_model_versions(f"name = '{REGISTERED_RERANKER}'")
+            assert [str(version.version) for version in versions] == ["1"], "judging trains and registers nothing"
+            (judge_run,) = [run for run in tracker.runs("rerankers") if run.data.tags.get("judged_model") == uri]
+            assert judge_run.data.tags["rerank_gate"] == metadata["rerank_gate"]
+            assert set(judge_run.data.metrics) >= {"gate_hybrid_weight", "gate_hybrid_adopted"}
+
+            # A reranker proven on the new build since the judgement was asked for is never undone by it.
+            with connection.store() as store:
+                adopt_reranker(store, new, "models:/rag-reranker/9", {"dense": 0.5})
+            assert judge.execute_in_process(instance=instance, run_config=request.run_config).success
+            with connection.store() as store:
+                record = store.record(new)
+            assert record.reranker == "models:/rag-reranker/9" and recorded_rerank_weights(record) == {"dense": 0.5}
+            if metadata["rerank_adopted"]:
+                assert "not recorded: the build serves models:/rag-reranker/9" in _latest(instance, "reranker_model")[
+                    "rerank_gate"
+                ]
+    finally:
+        with connection.store() as store:
+            promote(store, first, ndcg=None)
+            adopt_reranker(store, first, "", {})

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from rag_core.build_record import BuildRecord
 from rag_core.evaluation import EvalDataset
 from rag_core.finetune import TrainingExample
-from rag_core.promotion import ServedReranker, reranker_after_promotion, served_reranker
+from rag_core.promotion import ServedReranker, may_record_reranker, reranker_after_promotion, served_reranker
 from rag_core.query import RerankPolicy
-from rag_core.rerank import blend, is_cross_encoder, reranker_pairs, split_dev
+from rag_core.rerank import HeldOutQuestions, blend, is_cross_encoder, reranker_pairs, split_dev
 from rag_core.rerank_tuning import Candidates, RerankerGate, ndcg_at_10
 from rag_core.retrieval import RetrievedChunk
 from rag_core.settings import Settings, bundled_model_dir
@@ -133,13 +133,33 @@ def test_the_app_fails_its_start_up_naming_the_fix(settings: Settings, tmp_path:
         pass
 
 
-def test_a_promotion_says_when_the_replaced_build_reranked_and_the_new_one_does_not() -> None:
+def test_a_promotion_names_the_reranker_the_replaced_build_served_and_the_new_one_does_not() -> None:
     recorded = BuildRecord(reranker="models:/rag-reranker/2", rerank_weights='{"dense": 0.2}')
-    assert reranker_after_promotion(recorded, None) == ("models:/rag-reranker/2 in dense (weight 0.2)", False)
-    text, dropped = reranker_after_promotion(BuildRecord(), recorded, "rag_chunks_v1")
-    assert dropped and text.startswith("none yet: models:/rag-reranker/2 reranked dense on rag_chunks_v1")
-    assert "`rag train-reranker`" in text
+    assert reranker_after_promotion(recorded, None) == ("models:/rag-reranker/2 in dense (weight 0.2)", "")
+    text, rejudge = reranker_after_promotion(BuildRecord(), recorded, "rag_chunks_v1")
+    assert rejudge == "models:/rag-reranker/2", "named, for rerank_after_promotion_sensor to judge on the new build"
+    assert text.startswith("none yet: models:/rag-reranker/2 reranked dense on rag_chunks_v1")
+    assert "`rag train-reranker --judge models:/rag-reranker/2`" in text
     assert reranker_after_promotion(BuildRecord(), BuildRecord(), "old") == (
         "none recorded — `rag train-reranker` trains one and judges it on this build",
-        False,
+        "",
     )
+    unproven = BuildRecord(reranker="models:/rag-reranker/2", rerank_weights=None)
+    assert reranker_after_promotion(BuildRecord(), unproven, "old")[1] == "", "it served no mode: nothing to re-judge"
+
+
+def test_a_later_judgement_never_undoes_a_reranker_proven_since() -> None:
+    other = BuildRecord(reranker="models:/rag-reranker/5", rerank_weights='{"hybrid": 0.3}')
+    assert may_record_reranker(BuildRecord(), "models:/rag-reranker/2", replace_recorded=False)
+    assert may_record_reranker(replace(other, reranker="models:/rag-reranker/2"), "models:/rag-reranker/2", False)
+    assert not may_record_reranker(other, "models:/rag-reranker/2", replace_recorded=False)
+    assert may_record_reranker(other, "models:/rag-reranker/6", replace_recorded=True), "a fresh training replaces"
+
+
+def test_the_held_out_questions_travel_with_the_model(tmp_path: Path) -> None:
+    dev = [example("q2", "d1"), example("q1", "d1"), example("q2", "d3"), TrainingExample("from feedback", "d9")]
+    held_out = HeldOutQuestions.of("scifact/train", dev)
+    assert held_out.query_ids == ("q1", "q2"), "whole questions, once each; feedback pairs have no judged id"
+    assert HeldOutQuestions.load(tmp_path) is None, "a reranker trained before they were kept"
+    held_out.save(tmp_path)
+    assert HeldOutQuestions.load(tmp_path) == held_out
