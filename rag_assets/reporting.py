@@ -169,6 +169,9 @@ def log_retrieval_runs(
                 )
                 mlflow.log_input(judged, context="evaluation")
                 mlflow.log_metrics(metric_names(scores.means) | baseline_metrics(result, [mode]))
+                if result.reranked is not None and mode in result.reranked.modes:  # as served: reranked
+                    mlflow.log_param("reranker", result.reranker)
+                    mlflow.log_metrics(metric_names(result.reranked.modes[mode].means, "reranked_"))
                 mlflow.log_artifacts(str(report.parent), artifact_path="report")
                 runs[name] = (run.info.experiment_id, run.info.run_id)
     return runs

@@ -20,7 +20,9 @@ from rag_core.embedding import Embedder, EmbeddingCache
 from rag_core.evaluation import EvalDataset
 from rag_core.generation import LLMConfig
 from rag_core.models import BUNDLED_MODEL, ModelResolver, load_embedder
-from rag_core.promotion import BuildSpec, served_fusion, served_spec, spec_of
+from rag_core.promotion import BuildSpec, served_fusion, served_reranker, served_spec, spec_of
+from rag_core.query import RerankPolicy
+from rag_core.rerank import Reranker
 from rag_core.retrieval import FusionConfig
 from rag_core.search.analyzer import DEFAULT_ANALYZER
 from rag_core.search.engines import IndexConnection, MilvusEngine, Searcher
@@ -234,6 +236,10 @@ class EvaluationResource(ConfigurableResource):
     head_bonus: float
     rerank_candidates: int
     rerank_min_gain: float
+    # How the API picks a build's reranker (RAG_RERANK_MODEL / RAG_RERANK_WEIGHT): evaluation measures it too.
+    rerank_model: str
+    rerank_weight: float
+    rerank_weight_configured: bool = False
     # True when the environment sets a fusion setting: it then wins over a fusion the gate adopted for a build.
     fusion_configured: bool = False
     llm_model: str
@@ -268,6 +274,15 @@ class EvaluationResource(ConfigurableResource):
     def llm(self) -> LLMConfig:
         return LLMConfig.from_settings(self)
 
+    def served_reranker(self, record: BuildRecord, resolver: ModelResolver, device: str = "cpu") -> Reranker | None:
+        """The reranker the API serves this build with (rag_core.promotion.served_reranker), loaded; None when it
+        serves the build unreranked."""
+        policy = RerankPolicy.parse(self.rerank_model)
+        choice = served_reranker(record, policy, self.rerank_weight, self.rerank_weight_configured)
+        if choice is None:
+            return None
+        return Reranker.from_reference(choice.reference, resolver, device, choice.weight, choice.mode_weights())
+
 
 def _secret(value: str, variable: str) -> str:
     """A secret as the environment variable it came from, read at run time: Dagster shows the variable's name
@@ -283,7 +298,7 @@ _SOURCES_FIELDS = (
 _EVALUATION_FIELDS = (
     "train_split fusion_method rrf_k dense_weight bm25_weight fusion_candidates head_bonus llm_model llm_api_base "
     "llm_timeout_s llm_max_tokens injection_screen relevance_threshold judge_model judge_api_base promotion_min_effect "
-    "rerank_candidates rerank_min_gain"
+    "rerank_candidates rerank_min_gain rerank_model rerank_weight rerank_weight_configured"
 )
 _EVAL_PREFIXED_FIELDS = "split modes gate_mode gate_margin max_queries tune_fusion"  # eval_split → split, …
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rag_core.embedding import Embedder, EmbeddingCache
     from rag_core.generation import LLMConfig
     from rag_core.query import QueryEngine
+    from rag_core.rerank import Reranker
     from rag_core.retrieval import FusionConfig
     from rag_core.search.engines import Searcher
 
@@ -169,6 +170,10 @@ class RetrievalEvaluation:
     modes: dict[str, ModeResult]
     seconds: float
     baseline: RetrievalEvaluation | None = None  # the naive baseline on the same queries (rag_core.baseline)
+    # As served where the API reranks this build: the same queries through the same engine with its reranker, in
+    # the modes it reranks (the gate compares first stages: a reranker is judged per build, after promotion).
+    reranked: RetrievalEvaluation | None = None
+    reranker: str = ""  # that reranker's version and weights
 
     def margins(self) -> dict[str, dict[str, float]]:
         """{mode: {metric: this build's mean − the naive baseline's}}; empty without a baseline."""
@@ -194,6 +199,9 @@ class RetrievalEvaluation:
                 lines.append(f"| naive {mode} | " + " | ".join(f"{result.means[m]:.4f}" for m in metrics) + " |")
             for mode, margins in self.margins().items():
                 lines.append(f"| margin {mode} | " + " | ".join(f"{margins[m]:+.4f}" for m in metrics) + " |")
+        for mode, result in (self.reranked.modes if self.reranked else {}).items():
+            scores = " | ".join(f"{result.means[m]:.4f}" for m in metrics)
+            lines.append(f"| {mode} reranked, as served | {scores} |")
         return "\n".join(lines)
 
 
@@ -296,13 +304,22 @@ def judged_dataset(
 
 
 def serving_engine(
-    searcher: Searcher, embedder: Embedder, fusion: FusionConfig, llm: LLMConfig | None = None
+    searcher: Searcher,
+    embedder: Embedder,
+    fusion: FusionConfig,
+    llm: LLMConfig | None = None,
+    reranker: Reranker | None = None,
+    rerank_candidates: int = 0,  # 0: the API's default
 ) -> QueryEngine:
     """The query engine the API serves with, over `searcher`, embedding queries with `embedder` (the model
-    the build was made with); with `llm` it also answers."""
-    from rag_core.query import QueryEngine
+    the build was made with); with `llm` it also answers, with `reranker` it reranks the modes that one does."""
+    from rag_core.query import DEFAULT_RERANK_CANDIDATES, QueryEngine
 
-    return QueryEngine(searcher, lambda text: embedder.encode([text])[0].tolist(), fusion, llm)
+    def encode(text: str) -> list[float]:
+        return embedder.encode([text])[0].tolist()
+
+    candidates = rerank_candidates or DEFAULT_RERANK_CANDIDATES
+    return QueryEngine(searcher, encode, fusion, llm, reranker=reranker, rerank_candidates=candidates)
 
 
 def evaluate_engine(
@@ -315,12 +332,14 @@ def evaluate_engine(
     collection: str,
     dropped_queries: int = 0,
     depth: int = 100,
+    reranker: Reranker | None = None,
+    rerank_candidates: int = 0,  # 0: the API's default
 ) -> RetrievalEvaluation:
     """The judged queries against one searcher, in each mode, through the query engine the API serves with."""
     from rag_core.query import Query
     from rag_core.retrieval import SearchFilter
 
-    engine = serving_engine(searcher, embedder, fusion)
+    engine = serving_engine(searcher, embedder, fusion, reranker=reranker, rerank_candidates=rerank_candidates)
     search_filter = SearchFilter(tenant)
 
     def search(text: str, vector: list[float] | None, mode: str) -> list[tuple[str, float]]:
@@ -348,13 +367,24 @@ def evaluate_collection(
     max_queries: int = 0,
     depth: int = 100,
     baseline_cache: EmbeddingCache | None = None,
+    reranker: Reranker | None = None,
+    rerank_candidates: int = 0,  # 0: the API's default
 ) -> RetrievalEvaluation:
     """The dataset's queries against one collection of the live index, in each mode, through the query
     engine the API serves with. With `baseline_cache` (where whole-document vectors are kept), the naive
-    baseline over the same collection's documents is measured on the same queries and attached."""
+    baseline over the same collection's documents is measured on the same queries and attached. With the
+    `reranker` the API serves the build with, the modes it reranks are also measured reranked (`reranked`)."""
     judged = judged_dataset(dataset, searcher.doc_ids(), collection, max_queries)
     dropped = len(dataset.queries) - len(judged.queries)
     evaluation = evaluate_engine(searcher, fusion, embedder, judged, modes, tenant, collection, dropped, depth)
+    reranked_modes = [mode for mode in modes if reranker is not None and reranker.weight_for(mode) is not None]
+    if reranker is not None and reranked_modes:
+        evaluation.reranked = evaluate_engine(
+            searcher, fusion, embedder, judged, reranked_modes, tenant, collection, dropped, depth, reranker,
+            rerank_candidates,
+        )
+        weights = ", ".join(f"{mode} (weight {reranker.weight_for(mode):g})" for mode in reranked_modes)
+        evaluation.reranker = f"{reranker.version} in {weights}"
     if baseline_cache is not None:
         from rag_core.baseline import naive_baseline
 

@@ -3,7 +3,8 @@
 `retrieval_eval_report` evaluates the build waiting for promotion (a candidate collection) next to the
 served one, or the served one alone after an index change, each beside its naive baseline (rag_core.baseline);
 a build below the baseline in any mode is a warning naming the likely cause. Each build is evaluated with the
-fusion the API serves it with. Where the dataset has a train split, the hybrid fusion weights are tuned on it
+fusion the API serves it with, and where the API reranks it, also reranked in those modes (reported beside the
+first stage, which the gate compares). Where the dataset has a train split, the hybrid fusion weights are tuned on it
 (rag_core.fusion_tuning) and adopted for the evaluated build only if they hold on the evaluation split — the
 API serves them from its next poll, unless the environment sets the fusion. The gate (rag_core.promotion.judge)
 holds a candidate to the improvement rule by default — a gain of at least RAG_PROMOTION_MIN_EFFECT whose paired
@@ -98,16 +99,26 @@ def _max_queries(evaluation: EvaluationResource, config: RetrievalEvalConfig) ->
 def _evaluate(
     build: SearchableBuild, embedder: EmbedderResource, evaluation: EvaluationResource, config: RetrievalEvalConfig
 ) -> RetrievalEvaluation:
+    record = BuildRecord.from_properties(build.properties)
+    try:
+        reranker = evaluation.served_reranker(record, embedder.resolver(), embedder.device)
+    except (FileNotFoundError, ValueError) as error:  # the API would not serve this build either
+        raise Failure(
+            f"{build.collection} is served with a reranker that does not load ({error}) — the API refuses to serve "
+            "it too; fix the MLflow registry or set RAG_RERANK_MODEL=off"
+        ) from error
     return evaluate_collection(
         build.searcher,
         build.collection,
         embedder.load_build(build.properties),  # queries embed as the build's chunks were
         evaluation.dataset(),
         evaluation.modes,
-        evaluation.served_fusion(BuildRecord.from_properties(build.properties)),
+        evaluation.served_fusion(record),
         evaluation.tenant,
         _max_queries(evaluation, config),
         baseline_cache=embedder.cache(),
+        reranker=reranker,  # the modes the API reranks are also measured reranked, as served
+        rerank_candidates=evaluation.rerank_candidates,
     )
 
 
@@ -179,7 +190,13 @@ def _metrics_metadata(evaluations: dict[str, RetrievalEvaluation]) -> dict[str, 
         for mode, scores in result.modes.items()
         for key, value in metric_names(scores.means, f"{role}_{mode}_").items()
     }
-    return per_mode | {
+    reranked = {
+        key: value
+        for role, result in evaluations.items()
+        for mode, scores in (result.reranked.modes if result.reranked else {}).items()
+        for key, value in metric_names(scores.means, f"{role}_{mode}_reranked_").items()
+    }
+    return per_mode | reranked | {
         f"{role}_{key}": value
         for role, result in evaluations.items()
         for key, value in baseline_metrics(result).items()
@@ -253,6 +270,9 @@ def retrieval_eval_report(
             "registry": registry,
             **_shortfall_metadata(context, evaluations),
             **_fusion_metadata(proposal),
+            "reranked_as_served": MetadataValue.json(
+                {name: result.reranker for name, result in evaluations.items() if result.reranker}
+            ),
             "queries": evaluations[role].queries,
             "dropped_queries": evaluations[role].dropped_queries,
             "report": MetadataValue.md(embedded_report(report)),

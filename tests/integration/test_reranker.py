@@ -22,7 +22,7 @@ from rag_core.promotion import adopt_reranker, builds, promote, recorded_rerank_
 from rag_core.query import Query, QueryEngine
 from rag_core.querylog import ServingDatabase
 from rag_core.rerank import HeldOutQuestions, Reranker, is_cross_encoder
-from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, RerankerGate, score_candidates
+from rag_core.rerank_tuning import MIN_RERANK_GAIN, WEIGHTS, RerankerGate, ndcg_at_10, score_candidates
 from rag_core.retrieval import SearchFilter
 from rag_core.search.engines import IndexConnection
 from rag_core.tracking import REGISTERED_RERANKER, Tracker
@@ -264,6 +264,46 @@ def test_the_served_api_reranks_and_times_the_stage(trained: dict) -> None:
     assert len(body["chunks"]) == 4 and {"embed", "search", "rerank"} <= set(body["timings_ms"])
     scores = [chunk["rerank_score"] for chunk in body["chunks"]]
     assert None not in scores and scores == sorted(scores, reverse=True)
+
+
+def test_the_evaluation_measures_the_served_build_reranked_as_the_api_serves_it(
+    trained: dict, served: tuple, tmp_path: Path
+) -> None:
+    """A build served with a reranker is measured both ways: its first stage (what the promotion gate compares)
+    and, in the modes it is reranked in, reranked as the API serves it — the figure the reranker gate computed for
+    that weight. With RAG_RERANK_MODEL=off nothing is reranked, in the API or the report."""
+    settings, collection, (reranker, embedder, searcher) = trained["settings"], trained["collection"], served
+    settings = settings.model_copy(update={"eval_tune_fusion": False})  # the served fusion stays the default
+    uri = trained["metadata"]["model_uri"]
+    connection = IndexConnection.from_settings(settings)
+    with connection.store() as store:
+        adopt_reranker(store, collection, uri, {"hybrid": 0.3})
+    try:
+        with instance_for_test(temp_dir=str(tmp_path)) as instance:
+            definitions = build_definitions(settings)
+            assert definitions.resolve_job_def("evaluation_job").execute_in_process(instance=instance).success
+            report = _latest(instance, "retrieval_eval_report")
+            tracker = Tracker.from_settings(settings)
+            off = build_definitions(settings.model_copy(update={"rerank_model": "off"}))
+            assert off.resolve_job_def("evaluation_job").execute_in_process(instance=instance).success
+            unreranked = _latest(instance, "retrieval_eval_report")
+    finally:
+        with connection.store() as store:
+            adopt_reranker(store, collection, "", {})
+    assert report["reranked_as_served"] == {"served": f"{reranker.version} in hybrid (weight 0.3)"}
+    assert not any(key.startswith(("served_bm25_reranked", "served_dense_reranked")) for key in report)
+    gate = judged_dataset(EvalDataset.load(settings.eval_dataset_dir, "test"), searcher.doc_ids(), collection)
+    scored = score_candidates(
+        searcher, embedder, settings.fusion(), reranker, gate, "hybrid", "default", settings.rerank_candidates
+    )
+    reordered, _ = ndcg_at_10(gate, {query_id: c.reordered(0.3) for query_id, c in scored.items()})
+    assert report["served_hybrid_reranked_ndcg_at_10"] == pytest.approx(reordered, abs=1e-4)
+    assert report["served_hybrid_ndcg_at_10"] == unreranked["served_hybrid_ndcg_at_10"], "the first stage, as before"
+    assert "| hybrid reranked, as served |" in report["report"]
+    hybrid_runs = [run for run in tracker.runs("retrieval") if run.data.params.get("reranker")]
+    assert hybrid_runs and {run.data.params["mode"] for run in hybrid_runs} == {"hybrid"}
+    assert hybrid_runs[0].data.metrics["reranked_ndcg_at_10"] == pytest.approx(reordered, abs=1e-4)
+    assert unreranked["reranked_as_served"] == {} and "served_hybrid_reranked_ndcg_at_10" not in unreranked
 
 
 def _latest(instance, asset_name: str) -> dict:
