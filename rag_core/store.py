@@ -118,6 +118,7 @@ def in_filter(field: str, values: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- connections
 
 _lite_lock = threading.Lock()
+LITE_OPEN_ATTEMPTS = 3  # opens of a Milvus Lite file that no process holds before its error is the answer
 _lite_users: Counter[str] = Counter()
 
 
@@ -156,14 +157,18 @@ def _open_lite(uri: str, timeout_s: float) -> MilvusClient:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     countdown = Countdown(f"waiting for the Milvus Lite file {db_path} (another process holds it)", deadline)
+    failed_while_free = 0
     while True:
         with _lite_lock:
             if _lite_users[str(db_path)] or not _lite_file_busy(db_path):
                 try:
                     client = MilvusClient(str(db_path))
                 except ConnectionConfigException:
-                    # Another process took the file between the probe and the open: wait for it as for a busy one.
-                    if not _lite_file_busy(db_path):
+                    # Another process took the file between the probe and the open (and may have let it go again
+                    # by the next probe): wait for it as for a busy one. Failing again and again on a free file is
+                    # not a race.
+                    failed_while_free = 0 if _lite_file_busy(db_path) else failed_while_free + 1
+                    if failed_while_free >= LITE_OPEN_ATTEMPTS:
                         raise
                 else:
                     _lite_users[str(db_path)] += 1

@@ -9,6 +9,7 @@ the serving hot path never needs it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import re
 import threading
@@ -33,6 +34,7 @@ REJECTED_REASON_TAG = "rejected_reason"
 MODEL_TRAINING = "custom_model_development"
 GENAI = "genai_development"
 _configure_lock = threading.Lock()
+_opened_stores: set[str] = set()  # SQLite stores this process has seen created and migrated
 for _noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
@@ -81,7 +83,25 @@ class Tracker:
 
         with _configure_lock:
             mlflow.set_tracking_uri(self.uri)
+        self._ensure_sqlite_store()
         return mlflow
+
+    def _ensure_sqlite_store(self) -> None:
+        """A new SQLite store is created and migrated by the first client that opens it; two processes opening it
+        at once (an evaluation job's parallel steps) both migrate it, and one fails in alembic. The first open in
+        each process holds a file lock beside the database, so the second waits and finds the tables made."""
+        if not self.uri.startswith("sqlite:///") or self.uri in _opened_stores:
+            return
+        from mlflow import MlflowClient
+
+        database = Path(self.uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database.with_name(f"{database.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            client.search_experiments(max_results=1)  # the tracking tables
+            client.search_registered_models(max_results=1)  # the registry's
+        _opened_stores.add(self.uri)
 
     def client(self):
         from mlflow import MlflowClient
