@@ -206,7 +206,10 @@ def mine_hard_negatives(
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 3  # dev nDCG@10 on held-out train queries: 0.705 base → 0.729, 0.729, 0.734
+    # At most this many: the dev run keeps its best epoch and the refit trains that many. SciFact, 120 held-out
+    # train claims, dev nDCG@10 over a 5-epoch schedule: 0.705 base → 0.739, 0.761, 0.767, 0.788, 0.785 (best 4);
+    # a 3-epoch schedule had stopped at 0.757.
+    epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 3e-5
     warmup_ratio: float = 0.1
