@@ -377,14 +377,15 @@ def evaluate_collection(
     judged = judged_dataset(dataset, searcher.doc_ids(), collection, max_queries)
     dropped = len(dataset.queries) - len(judged.queries)
     evaluation = evaluate_engine(searcher, fusion, embedder, judged, modes, tenant, collection, dropped, depth)
-    reranked_modes = [mode for mode in modes if reranker is not None and reranker.weight_for(mode) is not None]
-    if reranker is not None and reranked_modes:
+    weights = {mode: weight for mode in modes if (weight := reranker.weight_for(mode)) is not None} if reranker else {}
+    if reranker is not None and weights:
+        from rag_core.promotion import rerank_modes_text
+
         evaluation.reranked = evaluate_engine(
-            searcher, fusion, embedder, judged, reranked_modes, tenant, collection, dropped, depth, reranker,
+            searcher, fusion, embedder, judged, list(weights), tenant, collection, dropped, depth, reranker,
             rerank_candidates,
         )
-        weights = ", ".join(f"{mode} (weight {reranker.weight_for(mode):g})" for mode in reranked_modes)
-        evaluation.reranker = f"{reranker.version} in {weights}"
+        evaluation.reranker = f"{reranker.version} in {rerank_modes_text(weights)}"
     if baseline_cache is not None:
         from rag_core.baseline import naive_baseline
 
